@@ -1,0 +1,523 @@
+//! Kernel bodies written once over [`Lanes`], instantiated per instruction set.
+//!
+//! Each body is `#[inline(always)]` and only ever called from a `#[target_feature]` wrapper,
+//! so the intrinsics inline into code compiled for that instruction set.
+
+use super::lanes::Lanes;
+use super::{check_gemm_nn, check_gemm_nt, scalar, Kernels, MatMut, MatRef};
+
+#[inline(always)]
+unsafe fn dot<L: Lanes>(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len(), "dot: length mismatch");
+    let n = a.len();
+    let (pa, pb) = (a.as_ptr(), b.as_ptr());
+    let mut acc = [L::zero(); 4];
+    let mut i = 0;
+    while i + 4 * L::N <= n {
+        for (u, acc) in acc.iter_mut().enumerate() {
+            let o = i + u * L::N;
+            *acc = L::fma(L::load(pa.add(o)), L::load(pb.add(o)), *acc);
+        }
+        i += 4 * L::N;
+    }
+    while i + L::N <= n {
+        acc[0] = L::fma(L::load(pa.add(i)), L::load(pb.add(i)), acc[0]);
+        i += L::N;
+    }
+    let v = L::add(L::add(acc[0], acc[1]), L::add(acc[2], acc[3]));
+    let mut s = L::hsum(v);
+    while i < n {
+        s += a[i] * b[i];
+        i += 1;
+    }
+    s
+}
+
+#[inline(always)]
+unsafe fn axpy<L: Lanes>(alpha: f32, x: &[f32], y: &mut [f32]) {
+    assert_eq!(x.len(), y.len(), "axpy: length mismatch");
+    let n = x.len();
+    let av = L::splat(alpha);
+    let (px, py) = (x.as_ptr(), y.as_mut_ptr());
+    let mut i = 0;
+    while i + L::N <= n {
+        L::store(
+            py.add(i),
+            L::fma(av, L::load(px.add(i)), L::load(py.add(i))),
+        );
+        i += L::N;
+    }
+    while i < n {
+        y[i] += alpha * x[i];
+        i += 1;
+    }
+}
+
+#[inline(always)]
+unsafe fn scale<L: Lanes>(x: &mut [f32], alpha: f32) {
+    let n = x.len();
+    let av = L::splat(alpha);
+    let p = x.as_mut_ptr();
+    let mut i = 0;
+    while i + L::N <= n {
+        L::store(p.add(i), L::mul(av, L::load(p.add(i))));
+        i += L::N;
+    }
+    while i < n {
+        x[i] *= alpha;
+        i += 1;
+    }
+}
+
+#[inline(always)]
+unsafe fn max<L: Lanes>(x: &[f32]) -> f32 {
+    let n = x.len();
+    let p = x.as_ptr();
+    let mut m = L::splat(f32::NEG_INFINITY);
+    let mut i = 0;
+    while i + L::N <= n {
+        m = L::max(m, L::load(p.add(i)));
+        i += L::N;
+    }
+    let mut s = L::hmax(m);
+    while i < n {
+        s = s.max(x[i]);
+        i += 1;
+    }
+    s
+}
+
+#[inline(always)]
+unsafe fn exp_sub_sum<L: Lanes>(x: &mut [f32], m: f32) -> f32 {
+    let n = x.len();
+    let mv = L::splat(m);
+    let p = x.as_mut_ptr();
+    let mut acc = L::zero();
+    let mut i = 0;
+    while i + L::N <= n {
+        // x − m via fma(x, 1, −m) keeps one rounding, like the scalar twin's subtraction.
+        let e = L::exp(L::add(L::load(p.add(i)), L::mul(mv, L::splat(-1.0))));
+        L::store(p.add(i), e);
+        acc = L::add(acc, e);
+        i += L::N;
+    }
+    let mut s = L::hsum(acc);
+    if i < n {
+        // Tail through the same vector exp so every element gets identical rounding.
+        let mut t = [f32::NEG_INFINITY; 64];
+        let r = n - i;
+        t[..r].copy_from_slice(&x[i..]);
+        let e = L::exp(L::add(L::load(t.as_ptr()), L::mul(mv, L::splat(-1.0))));
+        L::store(t.as_mut_ptr(), e);
+        for k in 0..r {
+            x[i + k] = t[k];
+            s += t[k];
+        }
+    }
+    s
+}
+
+#[inline(always)]
+unsafe fn f32_from_bytes<L: Lanes>(src: &[u8], dst: &mut [f32]) {
+    assert_eq!(src.len(), 4 * dst.len(), "f32_from_bytes: length mismatch");
+    std::ptr::copy_nonoverlapping(src.as_ptr(), dst.as_mut_ptr() as *mut u8, src.len());
+}
+
+#[inline(always)]
+unsafe fn f16_to_f32<L: Lanes>(src: &[u8], dst: &mut [f32]) {
+    assert_eq!(src.len(), 2 * dst.len(), "f16_to_f32: length mismatch");
+    let n = dst.len();
+    let (ps, pd) = (src.as_ptr(), dst.as_mut_ptr());
+    let mut i = 0;
+    while i + L::N <= n {
+        L::store(pd.add(i), L::load_f16(ps.add(2 * i)));
+        i += L::N;
+    }
+    scalar::f16_to_f32(&src[2 * i..], &mut dst[i..]);
+}
+
+#[inline(always)]
+unsafe fn bf16_to_f32<L: Lanes>(src: &[u8], dst: &mut [f32]) {
+    assert_eq!(src.len(), 2 * dst.len(), "bf16_to_f32: length mismatch");
+    let n = dst.len();
+    let (ps, pd) = (src.as_ptr(), dst.as_mut_ptr());
+    let mut i = 0;
+    while i + L::N <= n {
+        L::store(pd.add(i), L::load_bf16(ps.add(2 * i)));
+        i += L::N;
+    }
+    scalar::bf16_to_f32(&src[2 * i..], &mut dst[i..]);
+}
+
+#[inline(always)]
+unsafe fn f32_to_f16<L: Lanes>(src: &[f32], dst: &mut [u8]) {
+    assert_eq!(2 * src.len(), dst.len(), "f32_to_f16: length mismatch");
+    let n = src.len();
+    let (ps, pd) = (src.as_ptr(), dst.as_mut_ptr());
+    let mut i = 0;
+    while i + L::N <= n {
+        L::store_f16(pd.add(2 * i), L::load(ps.add(i)));
+        i += L::N;
+    }
+    scalar::f32_to_f16(&src[i..], &mut dst[2 * i..]);
+}
+
+#[inline(always)]
+unsafe fn f32_to_bf16<L: Lanes>(src: &[f32], dst: &mut [u8]) {
+    assert_eq!(2 * src.len(), dst.len(), "f32_to_bf16: length mismatch");
+    let n = src.len();
+    let (ps, pd) = (src.as_ptr(), dst.as_mut_ptr());
+    let mut i = 0;
+    while i + L::N <= n {
+        L::store_bf16(pd.add(2 * i), L::load(ps.add(i)));
+        i += L::N;
+    }
+    scalar::f32_to_bf16(&src[i..], &mut dst[2 * i..]);
+}
+
+/// C[MR, NR] = alpha · A[MR, K] · B[NR, K]ᵀ for one register block.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn nt_block<L: Lanes, const MR: usize, const NR: usize>(
+    k: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    alpha: f32,
+) {
+    let mut acc = [[L::zero(); NR]; MR];
+    let kv = k / L::N * L::N;
+    let mut p = 0;
+    while p < kv {
+        let mut bv = [L::zero(); NR];
+        for (j, bv) in bv.iter_mut().enumerate() {
+            *bv = L::load(b.add(j * ldb + p));
+        }
+        for (i, acc) in acc.iter_mut().enumerate() {
+            let av = L::load(a.add(i * lda + p));
+            for j in 0..NR {
+                acc[j] = L::fma(av, bv[j], acc[j]);
+            }
+        }
+        p += L::N;
+    }
+    for (i, acc) in acc.iter().enumerate() {
+        for (j, acc) in acc.iter().enumerate() {
+            let mut s = L::hsum(*acc);
+            for q in kv..k {
+                s += *a.add(i * lda + q) * *b.add(j * ldb + q);
+            }
+            *c.add(i * ldc + j) = alpha * s;
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn gemm_nt<L: Lanes, const MR: usize, const NR: usize>(
+    alpha: f32,
+    a: MatRef,
+    b: MatRef,
+    c: MatMut,
+) {
+    check_gemm_nt(&a, &b, &c);
+    let (m, n, k) = (c.rows, c.cols, a.cols);
+    let (pa, pb, pc) = (a.data.as_ptr(), b.data.as_ptr(), c.data.as_mut_ptr());
+    let (lda, ldb, ldc) = (a.stride, b.stride, c.stride);
+    let mut i = 0;
+    while i + MR <= m {
+        let mut j = 0;
+        while j + NR <= n {
+            nt_block::<L, MR, NR>(
+                k,
+                pa.add(i * lda),
+                lda,
+                pb.add(j * ldb),
+                ldb,
+                pc.add(i * ldc + j),
+                ldc,
+                alpha,
+            );
+            j += NR;
+        }
+        while j < n {
+            nt_block::<L, MR, 1>(
+                k,
+                pa.add(i * lda),
+                lda,
+                pb.add(j * ldb),
+                ldb,
+                pc.add(i * ldc + j),
+                ldc,
+                alpha,
+            );
+            j += 1;
+        }
+        i += MR;
+    }
+    while i < m {
+        let mut j = 0;
+        while j + NR <= n {
+            nt_block::<L, 1, NR>(
+                k,
+                pa.add(i * lda),
+                lda,
+                pb.add(j * ldb),
+                ldb,
+                pc.add(i * ldc + j),
+                ldc,
+                alpha,
+            );
+            j += NR;
+        }
+        while j < n {
+            nt_block::<L, 1, 1>(
+                k,
+                pa.add(i * lda),
+                lda,
+                pb.add(j * ldb),
+                ldb,
+                pc.add(i * ldc + j),
+                ldc,
+                alpha,
+            );
+            j += 1;
+        }
+        i += 1;
+    }
+}
+
+/// C[MR, NV·N] += A[MR, K] · B[K, NV·N] for one register block.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn nn_block<L: Lanes, const MR: usize, const NV: usize>(
+    k: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+) {
+    let mut acc = [[L::zero(); NV]; MR];
+    for (i, acc) in acc.iter_mut().enumerate() {
+        for (v, acc) in acc.iter_mut().enumerate() {
+            *acc = L::load(c.add(i * ldc + v * L::N));
+        }
+    }
+    for p in 0..k {
+        let mut bv = [L::zero(); NV];
+        for (v, bv) in bv.iter_mut().enumerate() {
+            *bv = L::load(b.add(p * ldb + v * L::N));
+        }
+        for (i, acc) in acc.iter_mut().enumerate() {
+            let av = L::splat(*a.add(i * lda + p));
+            for v in 0..NV {
+                acc[v] = L::fma(av, bv[v], acc[v]);
+            }
+        }
+    }
+    for (i, acc) in acc.iter().enumerate() {
+        for (v, acc) in acc.iter().enumerate() {
+            L::store(c.add(i * ldc + v * L::N), *acc);
+        }
+    }
+}
+
+#[inline(always)]
+unsafe fn nn_rows<L: Lanes, const MR: usize, const NV: usize>(
+    k: usize,
+    n: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+) {
+    let mut j = 0;
+    while j + NV * L::N <= n {
+        nn_block::<L, MR, NV>(k, a, lda, b.add(j), ldb, c.add(j), ldc);
+        j += NV * L::N;
+    }
+    while j + L::N <= n {
+        nn_block::<L, MR, 1>(k, a, lda, b.add(j), ldb, c.add(j), ldc);
+        j += L::N;
+    }
+    while j < n {
+        for i in 0..MR {
+            let mut s = *c.add(i * ldc + j);
+            for p in 0..k {
+                s += *a.add(i * lda + p) * *b.add(p * ldb + j);
+            }
+            *c.add(i * ldc + j) = s;
+        }
+        j += 1;
+    }
+}
+
+#[inline(always)]
+unsafe fn gemm_nn<L: Lanes, const MR: usize, const NV: usize>(a: MatRef, b: MatRef, c: MatMut) {
+    check_gemm_nn(&a, &b, &c);
+    let (m, n, k) = (c.rows, c.cols, a.cols);
+    let (pa, pb, pc) = (a.data.as_ptr(), b.data.as_ptr(), c.data.as_mut_ptr());
+    let (lda, ldb, ldc) = (a.stride, b.stride, c.stride);
+    let mut i = 0;
+    while i + MR <= m {
+        nn_rows::<L, MR, NV>(k, n, pa.add(i * lda), lda, pb, ldb, pc.add(i * ldc), ldc);
+        i += MR;
+    }
+    while i < m {
+        nn_rows::<L, 1, NV>(k, n, pa.add(i * lda), lda, pb, ldb, pc.add(i * ldc), ldc);
+        i += 1;
+    }
+}
+
+/// Instantiates every kernel for one instruction set inside `#[target_feature]` wrappers and
+/// builds its table. The safe wrappers are sound because a table is only handed out by
+/// [`Kernels::for_isa`] after runtime detection confirmed the features.
+macro_rules! instantiate {
+    ($table:ident, $m:ident, $L:ty, $feat:literal, $isa:expr, nt = ($mr:literal, $nr:literal), nn = ($nmr:literal, $nv:literal)) => {
+        mod $m {
+            use super::*;
+            #[target_feature(enable = $feat)]
+            unsafe fn dot_tf(a: &[f32], b: &[f32]) -> f32 {
+                dot::<$L>(a, b)
+            }
+            #[target_feature(enable = $feat)]
+            unsafe fn axpy_tf(alpha: f32, x: &[f32], y: &mut [f32]) {
+                axpy::<$L>(alpha, x, y)
+            }
+            #[target_feature(enable = $feat)]
+            unsafe fn scale_tf(x: &mut [f32], alpha: f32) {
+                scale::<$L>(x, alpha)
+            }
+            #[target_feature(enable = $feat)]
+            unsafe fn max_tf(x: &[f32]) -> f32 {
+                max::<$L>(x)
+            }
+            #[target_feature(enable = $feat)]
+            unsafe fn exp_sub_sum_tf(x: &mut [f32], m: f32) -> f32 {
+                exp_sub_sum::<$L>(x, m)
+            }
+            #[target_feature(enable = $feat)]
+            unsafe fn f32_from_bytes_tf(s: &[u8], d: &mut [f32]) {
+                f32_from_bytes::<$L>(s, d)
+            }
+            #[target_feature(enable = $feat)]
+            unsafe fn f16_to_f32_tf(s: &[u8], d: &mut [f32]) {
+                f16_to_f32::<$L>(s, d)
+            }
+            #[target_feature(enable = $feat)]
+            unsafe fn bf16_to_f32_tf(s: &[u8], d: &mut [f32]) {
+                bf16_to_f32::<$L>(s, d)
+            }
+            #[target_feature(enable = $feat)]
+            unsafe fn f32_to_f16_tf(s: &[f32], d: &mut [u8]) {
+                f32_to_f16::<$L>(s, d)
+            }
+            #[target_feature(enable = $feat)]
+            unsafe fn f32_to_bf16_tf(s: &[f32], d: &mut [u8]) {
+                f32_to_bf16::<$L>(s, d)
+            }
+            #[target_feature(enable = $feat)]
+            unsafe fn gemm_nt_tf(alpha: f32, a: MatRef, b: MatRef, c: MatMut) {
+                gemm_nt::<$L, $mr, $nr>(alpha, a, b, c)
+            }
+            #[target_feature(enable = $feat)]
+            unsafe fn gemm_nn_tf(a: MatRef, b: MatRef, c: MatMut) {
+                gemm_nn::<$L, $nmr, $nv>(a, b, c)
+            }
+            // SAFETY (all wrappers below): this table is reachable only through
+            // `Kernels::for_isa`, which checks at run time that the CPU has `$feat`.
+            pub fn dot_(a: &[f32], b: &[f32]) -> f32 {
+                unsafe { dot_tf(a, b) }
+            }
+            pub fn axpy_(alpha: f32, x: &[f32], y: &mut [f32]) {
+                unsafe { axpy_tf(alpha, x, y) }
+            }
+            pub fn scale_(x: &mut [f32], alpha: f32) {
+                unsafe { scale_tf(x, alpha) }
+            }
+            pub fn max_(x: &[f32]) -> f32 {
+                unsafe { max_tf(x) }
+            }
+            pub fn exp_sub_sum_(x: &mut [f32], m: f32) -> f32 {
+                unsafe { exp_sub_sum_tf(x, m) }
+            }
+            pub fn f32_from_bytes_(s: &[u8], d: &mut [f32]) {
+                unsafe { f32_from_bytes_tf(s, d) }
+            }
+            pub fn f16_to_f32_(s: &[u8], d: &mut [f32]) {
+                unsafe { f16_to_f32_tf(s, d) }
+            }
+            pub fn bf16_to_f32_(s: &[u8], d: &mut [f32]) {
+                unsafe { bf16_to_f32_tf(s, d) }
+            }
+            pub fn f32_to_f16_(s: &[f32], d: &mut [u8]) {
+                unsafe { f32_to_f16_tf(s, d) }
+            }
+            pub fn f32_to_bf16_(s: &[f32], d: &mut [u8]) {
+                unsafe { f32_to_bf16_tf(s, d) }
+            }
+            pub fn gemm_nt_(alpha: f32, a: MatRef, b: MatRef, c: MatMut) {
+                unsafe { gemm_nt_tf(alpha, a, b, c) }
+            }
+            pub fn gemm_nn_(a: MatRef, b: MatRef, c: MatMut) {
+                unsafe { gemm_nn_tf(a, b, c) }
+            }
+        }
+        pub(super) static $table: Kernels = Kernels {
+            isa: $isa,
+            dot: $m::dot_,
+            axpy: $m::axpy_,
+            scale: $m::scale_,
+            max: $m::max_,
+            exp_sub_sum: $m::exp_sub_sum_,
+            f32_from_bytes: $m::f32_from_bytes_,
+            f16_to_f32: $m::f16_to_f32_,
+            bf16_to_f32: $m::bf16_to_f32_,
+            f32_to_f16: $m::f32_to_f16_,
+            f32_to_bf16: $m::f32_to_bf16_,
+            gemm_nt: $m::gemm_nt_,
+            gemm_nn: $m::gemm_nn_,
+        };
+    };
+}
+
+#[cfg(target_arch = "x86_64")]
+use super::lanes::{Avx2, Avx512};
+#[cfg(target_arch = "x86_64")]
+instantiate!(
+    AVX2,
+    avx2,
+    Avx2,
+    "avx2,fma,f16c",
+    crate::cpu::Isa::Avx2,
+    nt = (2, 4),
+    nn = (4, 2)
+);
+#[cfg(target_arch = "x86_64")]
+instantiate!(
+    AVX512,
+    avx512,
+    Avx512,
+    "avx512f,avx512bw,avx512vl,avx2,fma,f16c",
+    crate::cpu::Isa::Avx512,
+    nt = (4, 4),
+    nn = (8, 2)
+);
+#[cfg(target_arch = "aarch64")]
+use super::lanes::Neon;
+#[cfg(target_arch = "aarch64")]
+instantiate!(
+    NEON,
+    neon,
+    Neon,
+    "neon",
+    crate::cpu::Isa::Neon,
+    nt = (4, 4),
+    nn = (8, 2)
+);

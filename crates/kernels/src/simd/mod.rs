@@ -1,0 +1,188 @@
+//! The dispatch table of numeric kernels.
+//!
+//! Every kernel exists as a plain scalar twin ([`scalar`]) and as SIMD variants written once,
+//! generically over the [`lanes::Lanes`] trait, and instantiated per instruction set inside
+//! `#[target_feature]` functions. [`Kernels::best`] picks the table for [`Isa::best`] once per
+//! process; [`Kernels::for_isa`] gives any other available table (tests compare every variant
+//! against the scalar twin).
+//!
+//! Dimension legend: M rows of A and C, N columns of C, K the reduction dimension.
+
+mod generic;
+pub mod lanes;
+pub mod scalar;
+
+use crate::cpu::Isa;
+use std::sync::OnceLock;
+
+/// A read-only row-major f32 matrix view: element (r, c) is `data[r * stride + c]`.
+#[derive(Clone, Copy, Debug)]
+pub struct MatRef<'a> {
+    pub data: &'a [f32],
+    pub rows: usize,
+    pub cols: usize,
+    pub stride: usize,
+}
+
+/// A mutable row-major f32 matrix view: element (r, c) is `data[r * stride + c]`.
+#[derive(Debug)]
+pub struct MatMut<'a> {
+    pub data: &'a mut [f32],
+    pub rows: usize,
+    pub cols: usize,
+    pub stride: usize,
+}
+
+impl<'a> MatRef<'a> {
+    /// A view of a dense `[rows, cols]` matrix.
+    pub fn dense(data: &'a [f32], rows: usize, cols: usize) -> Self {
+        MatRef {
+            data,
+            rows,
+            cols,
+            stride: cols,
+        }
+    }
+    fn check(&self, what: &str) {
+        assert!(
+            self.cols <= self.stride || self.rows <= 1,
+            "{what}: cols > stride"
+        );
+        if self.rows > 0 && self.cols > 0 {
+            assert!(
+                self.data.len() >= (self.rows - 1) * self.stride + self.cols,
+                "{what}: buffer too small for [{}, {}] stride {}",
+                self.rows,
+                self.cols,
+                self.stride
+            );
+        }
+    }
+}
+
+impl<'a> MatMut<'a> {
+    /// A view of a dense `[rows, cols]` matrix.
+    pub fn dense(data: &'a mut [f32], rows: usize, cols: usize) -> Self {
+        MatMut {
+            data,
+            rows,
+            cols,
+            stride: cols,
+        }
+    }
+    fn check(&self, what: &str) {
+        assert!(
+            self.cols <= self.stride || self.rows <= 1,
+            "{what}: cols > stride"
+        );
+        if self.rows > 0 && self.cols > 0 {
+            assert!(
+                self.data.len() >= (self.rows - 1) * self.stride + self.cols,
+                "{what}: buffer too small for [{}, {}] stride {}",
+                self.rows,
+                self.cols,
+                self.stride
+            );
+        }
+    }
+}
+
+/// One instruction set's implementations. All function pointers are safe to call: a table
+/// is only handed out for an instruction set the CPU supports. Shape mismatches are
+/// programming errors and panic with a message (callers validate user input first).
+pub struct Kernels {
+    pub isa: Isa,
+    /// Σ a[i]·b[i] (equal lengths).
+    pub dot: fn(&[f32], &[f32]) -> f32,
+    /// y[i] += alpha·x[i].
+    pub axpy: fn(f32, &[f32], &mut [f32]),
+    /// x[i] *= alpha.
+    pub scale: fn(&mut [f32], f32),
+    /// max over x (−∞ for empty input; NaN-free input assumed).
+    pub max: fn(&[f32]) -> f32,
+    /// x[i] = exp(x[i] − m), returns Σ x[i]. exp(−∞) = 0 exactly.
+    pub exp_sub_sum: fn(&mut [f32], f32) -> f32,
+    /// Little-endian f32 bytes → f32 (`src.len() == 4·dst.len()`).
+    pub f32_from_bytes: fn(&[u8], &mut [f32]),
+    /// Little-endian IEEE half bytes → f32 (`src.len() == 2·dst.len()`).
+    pub f16_to_f32: fn(&[u8], &mut [f32]),
+    /// Little-endian bfloat16 bytes → f32 (`src.len() == 2·dst.len()`).
+    pub bf16_to_f32: fn(&[u8], &mut [f32]),
+    /// f32 → IEEE half bytes, round to nearest even.
+    pub f32_to_f16: fn(&[f32], &mut [u8]),
+    /// f32 → bfloat16 bytes, round to nearest even (NaN stays NaN).
+    pub f32_to_bf16: fn(&[f32], &mut [u8]),
+    /// C[M,N] = alpha · A[M,K] · B[N,K]ᵀ (C overwritten).
+    pub gemm_nt: fn(f32, MatRef, MatRef, MatMut),
+    /// C[M,N] += A[M,K] · B[K,N].
+    pub gemm_nn: fn(MatRef, MatRef, MatMut),
+}
+
+impl Kernels {
+    /// The table for the best instruction set of this CPU (see [`Isa::best`]).
+    pub fn best() -> &'static Kernels {
+        static BEST: OnceLock<&'static Kernels> = OnceLock::new();
+        BEST.get_or_init(|| Kernels::for_isa(Isa::best()).unwrap_or(&SCALAR))
+    }
+
+    /// The table for `isa`, if this CPU supports it and it is compiled for this target.
+    pub fn for_isa(isa: Isa) -> Option<&'static Kernels> {
+        if !Isa::available().contains(&isa) {
+            return None;
+        }
+        match isa {
+            Isa::Scalar => Some(&SCALAR),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx2 => Some(&generic::AVX2),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Avx512 => Some(&generic::AVX512),
+            #[cfg(target_arch = "aarch64")]
+            Isa::Neon => Some(&generic::NEON),
+            #[allow(unreachable_patterns)]
+            _ => None,
+        }
+    }
+
+    /// Every table this CPU supports, scalar first.
+    pub fn all() -> Vec<&'static Kernels> {
+        Isa::available()
+            .into_iter()
+            .filter_map(Kernels::for_isa)
+            .collect()
+    }
+}
+
+fn check_gemm_nt(a: &MatRef, b: &MatRef, c: &MatMut) {
+    a.check("gemm_nt A");
+    b.check("gemm_nt B");
+    c.check("gemm_nt C");
+    assert_eq!(a.cols, b.cols, "gemm_nt: K mismatch");
+    assert_eq!(c.rows, a.rows, "gemm_nt: M mismatch");
+    assert_eq!(c.cols, b.rows, "gemm_nt: N mismatch");
+}
+
+fn check_gemm_nn(a: &MatRef, b: &MatRef, c: &MatMut) {
+    a.check("gemm_nn A");
+    b.check("gemm_nn B");
+    c.check("gemm_nn C");
+    assert_eq!(a.cols, b.rows, "gemm_nn: K mismatch");
+    assert_eq!(c.rows, a.rows, "gemm_nn: M mismatch");
+    assert_eq!(c.cols, b.cols, "gemm_nn: N mismatch");
+}
+
+/// The scalar twin table.
+pub static SCALAR: Kernels = Kernels {
+    isa: Isa::Scalar,
+    dot: scalar::dot,
+    axpy: scalar::axpy,
+    scale: scalar::scale,
+    max: scalar::max,
+    exp_sub_sum: scalar::exp_sub_sum,
+    f32_from_bytes: scalar::f32_from_bytes,
+    f16_to_f32: scalar::f16_to_f32,
+    bf16_to_f32: scalar::bf16_to_f32,
+    f32_to_f16: scalar::f32_to_f16,
+    f32_to_bf16: scalar::f32_to_bf16,
+    gemm_nt: scalar::gemm_nt,
+    gemm_nn: scalar::gemm_nn,
+};

@@ -1,0 +1,287 @@
+//! Every SIMD variant against its scalar twin, on hostile sizes with random data.
+
+use latent_kernels::simd::{scalar, Kernels, MatMut, MatRef};
+
+struct Rng(u64);
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    fn f32(&mut self) -> f32 {
+        ((self.next() >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+    }
+    fn vec(&mut self, n: usize) -> Vec<f32> {
+        (0..n).map(|_| self.f32()).collect()
+    }
+}
+
+const SIZES: &[usize] = &[
+    0, 1, 3, 7, 8, 15, 16, 17, 31, 63, 64, 127, 128, 129, 576, 1000, 4099,
+];
+
+fn close(a: f32, b: f32, abs: f32, rel: f32) -> bool {
+    (a - b).abs() <= abs + rel * b.abs().max(a.abs())
+}
+
+#[test]
+fn at_least_scalar_is_available() {
+    let all = Kernels::all();
+    assert_eq!(all[0].isa, latent_kernels::Isa::Scalar);
+    eprintln!(
+        "kernel variants: {:?}",
+        all.iter().map(|k| k.isa).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn dot_axpy_scale_max_match_scalar() {
+    let mut rng = Rng(0x1234_5678_9abc_def1);
+    for k in Kernels::all() {
+        for &n in SIZES {
+            let a = rng.vec(n);
+            let b = rng.vec(n);
+            let want = scalar::dot(&a, &b);
+            let got = (k.dot)(&a, &b);
+            let mag: f32 = a.iter().zip(&b).map(|(x, y)| (x * y).abs()).sum();
+            assert!(
+                (got - want).abs() <= 1e-5 * mag + 1e-6,
+                "{:?} dot n={n}: {got} vs {want}",
+                k.isa
+            );
+
+            let mut y1 = rng.vec(n);
+            let mut y2 = y1.clone();
+            scalar::axpy(0.37, &a, &mut y1);
+            (k.axpy)(0.37, &a, &mut y2);
+            for (p, q) in y1.iter().zip(&y2) {
+                assert!(close(*q, *p, 1e-6, 1e-6), "{:?} axpy n={n}", k.isa);
+            }
+            let mut s1 = a.clone();
+            let mut s2 = a.clone();
+            scalar::scale(&mut s1, -1.7);
+            (k.scale)(&mut s2, -1.7);
+            assert_eq!(s1, s2, "{:?} scale n={n}", k.isa);
+            assert_eq!(scalar::max(&a), (k.max)(&a), "{:?} max n={n}", k.isa);
+        }
+    }
+}
+
+#[test]
+fn exp_matches_scalar_and_handles_infinities() {
+    let mut rng = Rng(42);
+    for k in Kernels::all() {
+        for &n in SIZES {
+            let mut x: Vec<f32> = (0..n).map(|_| rng.f32() * 60.0).collect();
+            if n > 2 {
+                x[1] = f32::NEG_INFINITY;
+                x[2] = -200.0;
+            }
+            let m = 3.5;
+            let mut want = x.clone();
+            let ws = scalar::exp_sub_sum(&mut want, m);
+            let mut got = x.clone();
+            let gs = (k.exp_sub_sum)(&mut got, m);
+            for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+                assert!(
+                    close(*g, *w, 1e-37, 3e-7),
+                    "{:?} exp n={n} i={i} x={}: {g} vs {w}",
+                    k.isa,
+                    x[i]
+                );
+            }
+            if n > 2 {
+                assert_eq!(got[1], 0.0, "exp(-inf) must be exactly 0");
+                assert_eq!(got[2], 0.0);
+            }
+            assert!(
+                close(gs, ws, 1e-30, 1e-5),
+                "{:?} exp sum n={n}: {gs} vs {ws}",
+                k.isa
+            );
+        }
+    }
+}
+
+#[test]
+fn conversions_match_scalar_bit_exactly() {
+    let mut rng = Rng(7);
+    for k in Kernels::all() {
+        for &n in SIZES {
+            let mut x: Vec<f32> = (0..n).map(|_| rng.f32() * 1000.0).collect();
+            if n > 5 {
+                x[0] = f32::NAN;
+                x[1] = f32::INFINITY;
+                x[2] = 65520.0; // rounds to inf in f16
+                x[3] = 1e-8; // f16 subnormal range
+                x[4] = -0.0;
+                x[5] = f32::from_bits(0x3f80_8000); // bf16 tie: rounds to even
+            }
+            for (name, to, back, sto, sback) in [
+                (
+                    "f16",
+                    k.f32_to_f16,
+                    k.f16_to_f32,
+                    scalar::f32_to_f16 as fn(&[f32], &mut [u8]),
+                    scalar::f16_to_f32 as fn(&[u8], &mut [f32]),
+                ),
+                (
+                    "bf16",
+                    k.f32_to_bf16,
+                    k.bf16_to_f32,
+                    scalar::f32_to_bf16,
+                    scalar::bf16_to_f32,
+                ),
+            ] {
+                let mut b1 = vec![0u8; 2 * n];
+                let mut b2 = vec![0u8; 2 * n];
+                sto(&x, &mut b1);
+                to(&x, &mut b2);
+                assert_eq!(b1, b2, "{:?} f32->{name} n={n}", k.isa);
+                let mut f1 = vec![f32::NAN; n];
+                let mut f2 = vec![f32::NAN; n];
+                sback(&b1, &mut f1);
+                back(&b1, &mut f2);
+                let same = f1
+                    .iter()
+                    .zip(&f2)
+                    .all(|(a, b)| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()));
+                assert!(same, "{:?} {name}->f32 n={n}", k.isa);
+            }
+            let bytes: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let mut f = vec![0f32; n];
+            (k.f32_from_bytes)(&bytes, &mut f);
+            assert!(f.iter().zip(&x).all(|(a, b)| a.to_bits() == b.to_bits()));
+        }
+    }
+}
+
+#[test]
+fn gemm_tiles_match_scalar_on_hostile_shapes() {
+    let mut rng = Rng(99);
+    let dims = [1usize, 2, 3, 4, 5, 9, 17, 33, 64, 65];
+    let ks = [1usize, 3, 8, 16, 24, 40, 128, 129, 576];
+    for k in Kernels::all() {
+        for &m in &dims {
+            for &n in &dims {
+                for &kk in &ks {
+                    // Strided views with NaN poison in the padding: must never be read.
+                    let (sa, sb, sc) = (kk + 3, kk + 5, n + 2);
+                    let mut a = vec![f32::NAN; m * sa];
+                    let mut b = vec![f32::NAN; n * sb];
+                    for r in 0..m {
+                        for c in 0..kk {
+                            a[r * sa + c] = rng.f32();
+                        }
+                    }
+                    for r in 0..n {
+                        for c in 0..kk {
+                            b[r * sb + c] = rng.f32();
+                        }
+                    }
+                    let mut c1 = vec![f32::NAN; m * sc];
+                    let mut c2 = c1.clone();
+                    let ar = MatRef {
+                        data: &a,
+                        rows: m,
+                        cols: kk,
+                        stride: sa,
+                    };
+                    let br = MatRef {
+                        data: &b,
+                        rows: n,
+                        cols: kk,
+                        stride: sb,
+                    };
+                    scalar::gemm_nt(
+                        0.5,
+                        ar,
+                        br,
+                        MatMut {
+                            data: &mut c1,
+                            rows: m,
+                            cols: n,
+                            stride: sc,
+                        },
+                    );
+                    (k.gemm_nt)(
+                        0.5,
+                        ar,
+                        br,
+                        MatMut {
+                            data: &mut c2,
+                            rows: m,
+                            cols: n,
+                            stride: sc,
+                        },
+                    );
+                    for r in 0..m {
+                        for c in 0..n {
+                            let (x, y) = (c1[r * sc + c], c2[r * sc + c]);
+                            assert!(
+                                close(y, x, 1e-5 * (kk as f32).sqrt(), 1e-5),
+                                "{:?} nt m={m} n={n} k={kk}",
+                                k.isa
+                            );
+                        }
+                        assert!(c2[r * sc + n].is_nan(), "nt wrote outside C");
+                    }
+                    // NN: A [m, kk], B [kk, n].
+                    let sb2 = n + 7;
+                    let mut b2 = vec![f32::NAN; kk * sb2];
+                    for r in 0..kk {
+                        for c in 0..n {
+                            b2[r * sb2 + c] = rng.f32();
+                        }
+                    }
+                    let mut d1 = vec![f32::NAN; m * sc];
+                    for r in 0..m {
+                        for c in 0..n {
+                            d1[r * sc + c] = rng.f32();
+                        }
+                    }
+                    let mut d2 = d1.clone();
+                    let b2r = MatRef {
+                        data: &b2,
+                        rows: kk,
+                        cols: n,
+                        stride: sb2,
+                    };
+                    scalar::gemm_nn(
+                        ar,
+                        b2r,
+                        MatMut {
+                            data: &mut d1,
+                            rows: m,
+                            cols: n,
+                            stride: sc,
+                        },
+                    );
+                    (k.gemm_nn)(
+                        ar,
+                        b2r,
+                        MatMut {
+                            data: &mut d2,
+                            rows: m,
+                            cols: n,
+                            stride: sc,
+                        },
+                    );
+                    for r in 0..m {
+                        for c in 0..n {
+                            let (x, y) = (d1[r * sc + c], d2[r * sc + c]);
+                            assert!(
+                                close(y, x, 1e-5 * (kk as f32).sqrt(), 1e-5),
+                                "{:?} nn m={m} n={n} k={kk}",
+                                k.isa
+                            );
+                        }
+                        assert!(d2[r * sc + n].is_nan(), "nn wrote outside C");
+                    }
+                }
+            }
+        }
+    }
+}
