@@ -1,1 +1,17 @@
-//! latent-attention
+//! The attention family — MHA, GQA, MQA, sparse (sliding window + sinks), low-rank K/V and
+//! DeepSeek's Multi-Head Latent Attention — with a plain f64 reference twin and fast tiled
+//! CPU kernels that read every cache through a (paged) block-table view.
+//!
+//! Dimension legend (used in every shape comment of this crate): T query tokens, S KV length,
+//! H query heads, Hkv KV heads, G = H/Hkv, Dk key dim, Dv value dim, R kv_lora_rank,
+//! P rope dim, N nope dim, V value head dim (MLA), C hidden size.
+
+mod error;
+pub mod flash;
+pub mod kv_view;
+pub mod reference;
+pub mod testing;
+
+pub use error::AttnError;
+pub use flash::{attend, decode, prefill, AttnParams, AttnShape, KvSplit, MaskSpec, Plan, SeqSpec};
+pub use kv_view::{DenseKv, KvDtype, KvPlane, KvSeq, ValueSource};

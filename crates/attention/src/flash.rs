@@ -1,0 +1,491 @@
+//! Flash-style tiled attention on the CPU: online softmax over KV tiles (no T×T score
+//! matrix), GQA-aware (each KV tile is loaded once for all the query heads that share it),
+//! split-KV with a log-sum-exp merge so one long sequence can use every core.
+//!
+//! Dimension legend: T queries (all sequences concatenated), H query heads, Hkv KV heads,
+//! G = H / Hkv heads per group, Dk key/query dim, Dv value dim, S a sequence's KV length.
+//!
+//! A work item is (sequence, KV head g, query tile, KV split). Its rows are the
+//! `q_tile × G` (query, head) pairs of the tile and group, row r = ti·G + hi. The item keeps
+//! a running max `m`, a running sum `l` and an unnormalised accumulator per row; the
+//! score and value products are the two GEMM tiles of the kernel table.
+//!
+//! Conventions: a row that sees no key (empty context, fully masked) has output 0 and
+//! LSE = −∞; with a per-head sink logit s, the sink acts as one extra key with logit s and a
+//! zero value, so an empty context gives output 0 and LSE = s.
+
+use crate::kv_view::{KvSeq, ValueSource};
+use crate::AttnError;
+use latent_kernels::{Kernels, MatMut, MatRef};
+use rayon::prelude::*;
+
+/// Head counts and head dims of one attention call.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct AttnShape {
+    pub heads: usize,
+    pub kv_heads: usize,
+    pub dk: usize,
+    pub dv: usize,
+}
+
+impl AttnShape {
+    pub fn group(&self) -> usize {
+        self.heads / self.kv_heads.max(1)
+    }
+    pub fn validate(&self) -> Result<(), AttnError> {
+        if self.kv_heads == 0 || self.heads == 0 || self.heads % self.kv_heads != 0 {
+            return Err(AttnError::Heads {
+                heads: self.heads,
+                kv_heads: self.kv_heads,
+            });
+        }
+        if self.dk == 0 {
+            return Err(AttnError::Config("key dim 0".into()));
+        }
+        Ok(())
+    }
+}
+
+/// Which keys a query at position p may see: key j is visible iff j < S, and (if causal)
+/// j ≤ p, and (if a window W is set) j > p − W or j < sinks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MaskSpec {
+    pub causal: bool,
+    /// Sliding window W ≥ 1: the W most recent positions up to p.
+    pub window: Option<usize>,
+    /// The first `sinks` positions stay visible outside the window.
+    pub sinks: usize,
+}
+
+impl MaskSpec {
+    pub const CAUSAL: MaskSpec = MaskSpec {
+        causal: true,
+        window: None,
+        sinks: 0,
+    };
+    pub const NONE: MaskSpec = MaskSpec {
+        causal: false,
+        window: None,
+        sinks: 0,
+    };
+
+    #[inline]
+    pub fn visible(&self, p: usize, j: usize) -> bool {
+        (!self.causal || j <= p) && self.window.is_none_or(|w| j + w > p || j < self.sinks)
+    }
+
+    /// Key ranges (at most two, ascending, disjoint) any query in positions `p0..=p1` can see.
+    fn ranges(&self, p0: usize, p1: usize, s: usize) -> [std::ops::Range<usize>; 2] {
+        let hi = if self.causal { s.min(p1 + 1) } else { s };
+        match self.window {
+            None => [0..hi, hi..hi],
+            Some(w) => {
+                let lo = (p0 + 1).saturating_sub(w).min(hi);
+                let sk = self.sinks.min(hi);
+                if lo <= sk {
+                    [0..hi, hi..hi]
+                } else {
+                    [0..sk, lo..hi]
+                }
+            }
+        }
+    }
+
+    /// Whether every key in `j0..j1` is visible to every query in `p0..=p1`.
+    fn tile_fully_visible(&self, p0: usize, p1: usize, j0: usize, j1: usize) -> bool {
+        let causal_ok = !self.causal || j1 <= p0 + 1;
+        let window_ok = self.window.is_none_or(|w| j0 + w > p1 || j1 <= self.sinks);
+        causal_ok && window_ok
+    }
+}
+
+/// Everything but the tensors.
+#[derive(Clone, Copy, Debug)]
+pub struct AttnParams<'a> {
+    pub shape: AttnShape,
+    /// Multiplies Q·Kᵀ (usually 1/√Dk; MLA: 1/√(nope+rope)).
+    pub scale: f32,
+    pub mask: MaskSpec,
+    /// Optional learned sink logit per query head, `[H]`.
+    pub sink_logits: Option<&'a [f32]>,
+}
+
+/// One sequence of a variable-length batch: `q_len` queries at positions
+/// `q_pos .. q_pos + q_len` (their rows follow the previous sequence's in the query tensor),
+/// attending over `kv`.
+#[derive(Clone, Copy, Debug)]
+pub struct SeqSpec<'a> {
+    pub q_len: usize,
+    pub q_pos: usize,
+    pub kv: KvSeq<'a>,
+}
+
+/// How many KV splits a (sequence, head group, query tile) gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum KvSplit {
+    /// One pass over the whole context.
+    Single,
+    /// Exactly this many splits (capped by the number of visible keys).
+    Fixed(usize),
+    /// Enough splits that all threads have work, each at least `min_split` keys long.
+    Auto,
+}
+
+/// Tiling and work partition.
+#[derive(Clone, Copy, Debug)]
+pub struct Plan {
+    /// Queries per tile.
+    pub q_tile: usize,
+    /// Keys per tile.
+    pub kv_tile: usize,
+    pub split: KvSplit,
+    /// Smallest split under `Auto`.
+    pub min_split: usize,
+}
+
+impl Plan {
+    /// Prefill: query tiles of ≈128 rows per head group, no KV split.
+    pub fn prefill(shape: &AttnShape) -> Plan {
+        Plan {
+            q_tile: (128 / shape.group()).max(1),
+            kv_tile: 64,
+            split: KvSplit::Single,
+            min_split: 512,
+        }
+    }
+    /// Decode: one query tile, KV split across threads.
+    pub fn decode(shape: &AttnShape) -> Plan {
+        let kv_tile = if shape.group() >= 32 { 64 } else { 128 };
+        Plan {
+            q_tile: (128 / shape.group()).max(1),
+            kv_tile,
+            split: KvSplit::Auto,
+            min_split: 256,
+        }
+    }
+}
+
+/// Prefill entry point: `q` `[T, H, Dk]`, `out` `[T, H, Dv]`, `lse` `[T, H]`.
+pub fn prefill(
+    p: &AttnParams,
+    q: &[f32],
+    seqs: &[SeqSpec],
+    out: &mut [f32],
+    lse: &mut [f32],
+) -> Result<(), AttnError> {
+    attend(p, &Plan::prefill(&p.shape), q, seqs, out, lse)
+}
+
+/// Decode entry point (split-KV): same tensors as [`prefill`].
+pub fn decode(
+    p: &AttnParams,
+    q: &[f32],
+    seqs: &[SeqSpec],
+    out: &mut [f32],
+    lse: &mut [f32],
+) -> Result<(), AttnError> {
+    attend(p, &Plan::decode(&p.shape), q, seqs, out, lse)
+}
+
+struct Item {
+    seq: usize,
+    q_row0: usize, // row of the sequence's first query in q
+    g: usize,
+    q0: usize,
+    qn: usize,
+    split: usize,
+    nsplit: usize,
+}
+
+struct Partial {
+    acc: Vec<f32>, // [rows, Dv], normalised
+    lse: Vec<f32>, // [rows]
+}
+
+/// The general entry point with an explicit plan. Runs on the current rayon pool.
+pub fn attend(
+    p: &AttnParams,
+    plan: &Plan,
+    q: &[f32],
+    seqs: &[SeqSpec],
+    out: &mut [f32],
+    lse: &mut [f32],
+) -> Result<(), AttnError> {
+    let sh = p.shape;
+    sh.validate()?;
+    if let Some(w) = p.mask.window {
+        if w == 0 {
+            return Err(AttnError::Mask("window must be ≥ 1".into()));
+        }
+    }
+    if plan.q_tile == 0 || plan.kv_tile == 0 {
+        return Err(AttnError::Config("tile sizes must be ≥ 1".into()));
+    }
+    let t: usize = seqs.iter().map(|s| s.q_len).sum();
+    let chk = |what, expected: usize, got: usize| {
+        if expected == got {
+            Ok(())
+        } else {
+            Err(AttnError::Len {
+                what,
+                expected,
+                got,
+            })
+        }
+    };
+    chk("q [T, H, Dk]", t * sh.heads * sh.dk, q.len())?;
+    chk("out [T, H, Dv]", t * sh.heads * sh.dv, out.len())?;
+    chk("lse [T, H]", t * sh.heads, lse.len())?;
+    if let Some(s) = p.sink_logits {
+        chk("sink logits [H]", sh.heads, s.len())?;
+    }
+    for (i, s) in seqs.iter().enumerate() {
+        let e = |msg: String| AttnError::Seq { seq: i, msg };
+        if s.kv.kv_heads != sh.kv_heads || s.kv.dk() != sh.dk || s.kv.dv() != sh.dv {
+            return Err(e(format!(
+                "cache has {} heads × (dk {}, dv {}), call expects {} × ({}, {})",
+                s.kv.kv_heads,
+                s.kv.dk(),
+                s.kv.dv(),
+                sh.kv_heads,
+                sh.dk,
+                sh.dv
+            )));
+        }
+        s.kv.validate(i)?;
+    }
+
+    // Work items.
+    let g = sh.group();
+    let mut base = Vec::new();
+    let mut row = 0;
+    for (si, s) in seqs.iter().enumerate() {
+        let mut q0 = 0;
+        while q0 < s.q_len {
+            let qn = plan.q_tile.min(s.q_len - q0);
+            for gi in 0..sh.kv_heads {
+                base.push(Item {
+                    seq: si,
+                    q_row0: row,
+                    g: gi,
+                    q0,
+                    qn,
+                    split: 0,
+                    nsplit: 1,
+                });
+            }
+            q0 += qn;
+        }
+        row += s.q_len;
+    }
+    let threads = rayon::current_num_threads().max(1);
+    let mut items = Vec::with_capacity(base.len());
+    for it in base {
+        let s = &seqs[it.seq];
+        let (p0, p1) = (s.q_pos + it.q0, s.q_pos + it.q0 + it.qn - 1);
+        let visible: usize = p
+            .mask
+            .ranges(p0, p1, s.kv.len)
+            .iter()
+            .map(|r| r.len())
+            .sum();
+        let nsplit = match plan.split {
+            KvSplit::Single => 1,
+            KvSplit::Fixed(n) => n.max(1).min(visible.max(1)),
+            KvSplit::Auto => {
+                let want = (2 * threads).div_ceil(sh.kv_heads * seqs.len().max(1));
+                want.min(visible / plan.min_split.max(1)).max(1)
+            }
+        };
+        for split in 0..nsplit {
+            items.push(Item {
+                split,
+                nsplit,
+                ..it
+            });
+        }
+    }
+
+    let k = Kernels::best();
+    let run = |it: &Item| run_item(k, p, plan, q, &seqs[it.seq], it);
+    let parts: Vec<Partial> = if threads == 1 || items.len() == 1 {
+        items.iter().map(run).collect()
+    } else {
+        items.par_iter().map(run).collect()
+    };
+
+    // Merge splits (log-sum-exp weighted) and scatter rows into out / lse.
+    let mut i = 0;
+    while i < items.len() {
+        let it = &items[i];
+        let n = it.nsplit;
+        let rows = it.qn * g;
+        for r in 0..rows {
+            let (ti, hi) = (r / g, r % g);
+            let qrow = it.q_row0 + it.q0 + ti;
+            let h = it.g * g + hi;
+            let o = &mut out[(qrow * sh.heads + h) * sh.dv..][..sh.dv];
+            let m = parts[i..i + n]
+                .iter()
+                .map(|pt| pt.lse[r])
+                .fold(f32::NEG_INFINITY, f32::max);
+            if m == f32::NEG_INFINITY {
+                o.fill(0.0);
+                lse[qrow * sh.heads + h] = f32::NEG_INFINITY;
+                continue;
+            }
+            if n == 1 {
+                o.copy_from_slice(&parts[i].acc[r * sh.dv..(r + 1) * sh.dv]);
+                lse[qrow * sh.heads + h] = parts[i].lse[r];
+                continue;
+            }
+            o.fill(0.0);
+            let mut wsum = 0.0f32;
+            for pt in &parts[i..i + n] {
+                let w = (pt.lse[r] - m).exp();
+                if w > 0.0 {
+                    (k.axpy)(w, &pt.acc[r * sh.dv..(r + 1) * sh.dv], o);
+                    wsum += w;
+                }
+            }
+            (k.scale)(o, 1.0 / wsum);
+            lse[qrow * sh.heads + h] = m + wsum.ln();
+        }
+        i += n;
+    }
+    Ok(())
+}
+
+/// The `split`-th of `nsplit` equal shares of the keys in `ranges`, as sub-ranges.
+fn split_ranges(
+    ranges: &[std::ops::Range<usize>; 2],
+    split: usize,
+    nsplit: usize,
+) -> Vec<std::ops::Range<usize>> {
+    let total: usize = ranges.iter().map(|r| r.len()).sum();
+    let (a, b) = (total * split / nsplit, total * (split + 1) / nsplit);
+    let mut outr = Vec::new();
+    let mut off = 0;
+    for r in ranges {
+        let (s, e) = (off, off + r.len());
+        let (lo, hi) = (a.max(s), b.min(e));
+        if lo < hi {
+            outr.push(r.start + (lo - s)..r.start + (hi - s));
+        }
+        off = e;
+    }
+    outr
+}
+
+fn run_item(
+    k: &Kernels,
+    p: &AttnParams,
+    plan: &Plan,
+    q: &[f32],
+    s: &SeqSpec,
+    it: &Item,
+) -> Partial {
+    let sh = p.shape;
+    let g = sh.group();
+    let (dk, dv) = (sh.dk, sh.dv);
+    let rows = it.qn * g;
+    let kt = plan.kv_tile;
+    let (p0, p1) = (s.q_pos + it.q0, s.q_pos + it.q0 + it.qn - 1);
+
+    // Q rows of this tile and group: [rows, Dk].
+    let mut qm = vec![0f32; rows * dk];
+    for ti in 0..it.qn {
+        let src = &q[((it.q_row0 + it.q0 + ti) * sh.heads + it.g * g) * dk..][..g * dk];
+        qm[ti * g * dk..(ti + 1) * g * dk].copy_from_slice(src);
+    }
+    let mut m = vec![f32::NEG_INFINITY; rows];
+    let mut l = vec![0f32; rows];
+    if let (Some(sl), 0) = (p.sink_logits, it.split) {
+        for r in 0..rows {
+            m[r] = sl[it.g * g + r % g];
+            l[r] = 1.0;
+        }
+    }
+    let mut acc = vec![0f32; rows * dv];
+    let mut kbuf = vec![0f32; kt * dk];
+    let mut vbuf = match s.kv.v {
+        ValueSource::Plane(_) => vec![0f32; kt * dv],
+        ValueSource::KeyPrefix { .. } => Vec::new(),
+    };
+    let mut sc = vec![0f32; rows * kt];
+
+    let ranges = p.mask.ranges(p0, p1, s.kv.len);
+    for r in split_ranges(&ranges, it.split, it.nsplit) {
+        let mut j0 = r.start;
+        while j0 < r.end {
+            let n = kt.min(r.end - j0);
+            s.kv.k.load_rows(k, &s.kv, it.g, j0, n, &mut kbuf[..n * dk]);
+            let scm = MatMut {
+                data: &mut sc[..rows * n],
+                rows,
+                cols: n,
+                stride: n,
+            };
+            (k.gemm_nt)(
+                p.scale,
+                MatRef::dense(&qm, rows, dk),
+                MatRef::dense(&kbuf[..n * dk], n, dk),
+                scm,
+            );
+            let full = p.mask.tile_fully_visible(p0, p1, j0, j0 + n);
+            for row in 0..rows {
+                let srow = &mut sc[row * n..(row + 1) * n];
+                if !full {
+                    let pos = p0 + row / g;
+                    for (c, v) in srow.iter_mut().enumerate() {
+                        if !p.mask.visible(pos, j0 + c) {
+                            *v = f32::NEG_INFINITY;
+                        }
+                    }
+                }
+                let mnew = m[row].max((k.max)(srow));
+                if mnew == f32::NEG_INFINITY {
+                    srow.fill(0.0);
+                    continue;
+                }
+                let alpha = (m[row] - mnew).exp();
+                let sum = (k.exp_sub_sum)(srow, mnew);
+                l[row] = l[row] * alpha + sum;
+                if alpha != 1.0 {
+                    (k.scale)(&mut acc[row * dv..(row + 1) * dv], alpha);
+                }
+                m[row] = mnew;
+            }
+            let vm = match s.kv.v {
+                ValueSource::Plane(vp) => {
+                    vp.load_rows(k, &s.kv, it.g, j0, n, &mut vbuf[..n * dv]);
+                    MatRef::dense(&vbuf[..n * dv], n, dv)
+                }
+                ValueSource::KeyPrefix { .. } => MatRef {
+                    data: &kbuf[..n * dk],
+                    rows: n,
+                    cols: dv,
+                    stride: dk,
+                },
+            };
+            (k.gemm_nn)(
+                MatRef::dense(&sc[..rows * n], rows, n),
+                vm,
+                MatMut::dense(&mut acc, rows, dv),
+            );
+            j0 += n;
+        }
+    }
+
+    let mut lse = vec![f32::NEG_INFINITY; rows];
+    for row in 0..rows {
+        let a = &mut acc[row * dv..(row + 1) * dv];
+        if l[row] > 0.0 {
+            (k.scale)(a, 1.0 / l[row]);
+            lse[row] = m[row] + l[row].ln();
+        } else {
+            a.fill(0.0);
+        }
+    }
+    Partial { acc, lse }
+}
