@@ -1,0 +1,181 @@
+//! Byte-level BPE: merge table and the per-word merge loop.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap};
+
+use crate::error::TokenizerError;
+use crate::unicode::char_of_byte;
+
+/// Merge rules over symbol ids.
+///
+/// Symbols are the vocabulary's tokens (ids `0..n_vocab`) plus "extra" symbols (ids from
+/// `n_vocab` on) for strings that the merges can form but that are not tokens: the byte
+/// characters missing from the vocabulary and merge results missing from it. A word that
+/// ends up with an extra symbol falls back to single-byte tokens, as the reference does.
+#[derive(Debug)]
+pub(crate) struct Bpe {
+    n_vocab: u32,
+    /// `(left, right) -> (rank, merged)`.
+    ranks: HashMap<(u32, u32), (u32, u32)>,
+    /// Initial symbol of each byte.
+    byte_sym: [u32; 256],
+    /// Texts of the extra symbols (`id - n_vocab`).
+    extra: Vec<String>,
+}
+
+impl Bpe {
+    /// Builds the merge table; `merges` are `"left right"` strings, rank = position.
+    pub fn new(
+        token_to_id: &HashMap<String, u32>,
+        n_vocab: u32,
+        merges: &[String],
+    ) -> Result<Bpe, TokenizerError> {
+        let mut extra: Vec<String> = Vec::new();
+        let mut extra_ids: HashMap<String, u32> = HashMap::new();
+        fn intern(
+            s: &str,
+            token_to_id: &HashMap<String, u32>,
+            n_vocab: u32,
+            extra: &mut Vec<String>,
+            extra_ids: &mut HashMap<String, u32>,
+        ) -> u32 {
+            if let Some(&id) = token_to_id.get(s) {
+                return id;
+            }
+            if let Some(&id) = extra_ids.get(s) {
+                return id;
+            }
+            let id = n_vocab + extra.len() as u32;
+            extra.push(s.to_string());
+            extra_ids.insert(s.to_string(), id);
+            id
+        }
+
+        let mut byte_sym = [0u32; 256];
+        for (b, slot) in byte_sym.iter_mut().enumerate() {
+            let s = char_of_byte(b as u8).to_string();
+            *slot = intern(&s, token_to_id, n_vocab, &mut extra, &mut extra_ids);
+        }
+
+        // Split every rule at the first space after its first byte (a symbol may itself be
+        // a lone space in vocabularies that are not byte-level).
+        let mut split = Vec::with_capacity(merges.len());
+        for (index, m) in merges.iter().enumerate() {
+            match m.as_bytes().iter().skip(1).position(|&c| c == b' ') {
+                Some(p) => split.push((&m[..p + 1], &m[p + 2..])),
+                None => {
+                    return Err(TokenizerError::MalformedMerge {
+                        index,
+                        merge: m.clone(),
+                    })
+                }
+            }
+        }
+        // Merge results first, so that a rule may use the result of a later rule.
+        let mut buf = String::new();
+        let results: Vec<u32> = split
+            .iter()
+            .map(|(a, b)| {
+                buf.clear();
+                buf.push_str(a);
+                buf.push_str(b);
+                intern(&buf, token_to_id, n_vocab, &mut extra, &mut extra_ids)
+            })
+            .collect();
+
+        let lookup = |s: &str| token_to_id.get(s).or_else(|| extra_ids.get(s)).copied();
+        let mut ranks = HashMap::with_capacity(merges.len());
+        for (index, ((a, b), &merged)) in split.iter().zip(&results).enumerate() {
+            let (ida, idb) = (lookup(a), lookup(b));
+            let (Some(ida), Some(idb)) = (ida, idb) else {
+                let token = if ida.is_none() { a } else { b };
+                return Err(TokenizerError::UnknownMergeToken {
+                    index,
+                    merge: merges[index].clone(),
+                    token: token.to_string(),
+                });
+            };
+            ranks.entry((ida, idb)).or_insert((index as u32, merged));
+        }
+        Ok(Bpe {
+            n_vocab,
+            ranks,
+            byte_sym,
+            extra,
+        })
+    }
+
+    /// Text of an extra symbol.
+    pub fn extra_text(&self, id: u32) -> Option<&str> {
+        id.checked_sub(self.n_vocab)
+            .and_then(|i| self.extra.get(i as usize))
+            .map(String::as_str)
+    }
+
+    /// Runs the merges over the bytes of one word; pushes the resulting symbol ids (which may
+    /// include extra symbols) to `out`.
+    pub fn merge_word(&self, word: &[u8], out: &mut Vec<u32>) {
+        match word.len() {
+            0 => return,
+            1 => {
+                out.push(self.byte_sym[word[0] as usize]);
+                return;
+            }
+            _ => {}
+        }
+        #[derive(Clone, Copy)]
+        struct Sym {
+            id: u32,
+            prev: u32,
+            next: u32,
+            alive: bool,
+        }
+        const NONE: u32 = u32::MAX;
+        let n = word.len();
+        let mut syms: Vec<Sym> = word
+            .iter()
+            .enumerate()
+            .map(|(i, &b)| Sym {
+                id: self.byte_sym[b as usize],
+                prev: if i == 0 { NONE } else { i as u32 - 1 },
+                next: if i + 1 == n { NONE } else { i as u32 + 1 },
+                alive: true,
+            })
+            .collect();
+
+        // Min-heap on (rank, left position); entries are validated when popped.
+        let mut heap: BinaryHeap<Reverse<(u32, u32, u32, u32, u32)>> = BinaryHeap::with_capacity(n);
+        let push = |heap: &mut BinaryHeap<_>, syms: &[Sym], l: u32, r: u32| {
+            if l == NONE || r == NONE {
+                return;
+            }
+            let (a, b) = (syms[l as usize].id, syms[r as usize].id);
+            if let Some(&(rank, _)) = self.ranks.get(&(a, b)) {
+                heap.push(Reverse((rank, l, r, a, b)));
+            }
+        };
+        for i in 1..n as u32 {
+            push(&mut heap, &syms, i - 1, i);
+        }
+        while let Some(Reverse((_, l, r, a, b))) = heap.pop() {
+            let (ls, rs) = (syms[l as usize], syms[r as usize]);
+            if !ls.alive || !rs.alive || ls.id != a || rs.id != b || ls.next != r {
+                continue;
+            }
+            let merged = self.ranks[&(a, b)].1;
+            syms[l as usize].id = merged;
+            syms[l as usize].next = rs.next;
+            syms[r as usize].alive = false;
+            if rs.next != NONE {
+                syms[rs.next as usize].prev = l;
+            }
+            push(&mut heap, &syms, ls.prev, l);
+            push(&mut heap, &syms, l, rs.next);
+        }
+        let mut i = 0u32;
+        while i != NONE {
+            out.push(syms[i as usize].id);
+            i = syms[i as usize].next;
+        }
+    }
+}
