@@ -198,9 +198,19 @@ fn typed_getters() {
     };
     wrong(f.get_str("t.u8").unwrap_err(), "t.u8", "string", "u8");
     wrong(f.get_u32("t.f32").unwrap_err(), "t.f32", "u32", "f32");
-    wrong(f.get_u32("t.bool_t").unwrap_err(), "t.bool_t", "u32", "bool");
+    wrong(
+        f.get_u32("t.bool_t").unwrap_err(),
+        "t.bool_t",
+        "u32",
+        "bool",
+    );
     wrong(f.get_bool("t.u8").unwrap_err(), "t.u8", "bool", "u8");
-    wrong(f.get_f32("general.name").unwrap_err(), "general.name", "f32", "string");
+    wrong(
+        f.get_f32("general.name").unwrap_err(),
+        "general.name",
+        "f32",
+        "string",
+    );
     wrong(
         f.get_str_array("t.scores").unwrap_err(),
         "t.scores",
@@ -246,7 +256,10 @@ fn typed_getters() {
         GgufError::MissingKey { key } if key == "nope"
     ));
     let msg = f.get_u32("t.f32").unwrap_err().to_string();
-    assert!(msg.contains("t.f32") && msg.contains("u32") && msg.contains("f32"), "{msg}");
+    assert!(
+        msg.contains("t.f32") && msg.contains("u32") && msg.contains("f32"),
+        "{msg}"
+    );
     assert_eq!(f.tensor("nope"), None);
 }
 
@@ -261,7 +274,10 @@ fn meta_value_helpers() {
     assert_eq!(MetaValue::Bool(true).as_f64(), None);
     assert_eq!(MetaValue::from("x").as_str(), Some("x"));
     assert_eq!(MetaValue::from(1u32).as_str(), None);
-    assert_eq!(MetaValue::from(vec![1u8]).as_array().map(|a| a.len()), Some(1));
+    assert_eq!(
+        MetaValue::from(vec![1u8]).as_array().map(|a| a.len()),
+        Some(1)
+    );
     let names: Vec<_> = [
         MetaValue::U8(0),
         MetaValue::I8(0),
@@ -394,10 +410,14 @@ fn builder_rejects_invalid_input() {
     b.tensor("t", &[1 << 40, 1 << 40], GgmlType::F32, vec![]);
     build_err(&b);
     let mut b = GgufBuilder::new();
-    b.tensor_f32("t", &[1], &[0.0]).tensor_f32("t", &[1], &[0.0]);
+    b.tensor_f32("t", &[1], &[0.0])
+        .tensor_f32("t", &[1], &[0.0]);
     assert!(build_err(&b).contains("duplicate"));
     let mut b = GgufBuilder::new();
-    b.meta("a", MetaValue::Array(vec![MetaValue::U8(1), MetaValue::I8(1)]));
+    b.meta(
+        "a",
+        MetaValue::Array(vec![MetaValue::U8(1), MetaValue::I8(1)]),
+    );
     assert!(build_err(&b).contains("mixes"));
     let mut b = GgufBuilder::new();
     b.alignment(48);

@@ -23,7 +23,9 @@ pub enum GgufError {
     #[error("cannot write GGUF: {0}")]
     Write(#[source] std::io::Error),
 
-    #[error("unexpected end of file at offset {offset}: need {needed} bytes, {available} available")]
+    #[error(
+        "unexpected end of file at offset {offset}: need {needed} bytes, {available} available"
+    )]
     Truncated {
         offset: u64,
         needed: u64,
@@ -33,7 +35,9 @@ pub enum GgufError {
     BadMagic { offset: u64, found: [u8; 4] },
     #[error("unsupported GGUF version {version} at offset {offset} (supported: 2, 3)")]
     UnsupportedVersion { offset: u64, version: u32 },
-    #[error("big-endian GGUF is not supported (version field at offset {offset} reads {raw:#010x})")]
+    #[error(
+        "big-endian GGUF is not supported (version field at offset {offset} reads {raw:#010x})"
+    )]
     BigEndian { offset: u64, raw: u32 },
     /// A count or length cannot possibly be satisfied by the bytes left in
     /// the file; rejected before anything is allocated for it.
@@ -62,7 +66,11 @@ pub enum GgufError {
     #[error("duplicate tensor name {name:?} at offset {offset}")]
     DuplicateTensor { offset: u64, name: String },
     #[error("tensor {name:?}: n_dims {n_dims} at offset {offset} is not in 1..=4")]
-    InvalidDimCount { offset: u64, name: String, n_dims: u32 },
+    InvalidDimCount {
+        offset: u64,
+        name: String,
+        n_dims: u32,
+    },
     #[error("tensor {name:?}: dimension {index} at offset {offset} has invalid size {value}")]
     InvalidDimension {
         offset: u64,

@@ -255,14 +255,19 @@ impl GgufFile {
             .ok_or_else(|| wrong_type(key, "array<string>", v))?;
         items
             .iter()
-            .map(|e| e.as_str().ok_or_else(|| wrong_type(key, "array<string>", v)))
+            .map(|e| {
+                e.as_str()
+                    .ok_or_else(|| wrong_type(key, "array<string>", v))
+            })
             .collect()
     }
 
     /// An array of `f32`, `f64` or integers, converted to `f32`.
     pub fn get_f32_array(&self, key: &str) -> Result<Vec<f32>, GgufError> {
         let v = self.require(key)?;
-        let items = v.as_array().ok_or_else(|| wrong_type(key, "array<f32>", v))?;
+        let items = v
+            .as_array()
+            .ok_or_else(|| wrong_type(key, "array<f32>", v))?;
         items
             .iter()
             .map(|e| match e {
@@ -592,7 +597,12 @@ fn parse_bytes(buf: &[u8]) -> Result<Parsed, GgufError> {
     }
     let tensor_count = c.u64()?;
     let kv_count = c.u64()?;
-    c.check_count(8, "tensor count", tensor_count, MIN_TENSOR_INFO_ENCODED_SIZE)?;
+    c.check_count(
+        8,
+        "tensor count",
+        tensor_count,
+        MIN_TENSOR_INFO_ENCODED_SIZE,
+    )?;
     c.check_count(16, "metadata kv count", kv_count, MIN_KV_ENCODED_SIZE)?;
     // Both infos and kvs must fit together as well.
     let min_total = tensor_count * MIN_TENSOR_INFO_ENCODED_SIZE + kv_count * MIN_KV_ENCODED_SIZE;

@@ -53,6 +53,11 @@ pub struct FieldSpan {
     pub len: u8,
 }
 
+struct Head {
+    bytes: Vec<u8>,
+    spans: Vec<FieldSpan>,
+}
+
 struct PendingTensor<'a> {
     name: String,
     dims: Vec<u64>,
@@ -140,7 +145,12 @@ impl<'a> GgufBuilder<'a> {
     }
 
     /// Adds an `F32` tensor from values.
-    pub fn tensor_f32(&mut self, name: impl Into<String>, dims: &[u64], values: &[f32]) -> &mut Self {
+    pub fn tensor_f32(
+        &mut self,
+        name: impl Into<String>,
+        dims: &[u64],
+        values: &[f32],
+    ) -> &mut Self {
         let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         self.tensor(name, dims, GgmlType::F32, bytes)
     }
@@ -154,7 +164,10 @@ impl<'a> GgufBuilder<'a> {
 
     /// The complete file, and where each numeric header field was written.
     pub fn build_with_layout(&self) -> Result<(Vec<u8>, Vec<FieldSpan>), GgufError> {
-        let (mut out, spans, _) = self.encode_head()?;
+        let Head {
+            bytes: mut out,
+            spans,
+        } = self.encode_head()?;
         let alignment = self.effective_alignment()?;
         for t in &self.tensors {
             out.extend_from_slice(&t.data);
@@ -165,7 +178,7 @@ impl<'a> GgufBuilder<'a> {
 
     /// Streams the file to `w`; returns the number of bytes written.
     pub fn write_to<W: Write>(&self, mut w: W) -> Result<u64, GgufError> {
-        let (head, _, _) = self.encode_head()?;
+        let head = self.encode_head()?.bytes;
         let alignment = self.effective_alignment()?;
         w.write_all(&head).map_err(GgufError::Write)?;
         let mut written = head.len() as u64;
@@ -176,7 +189,8 @@ impl<'a> GgufBuilder<'a> {
             let mut pad = padding(written, alignment);
             while pad > 0 {
                 let n = pad.min(zeros.len() as u64);
-                w.write_all(&zeros[..n as usize]).map_err(GgufError::Write)?;
+                w.write_all(&zeros[..n as usize])
+                    .map_err(GgufError::Write)?;
                 pad -= n;
             }
             written += padding(written, alignment);
@@ -207,9 +221,9 @@ impl<'a> GgufBuilder<'a> {
         }
     }
 
-    /// Header, metadata, tensor infos and padding up to the data section;
-    /// plus field spans and each tensor's relative data offset.
-    fn encode_head(&self) -> Result<(Vec<u8>, Vec<FieldSpan>, Vec<u64>), GgufError> {
+    /// Header, metadata, tensor infos and padding up to the data section,
+    /// with the positions of the numeric fields.
+    fn encode_head(&self) -> Result<Head, GgufError> {
         if self.version != 2 && self.version != 3 {
             return Err(GgufError::Build(format!(
                 "version must be 2 or 3, got {}",
@@ -263,7 +277,10 @@ impl<'a> GgufBuilder<'a> {
             e.u64(FieldKind::TensorOffset, off);
         }
         pad_vec(&mut e.out, alignment);
-        Ok((e.out, e.spans, offsets))
+        Ok(Head {
+            bytes: e.out,
+            spans: e.spans,
+        })
     }
 }
 
