@@ -459,3 +459,11 @@ fn deepest_allowed_nesting_roundtrips() {
     let f = GgufFile::from_bytes(b.build().unwrap()).unwrap();
     assert_eq!(f.get("deep"), Some(&deep));
 }
+
+#[test]
+fn handles_are_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<GgufFile>();
+    check::<GgufError>();
+    check::<GgufBuilder<'static>>();
+}
