@@ -264,3 +264,58 @@ impl DenseKv {
         }
     }
 }
+
+/// A dense latent cache (MLA / low-rank): rows `[S, Dk]`, values are the first `dv` elements.
+pub struct DenseLatent {
+    pub rows: Vec<u8>, // [S, Dk] in `dtype`
+    pub dtype: KvDtype,
+    pub len: usize,
+    pub dk: usize,
+    pub dv: usize,
+}
+
+impl DenseLatent {
+    /// Encodes f32 rows `[S, dk]`; values are each row's first `dv` elements.
+    pub fn new(dtype: KvDtype, dk: usize, dv: usize, rows: &[f32]) -> DenseLatent {
+        let len = if dk == 0 { 0 } else { rows.len() / dk };
+        let mut b = vec![0u8; rows.len() * dtype.bytes()];
+        dtype.encode(Kernels::best(), rows, &mut b);
+        DenseLatent {
+            rows: b,
+            dtype,
+            len,
+            dk,
+            dv,
+        }
+    }
+
+    pub fn view(&self) -> KvSeq<'_> {
+        let e = self.dtype.bytes();
+        KvSeq {
+            k: KvPlane {
+                pool: &self.rows,
+                dtype: self.dtype,
+                block_bytes: 0,
+                token_bytes: self.dk * e,
+                head_bytes: 0,
+                offset_bytes: 0,
+                dim: self.dk,
+            },
+            v: ValueSource::KeyPrefix { dim: self.dv },
+            kv_heads: 1,
+            block_size: self.len.max(1),
+            table: &ONE_BLOCK,
+            len: self.len,
+        }
+    }
+}
+
+impl KvSeq<'_> {
+    /// Decodes key rows `start..start+n` of `head` to f32 `[n, Dk]`.
+    pub fn read_keys(&self, head: usize, start: usize, n: usize) -> Vec<f32> {
+        let mut out = vec![0f32; n * self.k.dim];
+        self.k
+            .load_rows(Kernels::best(), self, head, start, n, &mut out);
+        out
+    }
+}

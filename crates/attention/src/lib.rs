@@ -15,3 +15,12 @@ pub mod testing;
 pub use error::AttnError;
 pub use flash::{attend, decode, prefill, AttnParams, AttnShape, KvSplit, MaskSpec, Plan, SeqSpec};
 pub use kv_view::{DenseKv, KvDtype, KvPlane, KvSeq, ValueSource};
+pub mod linear;
+pub mod lowrank;
+pub mod mla;
+pub mod rope;
+
+pub use kv_view::DenseLatent;
+pub use lowrank::LowRankKv;
+pub use mla::{Mla, MlaConfig, MlaWeights, QProj};
+pub use rope::{Rope, RopeStyle, Yarn};

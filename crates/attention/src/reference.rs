@@ -78,3 +78,108 @@ pub fn attention_ref(
     }
     (out, lse)
 }
+
+fn matvec64(w: &[f32], x: &[f64], out_dim: usize) -> Vec<f64> {
+    let inp = x.len();
+    (0..out_dim)
+        .map(|o| {
+            w[o * inp..(o + 1) * inp]
+                .iter()
+                .zip(x)
+                .map(|(a, b)| *a as f64 * b)
+                .sum()
+        })
+        .collect()
+}
+
+fn rms64(x: &mut [f64], w: &[f32], eps: f32) {
+    let ms = x.iter().map(|v| v * v).sum::<f64>() / x.len() as f64;
+    let r = 1.0 / (ms + eps as f64).sqrt();
+    for (v, g) in x.iter_mut().zip(w) {
+        *v *= r * *g as f64;
+    }
+}
+
+fn rope64(rope: &crate::rope::Rope, x: &mut [f64], pos: usize) {
+    let half = rope.dims / 2;
+    for i in 0..half {
+        let (c, s) = rope.cos_sin(pos, i);
+        let (c, s) = (c as f64, s as f64);
+        let (a, b) = match rope.style {
+            crate::rope::RopeStyle::Interleaved => (2 * i, 2 * i + 1),
+            crate::rope::RopeStyle::Neox => (i, i + half),
+        };
+        let (x0, x1) = (x[a], x[b]);
+        x[a] = x0 * c - x1 * s;
+        x[b] = x0 * s + x1 * c;
+    }
+}
+
+/// MLA straight from the equations in f64 (decompressed per-head keys and values, no
+/// absorption, no cache): tokens `x` `[S, C]` at positions 0..S, causal; returns the
+/// per-head outputs `[S − q0, H, V]` and the layer output `[S − q0, C]` of tokens q0..S.
+pub fn mla_ref(m: &crate::mla::Mla, x: &[f32], s: usize, q0: usize) -> (Vec<f64>, Vec<f64>) {
+    use crate::mla::QProj;
+    let cfg = &m.cfg;
+    let (c, h, r, n, p, v) = (
+        cfg.hidden,
+        cfg.heads,
+        cfg.kv_lora_rank,
+        cfg.nope,
+        cfg.rope_dim,
+        cfg.v_dim,
+    );
+    let qk = n + p;
+    let xs: Vec<Vec<f64>> = (0..s)
+        .map(|i| x[i * c..(i + 1) * c].iter().map(|&a| a as f64).collect())
+        .collect();
+    // Per token: latent c_j [R], rope key [P].
+    let mut lat = Vec::new();
+    for (j, xj) in xs.iter().enumerate() {
+        let kv = matvec64(&m.w.w_dkv, xj, r + p);
+        let mut cj = kv[..r].to_vec();
+        rms64(&mut cj, &m.w.kv_norm, cfg.eps);
+        let mut kr = kv[r..].to_vec();
+        rope64(&cfg.rope, &mut kr, j);
+        lat.push((cj, kr));
+    }
+    let scale = cfg.softmax_scale() as f64;
+    let mut o_all = Vec::new();
+    let mut y_all = Vec::new();
+    for (i, xi) in xs.iter().enumerate().skip(q0) {
+        let q = match &m.w.q {
+            QProj::Direct { w_q } => matvec64(w_q, xi, h * qk),
+            QProj::Lora { w_dq, q_norm, w_uq } => {
+                let mut cq = matvec64(w_dq, xi, q_norm.len());
+                rms64(&mut cq, q_norm, cfg.eps);
+                matvec64(w_uq, &cq, h * qk)
+            }
+        };
+        let mut o = vec![0f64; h * v];
+        for hi in 0..h {
+            let mut qh = q[hi * qk..(hi + 1) * qk].to_vec();
+            rope64(&cfg.rope, &mut qh[n..], i);
+            let wk = &m.w.w_uk[hi * n * r..(hi + 1) * n * r];
+            let wv = &m.w.w_uv[hi * v * r..(hi + 1) * v * r];
+            let mut logits = Vec::with_capacity(i + 1);
+            for (cj, kr) in &lat[..=i] {
+                let kn = matvec64(wk, cj, n);
+                let d: f64 = qh[..n].iter().zip(&kn).map(|(a, b)| a * b).sum::<f64>()
+                    + qh[n..].iter().zip(kr).map(|(a, b)| a * b).sum::<f64>();
+                logits.push(d * scale);
+            }
+            let mx = logits.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+            let ws: Vec<f64> = logits.iter().map(|l| (l - mx).exp()).collect();
+            let den: f64 = ws.iter().sum();
+            for ((cj, _), w) in lat[..=i].iter().zip(&ws) {
+                let vj = matvec64(wv, cj, v);
+                for (oi, vi) in o[hi * v..(hi + 1) * v].iter_mut().zip(&vj) {
+                    *oi += w / den * vi;
+                }
+            }
+        }
+        y_all.extend(matvec64(&m.w.w_o, &o, c));
+        o_all.extend(o);
+    }
+    (o_all, y_all)
+}
