@@ -1,0 +1,133 @@
+//! On-the-fly 8-bit quantization of activation rows for the integer ("fast") matmul path.
+//!
+//! Layout is structure-of-arrays per call: all `t` rows' int8 values back to back, then the
+//! per-block scales and sums. Every kernel variant produces bit-identical activations (the
+//! same IEEE operations in the same order, round-half-to-even), so integer dot products agree
+//! exactly across variants.
+//!
+//! * 32-element blocks (for Q4_0/Q4_1/Q8_0 weights, like ggml's Q8_0/Q8_1):
+//!   `d = amax / 127`, `q = round(x / d)`, plus `s = d * sum(q)` per block.
+//! * 256-element blocks (for K-quant weights, like ggml's Q8_K): same scaling with `d` per
+//!   256, plus `bsums`: the sum of each 16 consecutive `q`.
+
+use crate::types::{QK, QK_K};
+
+/// Quantized activations of `t` rows of `k` elements each.
+#[derive(Clone, Debug, Default)]
+pub struct Q8Acts {
+    pub(crate) block: usize,
+    pub(crate) t: usize,
+    pub(crate) k: usize,
+    pub(crate) qs: Vec<i8>,
+    pub(crate) d: Vec<f32>,
+    /// 32-blocks: `d * sum(q)` per block.
+    pub(crate) s: Vec<f32>,
+    /// 256-blocks: sum of each 16 `q`.
+    pub(crate) bsums: Vec<i16>,
+}
+
+/// One activation row as the dot kernels see it.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct ActRow<'a> {
+    pub qs: &'a [i8],
+    pub d: &'a [f32],
+    pub s: &'a [f32],
+    pub bsums: &'a [i16],
+}
+
+impl Q8Acts {
+    /// Zero-filled storage for `t` rows of `k` elements in `block`-sized blocks.
+    pub(crate) fn alloc(block: usize, t: usize, k: usize) -> Q8Acts {
+        debug_assert!(block == QK || block == QK_K);
+        debug_assert_eq!(k % block, 0);
+        let nb = t * (k / block);
+        Q8Acts {
+            block,
+            t,
+            k,
+            qs: vec![0; t * k],
+            d: vec![0.0; nb],
+            s: if block == QK {
+                vec![0.0; nb]
+            } else {
+                Vec::new()
+            },
+            bsums: if block == QK_K {
+                vec![0; t * k / 16]
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
+    pub(crate) fn row(&self, t: usize) -> ActRow<'_> {
+        let nb = self.k / self.block;
+        ActRow {
+            qs: &self.qs[t * self.k..(t + 1) * self.k],
+            d: &self.d[t * nb..(t + 1) * nb],
+            s: if self.block == QK {
+                &self.s[t * nb..(t + 1) * nb]
+            } else {
+                &[]
+            },
+            bsums: if self.block == QK_K {
+                &self.bsums[t * self.k / 16..(t + 1) * self.k / 16]
+            } else {
+                &[]
+            },
+        }
+    }
+
+    /// Rows quantized.
+    pub fn rows(&self) -> usize {
+        self.t
+    }
+
+    /// Elements per row.
+    pub fn cols(&self) -> usize {
+        self.k
+    }
+}
+
+/// Quantizes one block; returns its scale. Written so that the compiler vectorizes it when
+/// inlined into a function compiled for a wider instruction set.
+#[inline(always)]
+fn quantize_block(x: &[f32], q: &mut [i8]) -> f32 {
+    let mut amax = 0f32;
+    for &v in x {
+        amax = amax.max(v.abs());
+    }
+    let d = amax / 127.0;
+    let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+    for (qi, &v) in q.iter_mut().zip(x) {
+        *qi = (v * id).round_ties_even() as i8;
+    }
+    d
+}
+
+/// Fills `acts` (already allocated for `x.len() / acts.k` rows) from `x`.
+#[inline(always)]
+pub(crate) fn quantize_acts_body(x: &[f32], acts: &mut Q8Acts) {
+    let block = acts.block;
+    for (bi, (xb, qb)) in x
+        .chunks_exact(block)
+        .zip(acts.qs.chunks_exact_mut(block))
+        .enumerate()
+    {
+        let d = quantize_block(xb, qb);
+        acts.d[bi] = d;
+        if block == QK {
+            let sum: i32 = qb.iter().map(|&q| q as i32).sum();
+            acts.s[bi] = d * sum as f32;
+        } else {
+            for (j, c) in qb.chunks_exact(16).enumerate() {
+                acts.bsums[bi * 16 + j] = c.iter().map(|&q| q as i16).sum();
+            }
+        }
+    }
+}
+
+/// Portable activation quantizer (the table entry of the scalar variant).
+pub(crate) fn quantize_acts_scalar(x: &[f32], acts: &mut Q8Acts) {
+    quantize_acts_body(x, acts)
+}
