@@ -6,6 +6,9 @@ use std::collections::{BinaryHeap, HashMap};
 use crate::error::TokenizerError;
 use crate::unicode::char_of_byte;
 
+/// A candidate merge: `(rank, left position, right position, left id, right id)`.
+type Bigram = (u32, u32, u32, u32, u32);
+
 /// Merge rules over symbol ids.
 ///
 /// Symbols are the vocabulary's tokens (ids `0..n_vocab`) plus "extra" symbols (ids from
@@ -144,7 +147,7 @@ impl Bpe {
             .collect();
 
         // Min-heap on (rank, left position); entries are validated when popped.
-        let mut heap: BinaryHeap<Reverse<(u32, u32, u32, u32, u32)>> = BinaryHeap::with_capacity(n);
+        let mut heap: BinaryHeap<Reverse<Bigram>> = BinaryHeap::with_capacity(n);
         let push = |heap: &mut BinaryHeap<_>, syms: &[Sym], l: u32, r: u32| {
             if l == NONE || r == NONE {
                 return;

@@ -33,7 +33,7 @@ impl<'a> StreamDecoder<'a> {
     /// Adds one token; returns the text that became complete (possibly empty).
     pub fn push(&mut self, id: u32) -> Result<String, TokenizerError> {
         let piece = self.tok.piece(id)?;
-        if !(self.skip_special && !self.tok.renders_when_skipping(id)) {
+        if !self.skip_special || self.tok.renders_when_skipping(id) {
             self.pending.extend_from_slice(piece);
         }
         Ok(self.take_complete())

@@ -340,6 +340,15 @@ impl Tokenizer {
         out
     }
 
+    /// The pre-token words of `text` (no special-token handling), for inspection.
+    pub fn pre_tokenize<'t>(&self, text: &'t str) -> Vec<&'t str> {
+        self.pre
+            .split(text)
+            .into_iter()
+            .map(|(s, e)| &text[s..e])
+            .collect()
+    }
+
     /// BPE over one pre-token word.
     fn encode_word(
         &self,

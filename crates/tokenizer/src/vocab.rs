@@ -197,7 +197,7 @@ pub(crate) fn detect_specials(
     let has_call = find_in(&eog, "<|call|>").is_some() || find_in(&eog, "<|calls|>").is_some();
     let has_flush = find_in(&eog, "<|flush|>").is_some();
     if let Some(end_id) = find_in(&eog, "<|end|>") {
-        if (has_return && has_call) || (has_call && has_flush) {
+        if has_call && (has_return || has_flush) {
             eog.remove(&end_id);
             attrs[end_id as usize] = attr::USER_DEFINED;
         }
