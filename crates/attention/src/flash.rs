@@ -33,11 +33,8 @@ impl AttnShape {
         self.heads / self.kv_heads.max(1)
     }
     pub fn validate(&self) -> Result<(), AttnError> {
-        if self.kv_heads == 0 || self.heads == 0 || self.heads % self.kv_heads != 0 {
-            return Err(AttnError::Heads {
-                heads: self.heads,
-                kv_heads: self.kv_heads,
-            });
+        if self.kv_heads == 0 || self.heads == 0 || !self.heads.is_multiple_of(self.kv_heads) {
+            return Err(AttnError::Heads { heads: self.heads, kv_heads: self.kv_heads });
         }
         if self.dk == 0 {
             return Err(AttnError::Config("key dim 0".into()));
@@ -58,16 +55,8 @@ pub struct MaskSpec {
 }
 
 impl MaskSpec {
-    pub const CAUSAL: MaskSpec = MaskSpec {
-        causal: true,
-        window: None,
-        sinks: 0,
-    };
-    pub const NONE: MaskSpec = MaskSpec {
-        causal: false,
-        window: None,
-        sinks: 0,
-    };
+    pub const CAUSAL: MaskSpec = MaskSpec { causal: true, window: None, sinks: 0 };
+    pub const NONE: MaskSpec = MaskSpec { causal: false, window: None, sinks: 0 };
 
     #[inline]
     pub fn visible(&self, p: usize, j: usize) -> bool {
@@ -146,44 +135,22 @@ pub struct Plan {
 impl Plan {
     /// Prefill: query tiles of ≈128 rows per head group, no KV split.
     pub fn prefill(shape: &AttnShape) -> Plan {
-        Plan {
-            q_tile: (128 / shape.group()).max(1),
-            kv_tile: 64,
-            split: KvSplit::Single,
-            min_split: 512,
-        }
+        Plan { q_tile: (128 / shape.group()).max(1), kv_tile: 64, split: KvSplit::Single, min_split: 512 }
     }
     /// Decode: one query tile, KV split across threads.
     pub fn decode(shape: &AttnShape) -> Plan {
         let kv_tile = if shape.group() >= 32 { 64 } else { 128 };
-        Plan {
-            q_tile: (128 / shape.group()).max(1),
-            kv_tile,
-            split: KvSplit::Auto,
-            min_split: 256,
-        }
+        Plan { q_tile: (128 / shape.group()).max(1), kv_tile, split: KvSplit::Auto, min_split: 256 }
     }
 }
 
 /// Prefill entry point: `q` `[T, H, Dk]`, `out` `[T, H, Dv]`, `lse` `[T, H]`.
-pub fn prefill(
-    p: &AttnParams,
-    q: &[f32],
-    seqs: &[SeqSpec],
-    out: &mut [f32],
-    lse: &mut [f32],
-) -> Result<(), AttnError> {
+pub fn prefill(p: &AttnParams, q: &[f32], seqs: &[SeqSpec], out: &mut [f32], lse: &mut [f32]) -> Result<(), AttnError> {
     attend(p, &Plan::prefill(&p.shape), q, seqs, out, lse)
 }
 
 /// Decode entry point (split-KV): same tensors as [`prefill`].
-pub fn decode(
-    p: &AttnParams,
-    q: &[f32],
-    seqs: &[SeqSpec],
-    out: &mut [f32],
-    lse: &mut [f32],
-) -> Result<(), AttnError> {
+pub fn decode(p: &AttnParams, q: &[f32], seqs: &[SeqSpec], out: &mut [f32], lse: &mut [f32]) -> Result<(), AttnError> {
     attend(p, &Plan::decode(&p.shape), q, seqs, out, lse)
 }
 
@@ -226,11 +193,7 @@ pub fn attend(
         if expected == got {
             Ok(())
         } else {
-            Err(AttnError::Len {
-                what,
-                expected,
-                got,
-            })
+            Err(AttnError::Len { what, expected, got })
         }
     };
     chk("q [T, H, Dk]", t * sh.heads * sh.dk, q.len())?;
@@ -264,15 +227,7 @@ pub fn attend(
         while q0 < s.q_len {
             let qn = plan.q_tile.min(s.q_len - q0);
             for gi in 0..sh.kv_heads {
-                base.push(Item {
-                    seq: si,
-                    q_row0: row,
-                    g: gi,
-                    q0,
-                    qn,
-                    split: 0,
-                    nsplit: 1,
-                });
+                base.push(Item { seq: si, q_row0: row, g: gi, q0, qn, split: 0, nsplit: 1 });
             }
             q0 += qn;
         }
@@ -283,12 +238,7 @@ pub fn attend(
     for it in base {
         let s = &seqs[it.seq];
         let (p0, p1) = (s.q_pos + it.q0, s.q_pos + it.q0 + it.qn - 1);
-        let visible: usize = p
-            .mask
-            .ranges(p0, p1, s.kv.len)
-            .iter()
-            .map(|r| r.len())
-            .sum();
+        let visible: usize = p.mask.ranges(p0, p1, s.kv.len).iter().map(|r| r.len()).sum();
         let nsplit = match plan.split {
             KvSplit::Single => 1,
             KvSplit::Fixed(n) => n.max(1).min(visible.max(1)),
@@ -298,11 +248,7 @@ pub fn attend(
             }
         };
         for split in 0..nsplit {
-            items.push(Item {
-                split,
-                nsplit,
-                ..it
-            });
+            items.push(Item { split, nsplit, ..it });
         }
     }
 
@@ -325,10 +271,7 @@ pub fn attend(
             let qrow = it.q_row0 + it.q0 + ti;
             let h = it.g * g + hi;
             let o = &mut out[(qrow * sh.heads + h) * sh.dv..][..sh.dv];
-            let m = parts[i..i + n]
-                .iter()
-                .map(|pt| pt.lse[r])
-                .fold(f32::NEG_INFINITY, f32::max);
+            let m = parts[i..i + n].iter().map(|pt| pt.lse[r]).fold(f32::NEG_INFINITY, f32::max);
             if m == f32::NEG_INFINITY {
                 o.fill(0.0);
                 lse[qrow * sh.heads + h] = f32::NEG_INFINITY;
@@ -357,11 +300,7 @@ pub fn attend(
 }
 
 /// The `split`-th of `nsplit` equal shares of the keys in `ranges`, as sub-ranges.
-fn split_ranges(
-    ranges: &[std::ops::Range<usize>; 2],
-    split: usize,
-    nsplit: usize,
-) -> Vec<std::ops::Range<usize>> {
+fn split_ranges(ranges: &[std::ops::Range<usize>; 2], split: usize, nsplit: usize) -> Vec<std::ops::Range<usize>> {
     let total: usize = ranges.iter().map(|r| r.len()).sum();
     let (a, b) = (total * split / nsplit, total * (split + 1) / nsplit);
     let mut outr = Vec::new();
@@ -377,14 +316,7 @@ fn split_ranges(
     outr
 }
 
-fn run_item(
-    k: &Kernels,
-    p: &AttnParams,
-    plan: &Plan,
-    q: &[f32],
-    s: &SeqSpec,
-    it: &Item,
-) -> Partial {
+fn run_item(k: &Kernels, p: &AttnParams, plan: &Plan, q: &[f32], s: &SeqSpec, it: &Item) -> Partial {
     let sh = p.shape;
     let g = sh.group();
     let (dk, dv) = (sh.dk, sh.dv);
@@ -420,18 +352,8 @@ fn run_item(
         while j0 < r.end {
             let n = kt.min(r.end - j0);
             s.kv.k.load_rows(k, &s.kv, it.g, j0, n, &mut kbuf[..n * dk]);
-            let scm = MatMut {
-                data: &mut sc[..rows * n],
-                rows,
-                cols: n,
-                stride: n,
-            };
-            (k.gemm_nt)(
-                p.scale,
-                MatRef::dense(&qm, rows, dk),
-                MatRef::dense(&kbuf[..n * dk], n, dk),
-                scm,
-            );
+            let scm = MatMut { data: &mut sc[..rows * n], rows, cols: n, stride: n };
+            (k.gemm_nt)(p.scale, MatRef::dense(&qm, rows, dk), MatRef::dense(&kbuf[..n * dk], n, dk), scm);
             let full = p.mask.tile_fully_visible(p0, p1, j0, j0 + n);
             for row in 0..rows {
                 let srow = &mut sc[row * n..(row + 1) * n];
@@ -461,18 +383,9 @@ fn run_item(
                     vp.load_rows(k, &s.kv, it.g, j0, n, &mut vbuf[..n * dv]);
                     MatRef::dense(&vbuf[..n * dv], n, dv)
                 }
-                ValueSource::KeyPrefix { .. } => MatRef {
-                    data: &kbuf[..n * dk],
-                    rows: n,
-                    cols: dv,
-                    stride: dk,
-                },
+                ValueSource::KeyPrefix { .. } => MatRef { data: &kbuf[..n * dk], rows: n, cols: dv, stride: dk },
             };
-            (k.gemm_nn)(
-                MatRef::dense(&sc[..rows * n], rows, n),
-                vm,
-                MatMut::dense(&mut acc, rows, dv),
-            );
+            (k.gemm_nn)(MatRef::dense(&sc[..rows * n], rows, n), vm, MatMut::dense(&mut acc, rows, dv));
             j0 += n;
         }
     }

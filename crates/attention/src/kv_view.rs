@@ -133,10 +133,7 @@ impl<'a> KvSeq<'a> {
         }
         if let ValueSource::KeyPrefix { dim } = self.v {
             if dim > self.k.dim {
-                return Err(err(format!(
-                    "value prefix {dim} longer than key row {}",
-                    self.k.dim
-                )));
+                return Err(err(format!("value prefix {dim} longer than key row {}", self.k.dim)));
             }
         }
         let planes: Vec<&KvPlane> = match &self.v {
@@ -148,18 +145,14 @@ impl<'a> KvSeq<'a> {
                 continue;
             }
             let last_tok = (self.block_size.min(self.len) - 1) * p.token_bytes;
-            let row_end =
-                p.offset_bytes + (self.kv_heads - 1) * p.head_bytes + p.dim * p.dtype.bytes();
+            let row_end = p.offset_bytes + (self.kv_heads - 1) * p.head_bytes + p.dim * p.dtype.bytes();
             for &b in &self.table[..blocks] {
                 let end = (b as usize)
                     .checked_mul(p.block_bytes)
                     .and_then(|s| s.checked_add(last_tok + row_end))
                     .ok_or_else(|| err("block offset overflows".into()))?;
                 if end > p.pool.len() {
-                    return Err(err(format!(
-                        "block {b} ends at byte {end}, pool has {}",
-                        p.pool.len()
-                    )));
+                    return Err(err(format!("block {b} ends at byte {end}, pool has {}", p.pool.len())));
                 }
             }
         }
@@ -168,30 +161,25 @@ impl<'a> KvSeq<'a> {
 }
 
 impl KvPlane<'_> {
-    #[inline]
-    fn row(&self, table: &[u32], block_size: usize, pos: usize, head: usize) -> &[u8] {
-        let b = table[pos / block_size] as usize;
-        let start = b * self.block_bytes
-            + (pos % block_size) * self.token_bytes
-            + head * self.head_bytes
-            + self.offset_bytes;
-        &self.pool[start..start + self.dim * self.dtype.bytes()]
-    }
-
     /// Decodes rows `start..start+n` of `head` into `out` (`[n, dim]`, row stride `dim`).
-    pub(crate) fn load_rows(
-        &self,
-        k: &Kernels,
-        seq: &KvSeq,
-        head: usize,
-        start: usize,
-        n: usize,
-        out: &mut [f32],
-    ) {
-        for i in 0..n {
-            let src = self.row(seq.table, seq.block_size, start + i, head);
-            self.dtype
-                .decode(k, src, &mut out[i * self.dim..(i + 1) * self.dim]);
+    /// Walks block by block: one table lookup per block, not per row.
+    pub(crate) fn load_rows(&self, k: &Kernels, seq: &KvSeq, head: usize, start: usize, n: usize, out: &mut [f32]) {
+        let rb = self.dim * self.dtype.bytes();
+        let bs = seq.block_size;
+        let mut i = 0;
+        while i < n {
+            let pos = start + i;
+            let (blk, within) = (pos / bs, pos % bs);
+            let run = (bs - within).min(n - i);
+            let mut off = seq.table[blk] as usize * self.block_bytes
+                + within * self.token_bytes
+                + head * self.head_bytes
+                + self.offset_bytes;
+            for r in 0..run {
+                self.dtype.decode(k, &self.pool[off..off + rb], &mut out[(i + r) * self.dim..(i + r + 1) * self.dim]);
+                off += self.token_bytes;
+            }
+            i += run;
         }
     }
 }
@@ -212,35 +200,16 @@ pub const ONE_BLOCK: [u32; 1] = [0];
 
 impl DenseKv {
     /// Encodes f32 `k` `[len, kv_heads, dk]` and `v` `[len, kv_heads, dv]`.
-    pub fn new(
-        dtype: KvDtype,
-        kv_heads: usize,
-        dk: usize,
-        dv: usize,
-        k: &[f32],
-        v: &[f32],
-    ) -> DenseKv {
+    pub fn new(dtype: KvDtype, kv_heads: usize, dk: usize, dv: usize, k: &[f32], v: &[f32]) -> DenseKv {
         let kern = Kernels::best();
-        let len = if kv_heads * dk == 0 {
-            0
-        } else {
-            k.len() / (kv_heads * dk)
-        };
+        let len = k.len().checked_div(kv_heads * dk).unwrap_or(0);
         assert_eq!(k.len(), len * kv_heads * dk);
         assert_eq!(v.len(), len * kv_heads * dv);
         let mut kb = vec![0u8; k.len() * dtype.bytes()];
         let mut vb = vec![0u8; v.len() * dtype.bytes()];
         dtype.encode(kern, k, &mut kb);
         dtype.encode(kern, v, &mut vb);
-        DenseKv {
-            k: kb,
-            v: vb,
-            dtype,
-            len,
-            kv_heads,
-            dk,
-            dv,
-        }
+        DenseKv { k: kb, v: vb, dtype, len, kv_heads, dk, dv }
     }
 
     pub fn view(&self) -> KvSeq<'_> {
@@ -277,16 +246,10 @@ pub struct DenseLatent {
 impl DenseLatent {
     /// Encodes f32 rows `[S, dk]`; values are each row's first `dv` elements.
     pub fn new(dtype: KvDtype, dk: usize, dv: usize, rows: &[f32]) -> DenseLatent {
-        let len = if dk == 0 { 0 } else { rows.len() / dk };
+        let len = rows.len().checked_div(dk).unwrap_or(0);
         let mut b = vec![0u8; rows.len() * dtype.bytes()];
         dtype.encode(Kernels::best(), rows, &mut b);
-        DenseLatent {
-            rows: b,
-            dtype,
-            len,
-            dk,
-            dv,
-        }
+        DenseLatent { rows: b, dtype, len, dk, dv }
     }
 
     pub fn view(&self) -> KvSeq<'_> {
@@ -314,8 +277,7 @@ impl KvSeq<'_> {
     /// Decodes key rows `start..start+n` of `head` to f32 `[n, Dk]`.
     pub fn read_keys(&self, head: usize, start: usize, n: usize) -> Vec<f32> {
         let mut out = vec![0f32; n * self.k.dim];
-        self.k
-            .load_rows(Kernels::best(), self, head, start, n, &mut out);
+        self.k.load_rows(Kernels::best(), self, head, start, n, &mut out);
         out
     }
 }

@@ -24,3 +24,4 @@ pub use kv_view::DenseLatent;
 pub use lowrank::LowRankKv;
 pub use mla::{Mla, MlaConfig, MlaWeights, QProj};
 pub use rope::{Rope, RopeStyle, Yarn};
+pub mod accounting;

@@ -51,19 +51,9 @@ pub fn absorb_heads(
     let k = Kernels::best();
     for h in 0..heads {
         let wi = h / group;
-        let a = MatRef {
-            data: &q[h * q_dim..],
-            rows: t,
-            cols: n,
-            stride: heads * q_dim,
-        };
+        let a = MatRef { data: &q[h * q_dim..], rows: t, cols: n, stride: heads * q_dim };
         let b = MatRef::dense(&w[wi * n * r..(wi + 1) * n * r], n, r);
-        let mut c = MatMut {
-            data: &mut out[h * out_dim..],
-            rows: t,
-            cols: r,
-            stride: heads * out_dim,
-        };
+        let mut c = MatMut { data: &mut out[h * out_dim..], rows: t, cols: r, stride: heads * out_dim };
         for row in 0..t {
             c.data[row * c.stride..row * c.stride + r].fill(0.0);
         }
@@ -74,43 +64,21 @@ pub fn absorb_heads(
 
 /// Per-head expansion out of a latent space: `out[t, h, :] = w[h / group] · o[t, h, :]`,
 /// `w` `[Hw, d, r]`, `o` `[T, H, r]`, `out` `[T, H, d]`.
-pub fn expand_heads(
-    o: &[f32],
-    t: usize,
-    heads: usize,
-    r: usize,
-    w: &[f32],
-    group: usize,
-    d: usize,
-) -> Vec<f32> {
+pub fn expand_heads(o: &[f32], t: usize, heads: usize, r: usize, w: &[f32], group: usize, d: usize) -> Vec<f32> {
     let k = Kernels::best();
     let mut out = vec![0f32; t * heads * d];
     for h in 0..heads {
         let wi = h / group;
-        let a = MatRef {
-            data: &o[h * r..],
-            rows: t,
-            cols: r,
-            stride: heads * r,
-        };
+        let a = MatRef { data: &o[h * r..], rows: t, cols: r, stride: heads * r };
         let b = MatRef::dense(&w[wi * d * r..(wi + 1) * d * r], d, r);
-        (k.gemm_nt)(
-            1.0,
-            a,
-            b,
-            MatMut {
-                data: &mut out[h * d..],
-                rows: t,
-                cols: d,
-                stride: heads * d,
-            },
-        );
+        (k.gemm_nt)(1.0, a, b, MatMut { data: &mut out[h * d..], rows: t, cols: d, stride: heads * d });
     }
     out
 }
 
 /// Decompresses latent rows (`c` = first `r` of each `row_dim`-row, `[S, row_dim]`) through
 /// `w` `[Hw, d, r]` into `[S, Hw, out_dim]`, filling elements `0..d` of each head's row.
+#[allow(clippy::too_many_arguments)]
 pub fn decompress_heads(
     rows: &[f32],
     s: usize,
@@ -123,25 +91,10 @@ pub fn decompress_heads(
 ) -> Vec<f32> {
     let k = Kernels::best();
     let mut out = vec![0f32; s * hw * out_dim];
-    let c = MatRef {
-        data: rows,
-        rows: s,
-        cols: r,
-        stride: row_dim,
-    };
+    let c = MatRef { data: rows, rows: s, cols: r, stride: row_dim };
     for h in 0..hw {
         let b = MatRef::dense(&w[h * d * r..(h + 1) * d * r], d, r);
-        (k.gemm_nt)(
-            1.0,
-            c,
-            b,
-            MatMut {
-                data: &mut out[h * out_dim..],
-                rows: s,
-                cols: d,
-                stride: hw * out_dim,
-            },
-        );
+        (k.gemm_nt)(1.0, c, b, MatMut { data: &mut out[h * out_dim..], rows: s, cols: d, stride: hw * out_dim });
     }
     out
 }

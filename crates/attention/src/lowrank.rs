@@ -28,35 +28,21 @@ pub struct LowRankKv {
     pub u_k: Vec<f32>,
     /// `[Hkv, D, r]`
     pub u_v: Vec<f32>,
+    /// Softmax scale (usually 1/√D).
+    pub scale: f32,
 }
 
 impl LowRankKv {
     pub fn validate(&self) -> Result<(), AttnError> {
-        let (h, hk, d, r, c) = (
-            self.heads,
-            self.kv_heads,
-            self.head_dim,
-            self.rank,
-            self.hidden,
-        );
-        AttnShape {
-            heads: h,
-            kv_heads: hk,
-            dk: d,
-            dv: d,
-        }
-        .validate()?;
+        let (h, hk, d, r, c) = (self.heads, self.kv_heads, self.head_dim, self.rank, self.hidden);
+        AttnShape { heads: h, kv_heads: hk, dk: d, dv: d }.validate()?;
         for (what, got, expected) in [
             ("w_down [r, C]", self.w_down.len(), r * c),
             ("u_k [Hkv, D, r]", self.u_k.len(), hk * d * r),
             ("u_v [Hkv, D, r]", self.u_v.len(), hk * d * r),
         ] {
             if got != expected {
-                return Err(AttnError::Len {
-                    what,
-                    expected,
-                    got,
-                });
+                return Err(AttnError::Len { what, expected, got });
             }
         }
         Ok(())
@@ -80,48 +66,24 @@ impl LowRankKv {
         q_pos: usize,
         kv: KvSeq,
         mask: MaskSpec,
-        scale: f32,
         plan: &Plan,
     ) -> Result<Vec<f32>, AttnError> {
         self.validate()?;
         let (h, d, r) = (self.heads, self.head_dim, self.rank);
         let mut qa = vec![0f32; t * h * r];
         absorb_heads(q, t, h, d, d, &self.u_k, self.group(), r, &mut qa, r);
-        let params = AttnParams {
-            shape: AttnShape {
-                heads: h,
-                kv_heads: 1,
-                dk: r,
-                dv: r,
-            },
-            scale,
-            mask,
-            sink_logits: None,
-        };
+        let params =
+            AttnParams { shape: AttnShape { heads: h, kv_heads: 1, dk: r, dv: r }, scale: self.scale, mask, sink_logits: None };
         let mut o_lat = vec![0f32; t * h * r];
         let mut lse = vec![0f32; t * h];
-        attend(
-            &params,
-            plan,
-            &qa,
-            &[SeqSpec {
-                q_len: t,
-                q_pos,
-                kv,
-            }],
-            &mut o_lat,
-            &mut lse,
-        )?;
+        attend(&params, plan, &qa, &[SeqSpec { q_len: t, q_pos, kv }], &mut o_lat, &mut lse)?;
         Ok(expand_heads(&o_lat, t, h, r, &self.u_v, self.group(), d))
     }
 
     /// Decompresses latent rows `[S, r]` into K and V `[S, Hkv, D]`.
     pub fn decompress(&self, rows: &[f32], s: usize) -> (Vec<f32>, Vec<f32>) {
         let (hk, d, r) = (self.kv_heads, self.head_dim, self.rank);
-        (
-            decompress_heads(rows, s, r, r, &self.u_k, hk, d, d),
-            decompress_heads(rows, s, r, r, &self.u_v, hk, d, d),
-        )
+        (decompress_heads(rows, s, r, r, &self.u_k, hk, d, d), decompress_heads(rows, s, r, r, &self.u_v, hk, d, d))
     }
 
     /// Naive attention: decompress, then GQA. Returns `[T, H, D]`.
@@ -132,7 +94,6 @@ impl LowRankKv {
         q_pos: usize,
         kv: KvSeq,
         mask: MaskSpec,
-        scale: f32,
         plan: &Plan,
     ) -> Result<Vec<f32>, AttnError> {
         self.validate()?;
@@ -141,31 +102,11 @@ impl LowRankKv {
         let rows = kv.read_keys(0, 0, kv.len);
         let (kk, vv) = self.decompress(&rows, kv.len);
         let dense = DenseKv::new(KvDtype::F32, hk, d, d, &kk, &vv);
-        let params = AttnParams {
-            shape: AttnShape {
-                heads: h,
-                kv_heads: hk,
-                dk: d,
-                dv: d,
-            },
-            scale,
-            mask,
-            sink_logits: None,
-        };
+        let params =
+            AttnParams { shape: AttnShape { heads: h, kv_heads: hk, dk: d, dv: d }, scale: self.scale, mask, sink_logits: None };
         let mut out = vec![0f32; t * h * d];
         let mut lse = vec![0f32; t * h];
-        attend(
-            &params,
-            plan,
-            q,
-            &[SeqSpec {
-                q_len: t,
-                q_pos,
-                kv: dense.view(),
-            }],
-            &mut out,
-            &mut lse,
-        )?;
+        attend(&params, plan, q, &[SeqSpec { q_len: t, q_pos, kv: dense.view() }], &mut out, &mut lse)?;
         Ok(out)
     }
 }

@@ -66,11 +66,7 @@ pub enum QProj {
     /// w_q `[H·(N+P), C]`.
     Direct { w_q: Vec<f32> },
     /// w_dq `[Rq, C]`, q_norm `[Rq]`, w_uq `[H·(N+P), Rq]`.
-    Lora {
-        w_dq: Vec<f32>,
-        q_norm: Vec<f32>,
-        w_uq: Vec<f32>,
-    },
+    Lora { w_dq: Vec<f32>, q_norm: Vec<f32>, w_uq: Vec<f32> },
 }
 
 /// Weights of one MLA layer, row-major `[out, in]`.
@@ -98,23 +94,12 @@ pub struct Mla {
 
 impl Mla {
     pub fn new(cfg: MlaConfig, w: MlaWeights) -> Result<Mla, AttnError> {
-        let (c, h, r, n, p, v) = (
-            cfg.hidden,
-            cfg.heads,
-            cfg.kv_lora_rank,
-            cfg.nope,
-            cfg.rope_dim,
-            cfg.v_dim,
-        );
+        let (c, h, r, n, p, v) = (cfg.hidden, cfg.heads, cfg.kv_lora_rank, cfg.nope, cfg.rope_dim, cfg.v_dim);
         let chk = |what: &'static str, got: usize, expected: usize| {
             if got == expected {
                 Ok(())
             } else {
-                Err(AttnError::Len {
-                    what,
-                    expected,
-                    got,
-                })
+                Err(AttnError::Len { what, expected, got })
             }
         };
         match (&w.q, cfg.q_lora_rank) {
@@ -124,11 +109,7 @@ impl Mla {
                 chk("q_norm [Rq]", q_norm.len(), rq)?;
                 chk("w_uq [H(N+P), Rq]", w_uq.len(), h * (n + p) * rq)?;
             }
-            _ => {
-                return Err(AttnError::Config(
-                    "query projection does not match q_lora_rank".into(),
-                ))
-            }
+            _ => return Err(AttnError::Config("query projection does not match q_lora_rank".into())),
         }
         chk("w_dkv [R+P, C]", w.w_dkv.len(), (r + p) * c)?;
         chk("kv_norm [R]", w.kv_norm.len(), r)?;
@@ -136,34 +117,18 @@ impl Mla {
         chk("w_uv [H, V, R]", w.w_uv.len(), h * v * r)?;
         chk("w_o [C, H V]", w.w_o.len(), c * h * v)?;
         if p % 2 != 0 || cfg.rope.dims != p {
-            return Err(AttnError::Config(format!(
-                "rope dims {} must equal the (even) rope part {p}",
-                cfg.rope.dims
-            )));
+            return Err(AttnError::Config(format!("rope dims {} must equal the (even) rope part {p}", cfg.rope.dims)));
         }
         Ok(Mla { cfg, w })
     }
 
     /// Random weights with activation-like scales (tests, benchmarks).
     pub fn random(cfg: MlaConfig, rng: &mut Rng) -> Mla {
-        let (c, h, r, n, p, v) = (
-            cfg.hidden,
-            cfg.heads,
-            cfg.kv_lora_rank,
-            cfg.nope,
-            cfg.rope_dim,
-            cfg.v_dim,
-        );
+        let (c, h, r, n, p, v) = (cfg.hidden, cfg.heads, cfg.kv_lora_rank, cfg.nope, cfg.rope_dim, cfg.v_dim);
         let mut m = |rows: usize, cols: usize| rng.normals(rows * cols, 1.0 / (cols as f32).sqrt());
         let q = match cfg.q_lora_rank {
-            None => QProj::Direct {
-                w_q: m(h * (n + p), c),
-            },
-            Some(rq) => QProj::Lora {
-                w_dq: m(rq, c),
-                q_norm: vec![1.0; rq],
-                w_uq: m(h * (n + p), rq),
-            },
+            None => QProj::Direct { w_q: m(h * (n + p), c) },
+            Some(rq) => QProj::Lora { w_dq: m(rq, c), q_norm: vec![1.0; rq], w_uq: m(h * (n + p), rq) },
         };
         let w = MlaWeights {
             q,
@@ -218,13 +183,7 @@ impl Mla {
     /// Absorbed queries `[T, H, R+P]`: `[W_UK_hᵀ·q_nope_h | q_rope_h]`.
     pub fn absorb_queries(&self, q: &[f32], t: usize) -> Vec<f32> {
         let cfg = &self.cfg;
-        let (h, n, r, qk, l) = (
-            cfg.heads,
-            cfg.nope,
-            cfg.kv_lora_rank,
-            cfg.qk_dim(),
-            cfg.latent_dim(),
-        );
+        let (h, n, r, qk, l) = (cfg.heads, cfg.nope, cfg.kv_lora_rank, cfg.qk_dim(), cfg.latent_dim());
         let mut out = vec![0f32; t * h * l];
         absorb_heads(q, t, h, qk, n, &self.w.w_uk, 1, r, &mut out, l);
         for ti in 0..t {
@@ -239,25 +198,12 @@ impl Mla {
     /// Per-head outputs `[T, H, V]` from latent outputs `[T, H, R]`: o_h = W_UV_h · o'_h.
     pub fn expand_outputs(&self, o_lat: &[f32], t: usize) -> Vec<f32> {
         let cfg = &self.cfg;
-        expand_heads(
-            o_lat,
-            t,
-            cfg.heads,
-            cfg.kv_lora_rank,
-            &self.w.w_uv,
-            1,
-            cfg.v_dim,
-        )
+        expand_heads(o_lat, t, cfg.heads, cfg.kv_lora_rank, &self.w.w_uv, 1, cfg.v_dim)
     }
 
     /// Attention shape of the absorbed path: MQA with key dim R+P and value dim R.
     pub fn absorbed_shape(&self) -> AttnShape {
-        AttnShape {
-            heads: self.cfg.heads,
-            kv_heads: 1,
-            dk: self.cfg.latent_dim(),
-            dv: self.cfg.kv_lora_rank,
-        }
+        AttnShape { heads: self.cfg.heads, kv_heads: 1, dk: self.cfg.latent_dim(), dv: self.cfg.kv_lora_rank }
     }
 
     /// Absorbed attention of queries `q` `[T, H, N+P]` at positions `q_pos..` over the latent
@@ -273,40 +219,17 @@ impl Mla {
     ) -> Result<Vec<f32>, AttnError> {
         let cfg = &self.cfg;
         let qa = self.absorb_queries(q, t);
-        let params = AttnParams {
-            shape: self.absorbed_shape(),
-            scale: cfg.softmax_scale(),
-            mask,
-            sink_logits: None,
-        };
+        let params = AttnParams { shape: self.absorbed_shape(), scale: cfg.softmax_scale(), mask, sink_logits: None };
         let mut o_lat = vec![0f32; t * cfg.heads * cfg.kv_lora_rank];
         let mut lse = vec![0f32; t * cfg.heads];
-        attend(
-            &params,
-            plan,
-            &qa,
-            &[SeqSpec {
-                q_len: t,
-                q_pos,
-                kv,
-            }],
-            &mut o_lat,
-            &mut lse,
-        )?;
+        attend(&params, plan, &qa, &[SeqSpec { q_len: t, q_pos, kv }], &mut o_lat, &mut lse)?;
         Ok(self.expand_outputs(&o_lat, t))
     }
 
     /// Decompresses latent rows `[S, R+P]` into per-head K `[S, H, N+P]` and V `[S, H, V]`.
     pub fn decompress(&self, rows: &[f32], s: usize) -> (Vec<f32>, Vec<f32>) {
         let cfg = &self.cfg;
-        let (h, n, r, p, l, qk) = (
-            cfg.heads,
-            cfg.nope,
-            cfg.kv_lora_rank,
-            cfg.rope_dim,
-            cfg.latent_dim(),
-            cfg.qk_dim(),
-        );
+        let (h, n, r, p, l, qk) = (cfg.heads, cfg.nope, cfg.kv_lora_rank, cfg.rope_dim, cfg.latent_dim(), cfg.qk_dim());
         let mut kk = decompress_heads(rows, s, l, r, &self.w.w_uk, h, n, qk);
         let vv = decompress_heads(rows, s, l, r, &self.w.w_uv, h, cfg.v_dim, cfg.v_dim);
         for j in 0..s {
@@ -332,32 +255,11 @@ impl Mla {
         let rows = kv.read_keys(0, 0, kv.len);
         let (kk, vv) = self.decompress(&rows, kv.len);
         let dense = DenseKv::new(KvDtype::F32, cfg.heads, cfg.qk_dim(), cfg.v_dim, &kk, &vv);
-        let shape = AttnShape {
-            heads: cfg.heads,
-            kv_heads: cfg.heads,
-            dk: cfg.qk_dim(),
-            dv: cfg.v_dim,
-        };
-        let params = AttnParams {
-            shape,
-            scale: cfg.softmax_scale(),
-            mask,
-            sink_logits: None,
-        };
+        let shape = AttnShape { heads: cfg.heads, kv_heads: cfg.heads, dk: cfg.qk_dim(), dv: cfg.v_dim };
+        let params = AttnParams { shape, scale: cfg.softmax_scale(), mask, sink_logits: None };
         let mut out = vec![0f32; t * cfg.heads * cfg.v_dim];
         let mut lse = vec![0f32; t * cfg.heads];
-        attend(
-            &params,
-            plan,
-            q,
-            &[SeqSpec {
-                q_len: t,
-                q_pos,
-                kv: dense.view(),
-            }],
-            &mut out,
-            &mut lse,
-        )?;
+        attend(&params, plan, q, &[SeqSpec { q_len: t, q_pos, kv: dense.view() }], &mut out, &mut lse)?;
         Ok(out)
     }
 

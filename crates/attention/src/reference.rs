@@ -22,12 +22,7 @@ pub fn attention_ref(
     q: &[f32],
     seqs: &[RefSeq],
 ) -> (Vec<f64>, Vec<f64>) {
-    let AttnShape {
-        heads,
-        kv_heads,
-        dk,
-        dv,
-    } = shape;
+    let AttnShape { heads, kv_heads, dk, dv } = shape;
     let g = heads / kv_heads;
     let t: usize = seqs.iter().map(|s| s.q_len).sum();
     let mut out = vec![0f64; t * heads * dv];
@@ -50,11 +45,7 @@ pub fn attention_ref(
                     logits.push((j, d * scale));
                 }
                 let sink = sink_logits.map(|sl| sl[h] as f64);
-                let mx = logits
-                    .iter()
-                    .map(|x| x.1)
-                    .chain(sink)
-                    .fold(f64::NEG_INFINITY, f64::max);
+                let mx = logits.iter().map(|x| x.1).chain(sink).fold(f64::NEG_INFINITY, f64::max);
                 if mx == f64::NEG_INFINITY {
                     continue;
                 }
@@ -81,15 +72,7 @@ pub fn attention_ref(
 
 fn matvec64(w: &[f32], x: &[f64], out_dim: usize) -> Vec<f64> {
     let inp = x.len();
-    (0..out_dim)
-        .map(|o| {
-            w[o * inp..(o + 1) * inp]
-                .iter()
-                .zip(x)
-                .map(|(a, b)| *a as f64 * b)
-                .sum()
-        })
-        .collect()
+    (0..out_dim).map(|o| w[o * inp..(o + 1) * inp].iter().zip(x).map(|(a, b)| *a as f64 * b).sum()).collect()
 }
 
 fn rms64(x: &mut [f64], w: &[f32], eps: f32) {
@@ -121,18 +104,9 @@ fn rope64(rope: &crate::rope::Rope, x: &mut [f64], pos: usize) {
 pub fn mla_ref(m: &crate::mla::Mla, x: &[f32], s: usize, q0: usize) -> (Vec<f64>, Vec<f64>) {
     use crate::mla::QProj;
     let cfg = &m.cfg;
-    let (c, h, r, n, p, v) = (
-        cfg.hidden,
-        cfg.heads,
-        cfg.kv_lora_rank,
-        cfg.nope,
-        cfg.rope_dim,
-        cfg.v_dim,
-    );
+    let (c, h, r, n, p, v) = (cfg.hidden, cfg.heads, cfg.kv_lora_rank, cfg.nope, cfg.rope_dim, cfg.v_dim);
     let qk = n + p;
-    let xs: Vec<Vec<f64>> = (0..s)
-        .map(|i| x[i * c..(i + 1) * c].iter().map(|&a| a as f64).collect())
-        .collect();
+    let xs: Vec<Vec<f64>> = (0..s).map(|i| x[i * c..(i + 1) * c].iter().map(|&a| a as f64).collect()).collect();
     // Per token: latent c_j [R], rope key [P].
     let mut lat = Vec::new();
     for (j, xj) in xs.iter().enumerate() {

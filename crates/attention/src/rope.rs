@@ -38,18 +38,12 @@ pub struct Rope {
 }
 
 fn corr_dim(n_dims: usize, orig_ctx: usize, n_rot: f32, base: f32) -> f32 {
-    n_dims as f32 * (orig_ctx as f32 / (n_rot * 2.0 * std::f32::consts::PI)).ln()
-        / (2.0 * base.ln())
+    n_dims as f32 * (orig_ctx as f32 / (n_rot * 2.0 * std::f32::consts::PI)).ln() / (2.0 * base.ln())
 }
 
 impl Rope {
     pub fn plain(dims: usize, base: f32, style: RopeStyle) -> Rope {
-        Rope {
-            dims,
-            base,
-            style,
-            yarn: None,
-        }
+        Rope { dims, base, style, yarn: None }
     }
 
     /// (cos, sin) of pair `i` (0 ≤ i < dims/2) at position `pos`.
@@ -62,12 +56,8 @@ impl Rope {
                 let mut theta = theta_interp;
                 let mut mscale = y.attn_factor;
                 if y.ext_factor != 0.0 {
-                    let lo = corr_dim(self.dims, y.orig_ctx, y.beta_fast, self.base)
-                        .floor()
-                        .max(0.0);
-                    let hi = corr_dim(self.dims, y.orig_ctx, y.beta_slow, self.base)
-                        .ceil()
-                        .min(self.dims as f32 - 1.0);
+                    let lo = corr_dim(self.dims, y.orig_ctx, y.beta_fast, self.base).floor().max(0.0);
+                    let hi = corr_dim(self.dims, y.orig_ctx, y.beta_slow, self.base).ceil().min(self.dims as f32 - 1.0);
                     let ramp = {
                         let v = (i as f32 - lo) / (hi - lo).max(0.001);
                         1.0 - v.clamp(0.0, 1.0)

@@ -31,21 +31,11 @@ impl Rng {
     }
     /// Activation-like data: normal rows of width `dim` where a few channels (every
     /// `outlier_every`-th) are `outlier_scale` times larger, as in real K/V activations.
-    pub fn activations(
-        &mut self,
-        n: usize,
-        dim: usize,
-        outlier_every: usize,
-        outlier_scale: f32,
-    ) -> Vec<f32> {
+    pub fn activations(&mut self, n: usize, dim: usize, outlier_every: usize, outlier_scale: f32) -> Vec<f32> {
         (0..n)
             .map(|i| {
                 let c = i % dim.max(1);
-                let s = if outlier_every > 0 && c % outlier_every == 3 % outlier_every {
-                    outlier_scale
-                } else {
-                    1.0
-                };
+                let s = if outlier_every > 0 && c % outlier_every == 3 % outlier_every { outlier_scale } else { 1.0 };
                 self.normal() * s
             })
             .collect()
@@ -71,21 +61,9 @@ pub struct Tolerance {
 /// rounding is measured separately where a test compares dtypes.
 pub fn tolerance(dtype: KvDtype) -> Tolerance {
     match dtype {
-        KvDtype::F32 => Tolerance {
-            abs: 2e-5,
-            rel: 2e-4,
-            cos: 0.999_999,
-        },
-        KvDtype::F16 => Tolerance {
-            abs: 2e-5,
-            rel: 2e-4,
-            cos: 0.999_999,
-        },
-        KvDtype::Bf16 => Tolerance {
-            abs: 2e-5,
-            rel: 2e-4,
-            cos: 0.999_999,
-        },
+        KvDtype::F32 => Tolerance { abs: 2e-5, rel: 2e-4, cos: 0.999_999 },
+        KvDtype::F16 => Tolerance { abs: 2e-5, rel: 2e-4, cos: 0.999_999 },
+        KvDtype::Bf16 => Tolerance { abs: 2e-5, rel: 2e-4, cos: 0.999_999 },
     }
 }
 
@@ -100,9 +78,7 @@ pub fn compare(what: &str, got: &[f32], want: &[f64], tol: Tolerance) -> Result<
         if w.is_nan() || g.is_nan() || w.is_infinite() || g.is_infinite() {
             let same = (w.is_nan() && g.is_nan()) || (w.is_infinite() && g == w);
             if !same {
-                return Err(format!(
-                    "{what}[{i}]: got {g}, want {w} (inf/NaN positions must match)"
-                ));
+                return Err(format!("{what}[{i}]: got {g}, want {w} (inf/NaN positions must match)"));
             }
             continue;
         }
@@ -124,9 +100,7 @@ pub fn compare(what: &str, got: &[f32], want: &[f64], tol: Tolerance) -> Result<
             return Err(format!("{what}: cosine {cos:.9} < {}", tol.cos));
         }
     } else if ng != nw {
-        return Err(format!(
-            "{what}: one side is all zeros (‖got‖² {ng}, ‖want‖² {nw})"
-        ));
+        return Err(format!("{what}: one side is all zeros (‖got‖² {ng}, ‖want‖² {nw})"));
     }
     Ok(())
 }

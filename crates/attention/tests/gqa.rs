@@ -22,12 +22,7 @@ struct Case {
 
 /// Runs the case through `attend` with `plan` and checks it against the reference.
 fn check(rng: &mut Rng, c: &Case, plan: &Plan) -> (Vec<f32>, Vec<f32>) {
-    let shape = AttnShape {
-        heads: c.heads,
-        kv_heads: c.kv_heads,
-        dk: c.d,
-        dv: c.d,
-    };
+    let shape = AttnShape { heads: c.heads, kv_heads: c.kv_heads, dk: c.d, dv: c.d };
     let t: usize = c.seqs.iter().map(|s| s.0).sum();
     let q = rng.normals(t * c.heads * c.d, 1.0);
     let sink: Option<Vec<f32>> = c.sinks.then(|| rng.normals(c.heads, 2.0));
@@ -35,62 +30,24 @@ fn check(rng: &mut Rng, c: &Case, plan: &Plan) -> (Vec<f32>, Vec<f32>) {
         .seqs
         .iter()
         .map(|&(_, _, s)| {
-            let k = round_trip(
-                c.dtype,
-                &rng.activations(s * c.kv_heads * c.d, c.d, 16, 4.0),
-            );
+            let k = round_trip(c.dtype, &rng.activations(s * c.kv_heads * c.d, c.d, 16, 4.0));
             let v = round_trip(c.dtype, &rng.normals(s * c.kv_heads * c.d, 1.0));
             (k, v)
         })
         .collect();
     let caches: Vec<PagedCache> = data
         .iter()
-        .map(|(k, v)| {
-            PagedCache::new(
-                rng,
-                c.dtype,
-                c.kv_heads,
-                c.d,
-                c.d,
-                k,
-                v,
-                c.block_size,
-                2,
-                c.head_major,
-            )
-        })
+        .map(|(k, v)| PagedCache::new(rng, c.dtype, c.kv_heads, c.d, c.d, k, v, c.block_size, 2, c.head_major))
         .collect();
-    let specs: Vec<SeqSpec> = c
-        .seqs
-        .iter()
-        .zip(&caches)
-        .map(|(&(ql, qp, _), pc)| SeqSpec {
-            q_len: ql,
-            q_pos: qp,
-            kv: pc.view(),
-        })
-        .collect();
+    let specs: Vec<SeqSpec> =
+        c.seqs.iter().zip(&caches).map(|(&(ql, qp, _), pc)| SeqSpec { q_len: ql, q_pos: qp, kv: pc.view() }).collect();
     let scale = 1.0 / (c.d as f32).sqrt();
-    let params = AttnParams {
-        shape,
-        scale,
-        mask: c.mask,
-        sink_logits: sink.as_deref(),
-    };
+    let params = AttnParams { shape, scale, mask: c.mask, sink_logits: sink.as_deref() };
     let mut out = vec![f32::NAN; t * c.heads * c.d];
     let mut lse = vec![f32::NAN; t * c.heads];
     attend(&params, plan, &q, &specs, &mut out, &mut lse).expect("attend");
-    let refs: Vec<RefSeq> = c
-        .seqs
-        .iter()
-        .zip(&data)
-        .map(|(&(ql, qp, _), (k, v))| RefSeq {
-            q_len: ql,
-            q_pos: qp,
-            k,
-            v,
-        })
-        .collect();
+    let refs: Vec<RefSeq> =
+        c.seqs.iter().zip(&data).map(|(&(ql, qp, _), (k, v))| RefSeq { q_len: ql, q_pos: qp, k, v }).collect();
     let (ro, rl) = attention_ref(shape, scale as f64, c.mask, sink.as_deref(), &q, &refs);
     let tol = tolerance(c.dtype);
     let what = format!(
@@ -133,25 +90,11 @@ fn decode_matches_reference_on_hostile_sizes() {
                     dtype,
                     mask: MaskSpec::CAUSAL,
                     sinks: false,
-                    seqs: vec![
-                        (1, s.saturating_sub(1), s),
-                        (1, (s / 3).saturating_sub(1), s / 3),
-                    ],
+                    seqs: vec![(1, s.saturating_sub(1), s), (1, (s / 3).saturating_sub(1), s / 3)],
                     block_size: bs,
                     head_major: n % 2 == 0,
                 };
-                p.install(|| {
-                    check(
-                        &mut rng,
-                        &c,
-                        &Plan::decode(&AttnShape {
-                            heads: h,
-                            kv_heads: hk,
-                            dk: d,
-                            dv: d,
-                        }),
-                    )
-                });
+                p.install(|| check(&mut rng, &c, &Plan::decode(&AttnShape { heads: h, kv_heads: hk, dk: d, dv: d })));
                 n += 1;
             }
         }
@@ -166,14 +109,7 @@ fn prefill_matches_reference_causal_chunked_and_varlen() {
     for (h, hk) in [(1usize, 1usize), (3, 1), (9, 3), (8, 2), (64, 8), (12, 12)] {
         for d in [64usize, 128] {
             // Whole prompts, a chunk continuing a prefix, zero-length sequences.
-            let seqs = vec![
-                (20, 0, 20),
-                (0, 0, 0),
-                (1, 0, 1),
-                (63, 77, 140),
-                (0, 5, 5),
-                (127, 0, 127),
-            ];
+            let seqs = vec![(20, 0, 20), (0, 0, 0), (1, 0, 1), (63, 77, 140), (0, 5, 5), (127, 0, 127)];
             for dtype in KvDtype::ALL {
                 let c = Case {
                     heads: h,
@@ -186,20 +122,10 @@ fn prefill_matches_reference_causal_chunked_and_varlen() {
                     block_size: 16,
                     head_major: false,
                 };
-                let shape = AttnShape {
-                    heads: h,
-                    kv_heads: hk,
-                    dk: d,
-                    dv: d,
-                };
+                let shape = AttnShape { heads: h, kv_heads: hk, dk: d, dv: d };
                 p.install(|| check(&mut rng, &c, &Plan::prefill(&shape)));
                 // Odd tile sizes exercise tile edges and the diagonal mask.
-                let odd = Plan {
-                    q_tile: 7,
-                    kv_tile: 13,
-                    split: KvSplit::Single,
-                    min_split: 1,
-                };
+                let odd = Plan { q_tile: 7, kv_tile: 13, split: KvSplit::Single, min_split: 1 };
                 p.install(|| check(&mut rng, &c, &odd));
             }
         }
@@ -221,35 +147,9 @@ fn non_causal_and_long_prefill() {
         block_size: 64,
         head_major: true,
     };
-    p.install(|| {
-        check(
-            &mut rng,
-            &c,
-            &Plan::prefill(&AttnShape {
-                heads: 4,
-                kv_heads: 2,
-                dk: 64,
-                dv: 64,
-            }),
-        )
-    });
-    let c = Case {
-        mask: MaskSpec::CAUSAL,
-        seqs: vec![(1000, 0, 1000)],
-        ..c
-    };
-    p.install(|| {
-        check(
-            &mut rng,
-            &c,
-            &Plan::prefill(&AttnShape {
-                heads: 4,
-                kv_heads: 2,
-                dk: 64,
-                dv: 64,
-            }),
-        )
-    });
+    p.install(|| check(&mut rng, &c, &Plan::prefill(&AttnShape { heads: 4, kv_heads: 2, dk: 64, dv: 64 })));
+    let c = Case { mask: MaskSpec::CAUSAL, seqs: vec![(1000, 0, 1000)], ..c };
+    p.install(|| check(&mut rng, &c, &Plan::prefill(&AttnShape { heads: 4, kv_heads: 2, dk: 64, dv: 64 })));
 }
 
 #[test]
@@ -259,11 +159,7 @@ fn sliding_window_sinks_and_sink_logits() {
     for window in [1usize, 5, 64, 100, 1000] {
         for sinks in [0usize, 1, 4, 70] {
             for sink_logits in [false, true] {
-                let mask = MaskSpec {
-                    causal: true,
-                    window: Some(window),
-                    sinks,
-                };
+                let mask = MaskSpec { causal: true, window: Some(window), sinks };
                 let c = Case {
                     heads: 6,
                     kv_heads: 2,
@@ -275,24 +171,10 @@ fn sliding_window_sinks_and_sink_logits() {
                     block_size: 16,
                     head_major: false,
                 };
-                let shape = AttnShape {
-                    heads: 6,
-                    kv_heads: 2,
-                    dk: 64,
-                    dv: 64,
-                };
+                let shape = AttnShape { heads: 6, kv_heads: 2, dk: 64, dv: 64 };
                 p.install(|| check(&mut rng, &c, &Plan::prefill(&shape)));
                 p.install(|| {
-                    check(
-                        &mut rng,
-                        &c,
-                        &Plan {
-                            q_tile: 5,
-                            kv_tile: 7,
-                            split: KvSplit::Fixed(3),
-                            min_split: 1,
-                        },
-                    )
+                    check(&mut rng, &c, &Plan { q_tile: 5, kv_tile: 7, split: KvSplit::Fixed(3), min_split: 1 })
                 });
             }
         }
@@ -303,12 +185,7 @@ fn sliding_window_sinks_and_sink_logits() {
 fn split_kv_equals_single_pass() {
     let mut rng = Rng(5);
     let p = pool(4);
-    for (h, hk, s) in [
-        (8usize, 2usize, 4096usize),
-        (128, 1, 1000),
-        (3, 3, 140),
-        (9, 3, 20),
-    ] {
+    for (h, hk, s) in [(8usize, 2usize, 4096usize), (128, 1, 1000), (3, 3, 140), (9, 3, 20)] {
         let c = Case {
             heads: h,
             kv_heads: hk,
@@ -320,36 +197,15 @@ fn split_kv_equals_single_pass() {
             block_size: 64,
             head_major: false,
         };
-        let single = Plan {
-            q_tile: 4,
-            kv_tile: 64,
-            split: KvSplit::Single,
-            min_split: 1,
-        };
+        let single = Plan { q_tile: 4, kv_tile: 64, split: KvSplit::Single, min_split: 1 };
         let mut seed = Rng(77);
         let (o1, l1) = p.install(|| check(&mut seed, &c, &single));
-        for split in [
-            KvSplit::Fixed(2),
-            KvSplit::Fixed(7),
-            KvSplit::Fixed(1000),
-            KvSplit::Auto,
-        ] {
+        for split in [KvSplit::Fixed(2), KvSplit::Fixed(7), KvSplit::Fixed(1000), KvSplit::Auto] {
             let mut seed = Rng(77);
             let (o2, l2) = p.install(|| check(&mut seed, &c, &Plan { split, ..single }));
-            let diff = o1
-                .iter()
-                .zip(&o2)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
-            let ldiff = l1
-                .iter()
-                .zip(&l2)
-                .map(|(a, b)| (a - b).abs())
-                .fold(0f32, f32::max);
-            assert!(
-                diff < 1e-5 && ldiff < 1e-5,
-                "split {split:?}: out diff {diff}, lse diff {ldiff}"
-            );
+            let diff = o1.iter().zip(&o2).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            let ldiff = l1.iter().zip(&l2).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+            assert!(diff < 1e-5 && ldiff < 1e-5, "split {split:?}: out diff {diff}, lse diff {ldiff}");
         }
         let _ = &mut rng;
     }
@@ -357,54 +213,19 @@ fn split_kv_equals_single_pass() {
 
 #[test]
 fn empty_context_gives_zero_and_neg_infinite_lse() {
-    let shape = AttnShape {
-        heads: 4,
-        kv_heads: 2,
-        dk: 8,
-        dv: 8,
-    };
+    let shape = AttnShape { heads: 4, kv_heads: 2, dk: 8, dv: 8 };
     let kv = DenseKv::new(KvDtype::F32, 2, 8, 8, &[], &[]);
     let q = vec![1.0f32; 4 * 8];
     let mut out = vec![f32::NAN; 4 * 8];
     let mut lse = vec![f32::NAN; 4];
-    let params = AttnParams {
-        shape,
-        scale: 0.3,
-        mask: MaskSpec::CAUSAL,
-        sink_logits: None,
-    };
-    decode(
-        &params,
-        &q,
-        &[SeqSpec {
-            q_len: 1,
-            q_pos: 0,
-            kv: kv.view(),
-        }],
-        &mut out,
-        &mut lse,
-    )
-    .unwrap();
+    let params = AttnParams { shape, scale: 0.3, mask: MaskSpec::CAUSAL, sink_logits: None };
+    decode(&params, &q, &[SeqSpec { q_len: 1, q_pos: 0, kv: kv.view() }], &mut out, &mut lse).unwrap();
     assert!(out.iter().all(|&x| x == 0.0));
     assert!(lse.iter().all(|&x| x == f32::NEG_INFINITY));
     // With a sink logit the LSE is the sink.
     let sinks = [0.5f32, -1.0, 2.0, 0.0];
-    let params = AttnParams {
-        sink_logits: Some(&sinks),
-        ..params
-    };
-    decode(
-        &params,
-        &q,
-        &[SeqSpec {
-            q_len: 1,
-            q_pos: 0,
-            kv: kv.view(),
-        }],
-        &mut out,
-        &mut lse,
-    )
-    .unwrap();
+    let params = AttnParams { sink_logits: Some(&sinks), ..params };
+    decode(&params, &q, &[SeqSpec { q_len: 1, q_pos: 0, kv: kv.view() }], &mut out, &mut lse).unwrap();
     assert!(out.iter().all(|&x| x == 0.0));
     assert_eq!(lse, sinks);
 }
@@ -416,82 +237,24 @@ fn shape_errors_are_typed() {
     let mut lse = vec![0f32; 4];
     let q = vec![0f32; 32];
     let bad = AttnParams {
-        shape: AttnShape {
-            heads: 3,
-            kv_heads: 2,
-            dk: 8,
-            dv: 8,
-        },
+        shape: AttnShape { heads: 3, kv_heads: 2, dk: 8, dv: 8 },
         scale: 1.0,
         mask: MaskSpec::CAUSAL,
         sink_logits: None,
     };
-    let seqs = [SeqSpec {
-        q_len: 1,
-        q_pos: 1,
-        kv: kv.view(),
-    }];
-    assert!(matches!(
-        decode(&bad, &q, &seqs, &mut out, &mut lse),
-        Err(AttnError::Heads { .. })
-    ));
-    let good = AttnParams {
-        shape: AttnShape {
-            heads: 4,
-            kv_heads: 2,
-            dk: 8,
-            dv: 8,
-        },
-        ..bad
-    };
-    assert!(matches!(
-        decode(&good, &q[..31], &seqs, &mut out, &mut lse),
-        Err(AttnError::Len { .. })
-    ));
-    let wrong_cache = AttnParams {
-        shape: AttnShape {
-            heads: 4,
-            kv_heads: 1,
-            dk: 8,
-            dv: 8,
-        },
-        ..bad
-    };
-    assert!(matches!(
-        decode(&wrong_cache, &q, &seqs, &mut out, &mut lse),
-        Err(AttnError::Seq { .. })
-    ));
+    let seqs = [SeqSpec { q_len: 1, q_pos: 1, kv: kv.view() }];
+    assert!(matches!(decode(&bad, &q, &seqs, &mut out, &mut lse), Err(AttnError::Heads { .. })));
+    let good = AttnParams { shape: AttnShape { heads: 4, kv_heads: 2, dk: 8, dv: 8 }, ..bad };
+    assert!(matches!(decode(&good, &q[..31], &seqs, &mut out, &mut lse), Err(AttnError::Len { .. })));
+    let wrong_cache = AttnParams { shape: AttnShape { heads: 4, kv_heads: 1, dk: 8, dv: 8 }, ..bad };
+    assert!(matches!(decode(&wrong_cache, &q, &seqs, &mut out, &mut lse), Err(AttnError::Seq { .. })));
     let mut view = kv.view();
     view.len = 5; // more tokens than the pool holds
-    let seqs = [SeqSpec {
-        q_len: 1,
-        q_pos: 4,
-        kv: view,
-    }];
+    let seqs = [SeqSpec { q_len: 1, q_pos: 4, kv: view }];
+    assert!(matches!(decode(&good, &q, &seqs, &mut out, &mut lse), Err(AttnError::Seq { .. })));
+    let w0 = AttnParams { mask: MaskSpec { causal: true, window: Some(0), sinks: 0 }, ..good };
     assert!(matches!(
-        decode(&good, &q, &seqs, &mut out, &mut lse),
-        Err(AttnError::Seq { .. })
-    ));
-    let w0 = AttnParams {
-        mask: MaskSpec {
-            causal: true,
-            window: Some(0),
-            sinks: 0,
-        },
-        ..good
-    };
-    assert!(matches!(
-        decode(
-            &w0,
-            &q,
-            &[SeqSpec {
-                q_len: 1,
-                q_pos: 1,
-                kv: kv.view()
-            }],
-            &mut out,
-            &mut lse
-        ),
+        decode(&w0, &q, &[SeqSpec { q_len: 1, q_pos: 1, kv: kv.view() }], &mut out, &mut lse),
         Err(AttnError::Mask(_))
     ));
 }

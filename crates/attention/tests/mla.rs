@@ -36,22 +36,15 @@ fn cfg(heads: usize, q_lora: Option<usize>, yarn: bool) -> MlaConfig {
     }
 }
 
-const TOL: Tolerance = Tolerance {
-    abs: 1e-4,
-    rel: 1e-3,
-    cos: 0.99999,
-};
+const TOL: Tolerance = Tolerance { abs: 1e-4, rel: 1e-3, cos: 0.99999 };
 
 #[test]
 fn absorbed_and_naive_match_the_equations() {
     let p = pool(2);
     let mut rng = Rng(11);
-    for (heads, q_lora, yarn, s, q0) in [
-        (1, None, false, 20, 0),
-        (3, Some(96), true, 37, 30),
-        (16, Some(64), false, 140, 139),
-        (128, None, true, 9, 5),
-    ] {
+    for (heads, q_lora, yarn, s, q0) in
+        [(1, None, false, 20, 0), (3, Some(96), true, 37, 30), (16, Some(64), false, 140, 139), (128, None, true, 9, 5)]
+    {
         let m = Mla::random(cfg(heads, q_lora, yarn), &mut rng);
         let x = rng.normals(s * m.cfg.hidden, 1.0);
         let c = m.cfg.hidden;
@@ -66,17 +59,10 @@ fn absorbed_and_naive_match_the_equations() {
             let rows_d = round_trip(dtype, &rows);
             let cache = DenseLatent::new(dtype, 576, 512, &rows);
             let plan = Plan::prefill(&m.absorbed_shape());
-            let oa = p
-                .install(|| m.attend_absorbed(&q, t, q0, cache.view(), MaskSpec::CAUSAL, &plan))
-                .unwrap();
-            let on = p
-                .install(|| m.attend_naive(&q, t, q0, cache.view(), MaskSpec::CAUSAL, &plan))
-                .unwrap();
+            let oa = p.install(|| m.attend_absorbed(&q, t, q0, cache.view(), MaskSpec::CAUSAL, &plan)).unwrap();
+            let on = p.install(|| m.attend_naive(&q, t, q0, cache.view(), MaskSpec::CAUSAL, &plan)).unwrap();
             let d = max_abs_diff(&oa, &on.iter().map(|&v| v as f64).collect::<Vec<_>>());
-            assert!(
-                d < 2e-4,
-                "H={heads} {dtype:?}: absorbed vs naive max diff {d}"
-            );
+            assert!(d < 2e-4, "H={heads} {dtype:?}: absorbed vs naive max diff {d}");
             if dtype == KvDtype::F32 {
                 compare(&format!("absorbed H={heads}"), &oa, &o_ref, TOL).unwrap();
                 compare(&format!("naive H={heads}"), &on, &o_ref, TOL).unwrap();
@@ -84,11 +70,7 @@ fn absorbed_and_naive_match_the_equations() {
                 compare(&format!("y H={heads}"), &y, &y_ref, TOL).unwrap();
             } else {
                 // bf16 latent: storage rounding only; outputs stay close to exact.
-                let lo = Tolerance {
-                    abs: 2e-2,
-                    rel: 5e-2,
-                    cos: 0.999,
-                };
+                let lo = Tolerance { abs: 2e-2, rel: 5e-2, cos: 0.999 };
                 compare(&format!("bf16 absorbed H={heads}"), &oa, &o_ref, lo).unwrap();
                 assert_eq!(rows_d.len(), rows.len());
             }
@@ -121,76 +103,24 @@ fn latent_mqa_kernel_hostile_sizes_paged() {
                     continue;
                 }
                 let rows = round_trip(KvDtype::Bf16, &rng.activations(s * 576, 576, 32, 6.0));
-                let v: Vec<f32> = rows
-                    .chunks_exact(576)
-                    .flat_map(|r| r[..512].to_vec())
-                    .collect();
-                let pc = PagedCache::new(
-                    &mut rng,
-                    KvDtype::Bf16,
-                    1,
-                    576,
-                    512,
-                    &rows,
-                    &v,
-                    bs,
-                    3,
-                    false,
-                );
+                let v: Vec<f32> = rows.chunks_exact(576).flat_map(|r| r[..512].to_vec()).collect();
+                let pc = PagedCache::new(&mut rng, KvDtype::Bf16, 1, 576, 512, &rows, &v, bs, 3, false);
                 let mut view = pc.view();
                 // Read values from the key rows (prefix), not from the value plane.
                 view.v = ValueSource::KeyPrefix { dim: 512 };
-                let shape = AttnShape {
-                    heads,
-                    kv_heads: 1,
-                    dk: 576,
-                    dv: 512,
-                };
+                let shape = AttnShape { heads, kv_heads: 1, dk: 576, dv: 512 };
                 let q = rng.normals(2 * heads * 576, 0.1);
-                let seqs = [SeqSpec {
-                    q_len: 2,
-                    q_pos: s.saturating_sub(2),
-                    kv: view,
-                }];
-                let params = AttnParams {
-                    shape,
-                    scale: 1.0 / (192f32).sqrt(),
-                    mask: MaskSpec::CAUSAL,
-                    sink_logits: None,
-                };
+                let seqs = [SeqSpec { q_len: 2, q_pos: s.saturating_sub(2), kv: view }];
+                let params =
+                    AttnParams { shape, scale: 1.0 / (192f32).sqrt(), mask: MaskSpec::CAUSAL, sink_logits: None };
                 let mut out = vec![f32::NAN; 2 * heads * 512];
                 let mut lse = vec![f32::NAN; 2 * heads];
-                p.install(|| decode(&params, &q, &seqs, &mut out, &mut lse))
-                    .unwrap();
-                let refs = [RefSeq {
-                    q_len: 2,
-                    q_pos: s.saturating_sub(2),
-                    k: &rows,
-                    v: &v,
-                }];
-                let (ro, rl) = attention_ref(
-                    shape,
-                    params.scale as f64,
-                    MaskSpec::CAUSAL,
-                    None,
-                    &q,
-                    &refs,
-                );
+                p.install(|| decode(&params, &q, &seqs, &mut out, &mut lse)).unwrap();
+                let refs = [RefSeq { q_len: 2, q_pos: s.saturating_sub(2), k: &rows, v: &v }];
+                let (ro, rl) = attention_ref(shape, params.scale as f64, MaskSpec::CAUSAL, None, &q, &refs);
                 let tol = latent_attention::testing::tolerance(KvDtype::Bf16);
-                compare(
-                    &format!("latent out H={heads} S={s} bs={bs}"),
-                    &out,
-                    &ro,
-                    tol,
-                )
-                .unwrap();
-                compare(
-                    &format!("latent lse H={heads} S={s} bs={bs}"),
-                    &lse,
-                    &rl,
-                    tol,
-                )
-                .unwrap();
+                compare(&format!("latent out H={heads} S={s} bs={bs}"), &out, &ro, tol).unwrap();
+                compare(&format!("latent lse H={heads} S={s} bs={bs}"), &lse, &rl, tol).unwrap();
             }
         }
     }
@@ -210,53 +140,32 @@ fn low_rank_absorbed_equals_naive_and_represents_gqa_exactly() {
         w_down: rng.normals(r * c, 1.0 / (c as f32).sqrt()),
         u_k: rng.normals(hk * d * r, 1.0 / (r as f32).sqrt()),
         u_v: rng.normals(hk * d * r, 1.0 / (r as f32).sqrt()),
+        scale: 1.0 / (d as f32).sqrt(),
     };
     let x = rng.normals(s * c, 1.0);
     let rows = lr.compress(&x, s);
     let cache = DenseLatent::new(KvDtype::F32, r, r, &rows);
     let q = rng.normals(s * h * d, 1.0);
-    let scale = 1.0 / (d as f32).sqrt();
-    let plan = Plan {
-        q_tile: 5,
-        kv_tile: 16,
-        split: KvSplit::Fixed(2),
-        min_split: 1,
-    };
-    let a = p
-        .install(|| lr.attend_absorbed(&q, s, 0, cache.view(), MaskSpec::CAUSAL, scale, &plan))
-        .unwrap();
-    let n = p
-        .install(|| lr.attend_naive(&q, s, 0, cache.view(), MaskSpec::CAUSAL, scale, &plan))
-        .unwrap();
+    let scale = lr.scale;
+    let plan = Plan { q_tile: 5, kv_tile: 16, split: KvSplit::Fixed(2), min_split: 1 };
+    let a = p.install(|| lr.attend_absorbed(&q, s, 0, cache.view(), MaskSpec::CAUSAL, &plan)).unwrap();
+    let n = p.install(|| lr.attend_naive(&q, s, 0, cache.view(), MaskSpec::CAUSAL, &plan)).unwrap();
     // Both against plain GQA on the decompressed K/V in f64.
     let (kk, vv) = lr.decompress(&rows, s);
-    let shape = AttnShape {
-        heads: h,
-        kv_heads: hk,
-        dk: d,
-        dv: d,
-    };
+    let shape = AttnShape { heads: h, kv_heads: hk, dk: d, dv: d };
     let (ro, _) = attention_ref(
         shape,
         scale as f64,
         MaskSpec::CAUSAL,
         None,
         &q,
-        &[RefSeq {
-            q_len: s,
-            q_pos: 0,
-            k: &kk,
-            v: &vv,
-        }],
+        &[RefSeq { q_len: s, q_pos: 0, k: &kk, v: &vv }],
     );
     compare("low-rank absorbed", &a, &ro, TOL).unwrap();
     compare("low-rank naive", &n, &ro, TOL).unwrap();
-    let bad = LowRankKv {
-        u_k: vec![0.0; 3],
-        ..lr.clone()
-    };
+    let bad = LowRankKv { u_k: vec![0.0; 3], ..lr.clone() };
     assert!(matches!(
-        bad.attend_absorbed(&q, s, 0, cache.view(), MaskSpec::CAUSAL, scale, &plan),
+        bad.attend_absorbed(&q, s, 0, cache.view(), MaskSpec::CAUSAL, &plan),
         Err(AttnError::Len { .. })
     ));
 }
@@ -268,13 +177,6 @@ fn mla_rejects_mismatched_weights() {
     let mut w = m.w.clone();
     w.w_uk.pop();
     assert!(matches!(Mla::new(m.cfg, w), Err(AttnError::Len { .. })));
-    let w = MlaWeights {
-        q: QProj::Lora {
-            w_dq: vec![],
-            q_norm: vec![],
-            w_uq: vec![],
-        },
-        ..m.w.clone()
-    };
+    let w = MlaWeights { q: QProj::Lora { w_dq: vec![], q_norm: vec![], w_uq: vec![] }, ..m.w.clone() };
     assert!(matches!(Mla::new(m.cfg, w), Err(AttnError::Config(_))));
 }

@@ -52,10 +52,7 @@ impl Isa {
         *BEST.get_or_init(|| {
             let avail = Isa::available();
             let best = *avail.last().unwrap_or(&Isa::Scalar);
-            match std::env::var("LATENT_ISA")
-                .ok()
-                .and_then(|s| Isa::parse(&s))
-            {
+            match std::env::var("LATENT_ISA").ok().and_then(|s| Isa::parse(&s)) {
                 Some(want) if avail.contains(&want) => want,
                 _ => best,
             }

@@ -60,9 +60,7 @@ pub fn memcpy_bandwidth(pool: &rayon::ThreadPool, bytes: usize) -> f64 {
     let secs = best_of(5, || {
         pool.install(|| {
             use rayon::prelude::*;
-            dst.par_chunks_mut(chunk)
-                .zip(src.par_chunks(chunk))
-                .for_each(|(d, s)| d.copy_from_slice(s));
+            dst.par_chunks_mut(chunk).zip(src.par_chunks(chunk)).for_each(|(d, s)| d.copy_from_slice(s));
         });
         std::hint::black_box(&dst);
     });
@@ -74,11 +72,7 @@ pub fn gemm_peak(threads: usize, n: usize) -> f64 {
     let a: Vec<f32> = (0..n * n).map(|i| ((i % 13) as f32) * 0.01).collect();
     let b: Vec<f32> = (0..n * n).map(|i| ((i % 11) as f32) * 0.01).collect();
     let mut c = vec![0f32; n * n];
-    let par = if threads > 1 {
-        gemm::Parallelism::Rayon(threads)
-    } else {
-        gemm::Parallelism::None
-    };
+    let par = if threads > 1 { gemm::Parallelism::Rayon(threads) } else { gemm::Parallelism::None };
     let secs = best_of(5, || {
         // SAFETY: a, b, c are n×n row-major buffers of exactly n·n elements; strides match.
         unsafe {

@@ -18,9 +18,7 @@ impl Rng {
     }
 }
 
-const SIZES: &[usize] = &[
-    0, 1, 3, 7, 8, 15, 16, 17, 31, 63, 64, 127, 128, 129, 576, 1000, 4099,
-];
+const SIZES: &[usize] = &[0, 1, 3, 7, 8, 15, 16, 17, 31, 63, 64, 127, 128, 129, 576, 1000, 4099];
 
 fn close(a: f32, b: f32, abs: f32, rel: f32) -> bool {
     (a - b).abs() <= abs + rel * b.abs().max(a.abs())
@@ -30,10 +28,7 @@ fn close(a: f32, b: f32, abs: f32, rel: f32) -> bool {
 fn at_least_scalar_is_available() {
     let all = Kernels::all();
     assert_eq!(all[0].isa, latent_kernels::Isa::Scalar);
-    eprintln!(
-        "kernel variants: {:?}",
-        all.iter().map(|k| k.isa).collect::<Vec<_>>()
-    );
+    eprintln!("kernel variants: {:?}", all.iter().map(|k| k.isa).collect::<Vec<_>>());
 }
 
 #[test]
@@ -46,11 +41,7 @@ fn dot_axpy_scale_max_match_scalar() {
             let want = scalar::dot(&a, &b);
             let got = (k.dot)(&a, &b);
             let mag: f32 = a.iter().zip(&b).map(|(x, y)| (x * y).abs()).sum();
-            assert!(
-                (got - want).abs() <= 1e-5 * mag + 1e-6,
-                "{:?} dot n={n}: {got} vs {want}",
-                k.isa
-            );
+            assert!((got - want).abs() <= 1e-5 * mag + 1e-6, "{:?} dot n={n}: {got} vs {want}", k.isa);
 
             let mut y1 = rng.vec(n);
             let mut y2 = y1.clone();
@@ -85,22 +76,13 @@ fn exp_matches_scalar_and_handles_infinities() {
             let mut got = x.clone();
             let gs = (k.exp_sub_sum)(&mut got, m);
             for (i, (g, w)) in got.iter().zip(&want).enumerate() {
-                assert!(
-                    close(*g, *w, 1e-37, 3e-7),
-                    "{:?} exp n={n} i={i} x={}: {g} vs {w}",
-                    k.isa,
-                    x[i]
-                );
+                assert!(close(*g, *w, 1e-37, 3e-7), "{:?} exp n={n} i={i} x={}: {g} vs {w}", k.isa, x[i]);
             }
             if n > 2 {
                 assert_eq!(got[1], 0.0, "exp(-inf) must be exactly 0");
                 assert_eq!(got[2], 0.0);
             }
-            assert!(
-                close(gs, ws, 1e-30, 1e-5),
-                "{:?} exp sum n={n}: {gs} vs {ws}",
-                k.isa
-            );
+            assert!(close(gs, ws, 1e-30, 1e-5), "{:?} exp sum n={n}: {gs} vs {ws}", k.isa);
         }
     }
 }
@@ -127,13 +109,7 @@ fn conversions_match_scalar_bit_exactly() {
                     scalar::f32_to_f16 as fn(&[f32], &mut [u8]),
                     scalar::f16_to_f32 as fn(&[u8], &mut [f32]),
                 ),
-                (
-                    "bf16",
-                    k.f32_to_bf16,
-                    k.bf16_to_f32,
-                    scalar::f32_to_bf16,
-                    scalar::bf16_to_f32,
-                ),
+                ("bf16", k.f32_to_bf16, k.bf16_to_f32, scalar::f32_to_bf16, scalar::bf16_to_f32),
             ] {
                 let mut b1 = vec![0u8; 2 * n];
                 let mut b2 = vec![0u8; 2 * n];
@@ -144,10 +120,7 @@ fn conversions_match_scalar_bit_exactly() {
                 let mut f2 = vec![f32::NAN; n];
                 sback(&b1, &mut f1);
                 back(&b1, &mut f2);
-                let same = f1
-                    .iter()
-                    .zip(&f2)
-                    .all(|(a, b)| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()));
+                let same = f1.iter().zip(&f2).all(|(a, b)| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()));
                 assert!(same, "{:?} {name}->f32 n={n}", k.isa);
             }
             let bytes: Vec<u8> = x.iter().flat_map(|v| v.to_le_bytes()).collect();
@@ -183,48 +156,14 @@ fn gemm_tiles_match_scalar_on_hostile_shapes() {
                     }
                     let mut c1 = vec![f32::NAN; m * sc];
                     let mut c2 = c1.clone();
-                    let ar = MatRef {
-                        data: &a,
-                        rows: m,
-                        cols: kk,
-                        stride: sa,
-                    };
-                    let br = MatRef {
-                        data: &b,
-                        rows: n,
-                        cols: kk,
-                        stride: sb,
-                    };
-                    scalar::gemm_nt(
-                        0.5,
-                        ar,
-                        br,
-                        MatMut {
-                            data: &mut c1,
-                            rows: m,
-                            cols: n,
-                            stride: sc,
-                        },
-                    );
-                    (k.gemm_nt)(
-                        0.5,
-                        ar,
-                        br,
-                        MatMut {
-                            data: &mut c2,
-                            rows: m,
-                            cols: n,
-                            stride: sc,
-                        },
-                    );
+                    let ar = MatRef { data: &a, rows: m, cols: kk, stride: sa };
+                    let br = MatRef { data: &b, rows: n, cols: kk, stride: sb };
+                    scalar::gemm_nt(0.5, ar, br, MatMut { data: &mut c1, rows: m, cols: n, stride: sc });
+                    (k.gemm_nt)(0.5, ar, br, MatMut { data: &mut c2, rows: m, cols: n, stride: sc });
                     for r in 0..m {
                         for c in 0..n {
                             let (x, y) = (c1[r * sc + c], c2[r * sc + c]);
-                            assert!(
-                                close(y, x, 1e-5 * (kk as f32).sqrt(), 1e-5),
-                                "{:?} nt m={m} n={n} k={kk}",
-                                k.isa
-                            );
+                            assert!(close(y, x, 1e-5 * (kk as f32).sqrt(), 1e-5), "{:?} nt m={m} n={n} k={kk}", k.isa);
                         }
                         assert!(c2[r * sc + n].is_nan(), "nt wrote outside C");
                     }
@@ -243,40 +182,13 @@ fn gemm_tiles_match_scalar_on_hostile_shapes() {
                         }
                     }
                     let mut d2 = d1.clone();
-                    let b2r = MatRef {
-                        data: &b2,
-                        rows: kk,
-                        cols: n,
-                        stride: sb2,
-                    };
-                    scalar::gemm_nn(
-                        ar,
-                        b2r,
-                        MatMut {
-                            data: &mut d1,
-                            rows: m,
-                            cols: n,
-                            stride: sc,
-                        },
-                    );
-                    (k.gemm_nn)(
-                        ar,
-                        b2r,
-                        MatMut {
-                            data: &mut d2,
-                            rows: m,
-                            cols: n,
-                            stride: sc,
-                        },
-                    );
+                    let b2r = MatRef { data: &b2, rows: kk, cols: n, stride: sb2 };
+                    scalar::gemm_nn(ar, b2r, MatMut { data: &mut d1, rows: m, cols: n, stride: sc });
+                    (k.gemm_nn)(ar, b2r, MatMut { data: &mut d2, rows: m, cols: n, stride: sc });
                     for r in 0..m {
                         for c in 0..n {
                             let (x, y) = (d1[r * sc + c], d2[r * sc + c]);
-                            assert!(
-                                close(y, x, 1e-5 * (kk as f32).sqrt(), 1e-5),
-                                "{:?} nn m={m} n={n} k={kk}",
-                                k.isa
-                            );
+                            assert!(close(y, x, 1e-5 * (kk as f32).sqrt(), 1e-5), "{:?} nn m={m} n={n} k={kk}", k.isa);
                         }
                         assert!(d2[r * sc + n].is_nan(), "nn wrote outside C");
                     }

@@ -107,15 +107,7 @@ impl PagedCache {
     pub fn view(&self) -> KvSeq<'_> {
         fn plane<'b>(c: &PagedCache, pool: &'b [u8], d: usize) -> KvPlane<'b> {
             let (bb, tb, hb) = c.strides(d);
-            KvPlane {
-                pool,
-                dtype: c.dtype,
-                block_bytes: bb,
-                token_bytes: tb,
-                head_bytes: hb,
-                offset_bytes: 0,
-                dim: d,
-            }
+            KvPlane { pool, dtype: c.dtype, block_bytes: bb, token_bytes: tb, head_bytes: hb, offset_bytes: 0, dim: d }
         }
         KvSeq {
             k: plane(self, &self.k_pool, self.dk),
@@ -139,8 +131,5 @@ pub fn round_trip(dtype: KvDtype, x: &[f32]) -> Vec<f32> {
 }
 
 pub fn pool(threads: usize) -> rayon::ThreadPool {
-    rayon::ThreadPoolBuilder::new()
-        .num_threads(threads)
-        .build()
-        .expect("thread pool")
+    rayon::ThreadPoolBuilder::new().num_threads(threads).build().expect("thread pool")
 }

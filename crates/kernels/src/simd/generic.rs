@@ -41,10 +41,7 @@ unsafe fn axpy<L: Lanes>(alpha: f32, x: &[f32], y: &mut [f32]) {
     let (px, py) = (x.as_ptr(), y.as_mut_ptr());
     let mut i = 0;
     while i + L::N <= n {
-        L::store(
-            py.add(i),
-            L::fma(av, L::load(px.add(i)), L::load(py.add(i))),
-        );
+        L::store(py.add(i), L::fma(av, L::load(px.add(i)), L::load(py.add(i))));
         i += L::N;
     }
     while i < n {
@@ -118,6 +115,7 @@ unsafe fn exp_sub_sum<L: Lanes>(x: &mut [f32], m: f32) -> f32 {
 }
 
 #[inline(always)]
+#[allow(clippy::extra_unused_type_parameters)]
 unsafe fn f32_from_bytes<L: Lanes>(src: &[u8], dst: &mut [f32]) {
     assert_eq!(src.len(), 4 * dst.len(), "f32_from_bytes: length mismatch");
     std::ptr::copy_nonoverlapping(src.as_ptr(), dst.as_mut_ptr() as *mut u8, src.len());
@@ -216,76 +214,47 @@ unsafe fn nt_block<L: Lanes, const MR: usize, const NR: usize>(
 }
 
 #[inline(always)]
-unsafe fn gemm_nt<L: Lanes, const MR: usize, const NR: usize>(
-    alpha: f32,
-    a: MatRef,
-    b: MatRef,
-    c: MatMut,
-) {
+unsafe fn gemm_nt<L: Lanes, const MR: usize, const NR: usize>(alpha: f32, a: MatRef, b: MatRef, c: MatMut) {
     check_gemm_nt(&a, &b, &c);
     let (m, n, k) = (c.rows, c.cols, a.cols);
     let (pa, pb, pc) = (a.data.as_ptr(), b.data.as_ptr(), c.data.as_mut_ptr());
     let (lda, ldb, ldc) = (a.stride, b.stride, c.stride);
     let mut i = 0;
     while i + MR <= m {
-        let mut j = 0;
-        while j + NR <= n {
-            nt_block::<L, MR, NR>(
-                k,
-                pa.add(i * lda),
-                lda,
-                pb.add(j * ldb),
-                ldb,
-                pc.add(i * ldc + j),
-                ldc,
-                alpha,
-            );
-            j += NR;
-        }
-        while j < n {
-            nt_block::<L, MR, 1>(
-                k,
-                pa.add(i * lda),
-                lda,
-                pb.add(j * ldb),
-                ldb,
-                pc.add(i * ldc + j),
-                ldc,
-                alpha,
-            );
-            j += 1;
-        }
+        nt_rows::<L, MR, NR>(k, n, pa.add(i * lda), lda, pb, ldb, pc.add(i * ldc), ldc, alpha);
         i += MR;
     }
+    if MR > 2 && i + 2 <= m {
+        nt_rows::<L, 2, NR>(k, n, pa.add(i * lda), lda, pb, ldb, pc.add(i * ldc), ldc, alpha);
+        i += 2;
+    }
     while i < m {
-        let mut j = 0;
-        while j + NR <= n {
-            nt_block::<L, 1, NR>(
-                k,
-                pa.add(i * lda),
-                lda,
-                pb.add(j * ldb),
-                ldb,
-                pc.add(i * ldc + j),
-                ldc,
-                alpha,
-            );
-            j += NR;
-        }
-        while j < n {
-            nt_block::<L, 1, 1>(
-                k,
-                pa.add(i * lda),
-                lda,
-                pb.add(j * ldb),
-                ldb,
-                pc.add(i * ldc + j),
-                ldc,
-                alpha,
-            );
-            j += 1;
-        }
+        nt_rows::<L, 1, NR>(k, n, pa.add(i * lda), lda, pb, ldb, pc.add(i * ldc), ldc, alpha);
         i += 1;
+    }
+}
+
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn nt_rows<L: Lanes, const MR: usize, const NR: usize>(
+    k: usize,
+    n: usize,
+    a: *const f32,
+    lda: usize,
+    b: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    alpha: f32,
+) {
+    let mut j = 0;
+    while j + NR <= n {
+        nt_block::<L, MR, NR>(k, a, lda, b.add(j * ldb), ldb, c.add(j), ldc, alpha);
+        j += NR;
+    }
+    while j < n {
+        nt_block::<L, MR, 1>(k, a, lda, b.add(j * ldb), ldb, c.add(j), ldc, alpha);
+        j += 1;
     }
 }
 
@@ -327,6 +296,7 @@ unsafe fn nn_block<L: Lanes, const MR: usize, const NV: usize>(
 }
 
 #[inline(always)]
+#[allow(clippy::too_many_arguments)]
 unsafe fn nn_rows<L: Lanes, const MR: usize, const NV: usize>(
     k: usize,
     n: usize,
@@ -368,6 +338,14 @@ unsafe fn gemm_nn<L: Lanes, const MR: usize, const NV: usize>(a: MatRef, b: MatR
     while i + MR <= m {
         nn_rows::<L, MR, NV>(k, n, pa.add(i * lda), lda, pb, ldb, pc.add(i * ldc), ldc);
         i += MR;
+    }
+    if MR > 4 && i + 4 <= m {
+        nn_rows::<L, 4, NV>(k, n, pa.add(i * lda), lda, pb, ldb, pc.add(i * ldc), ldc);
+        i += 4;
+    }
+    if MR > 2 && i + 2 <= m {
+        nn_rows::<L, 2, NV>(k, n, pa.add(i * lda), lda, pb, ldb, pc.add(i * ldc), ldc);
+        i += 2;
     }
     while i < m {
         nn_rows::<L, 1, NV>(k, n, pa.add(i * lda), lda, pb, ldb, pc.add(i * ldc), ldc);
@@ -490,15 +468,7 @@ macro_rules! instantiate {
 #[cfg(target_arch = "x86_64")]
 use super::lanes::{Avx2, Avx512};
 #[cfg(target_arch = "x86_64")]
-instantiate!(
-    AVX2,
-    avx2,
-    Avx2,
-    "avx2,fma,f16c",
-    crate::cpu::Isa::Avx2,
-    nt = (2, 4),
-    nn = (4, 2)
-);
+instantiate!(AVX2, avx2, Avx2, "avx2,fma,f16c", crate::cpu::Isa::Avx2, nt = (2, 4), nn = (4, 2));
 #[cfg(target_arch = "x86_64")]
 instantiate!(
     AVX512,
@@ -512,12 +482,4 @@ instantiate!(
 #[cfg(target_arch = "aarch64")]
 use super::lanes::Neon;
 #[cfg(target_arch = "aarch64")]
-instantiate!(
-    NEON,
-    neon,
-    Neon,
-    "neon",
-    crate::cpu::Isa::Neon,
-    nt = (4, 4),
-    nn = (8, 2)
-);
+instantiate!(NEON, neon, Neon, "neon", crate::cpu::Isa::Neon, nt = (4, 4), nn = (8, 2));

@@ -43,7 +43,7 @@ pub(crate) const P1: f32 = 1.398_2e-3;
 pub(crate) const P2: f32 = 8.333_452e-3;
 pub(crate) const P3: f32 = 4.166_579_6e-2;
 pub(crate) const P4: f32 = 1.666_666_5e-1;
-pub(crate) const P5: f32 = 5.000_000_1e-1;
+pub(crate) const P5: f32 = 0.5;
 
 #[cfg(target_arch = "x86_64")]
 pub use x86::{Avx2, Avx512};
@@ -98,10 +98,7 @@ mod x86 {
         }
         #[inline(always)]
         unsafe fn store_f16(p: *mut u8, v: __m256) {
-            _mm_storeu_si128(
-                p as *mut __m128i,
-                _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v),
-            )
+            _mm_storeu_si128(p as *mut __m128i, _mm256_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v))
         }
         #[inline(always)]
         unsafe fn store_bf16(p: *mut u8, v: __m256) {
@@ -142,13 +139,11 @@ mod x86 {
         }
         #[inline(always)]
         unsafe fn exp(x0: __m256) -> __m256 {
-            let x = _mm256_min_ps(
-                _mm256_max_ps(x0, _mm256_set1_ps(EXP_LO)),
-                _mm256_set1_ps(EXP_HI),
-            );
-            let fx = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
-                _mm256_mul_ps(x, _mm256_set1_ps(LOG2E)),
-            );
+            let x = _mm256_min_ps(_mm256_max_ps(x0, _mm256_set1_ps(EXP_LO)), _mm256_set1_ps(EXP_HI));
+            let fx = _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(
+                x,
+                _mm256_set1_ps(LOG2E),
+            ));
             let r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(LN2_HI), x);
             let r = _mm256_fnmadd_ps(fx, _mm256_set1_ps(LN2_LO), r);
             let mut y = _mm256_set1_ps(P0);
@@ -157,16 +152,9 @@ mod x86 {
             y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(P3));
             y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(P4));
             y = _mm256_fmadd_ps(y, r, _mm256_set1_ps(P5));
-            y = _mm256_fmadd_ps(
-                y,
-                _mm256_mul_ps(r, r),
-                _mm256_add_ps(r, _mm256_set1_ps(1.0)),
-            );
+            y = _mm256_fmadd_ps(y, _mm256_mul_ps(r, r), _mm256_add_ps(r, _mm256_set1_ps(1.0)));
             let n = _mm256_cvtps_epi32(fx);
-            let pow2 = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(
-                n,
-                _mm256_set1_epi32(127),
-            )));
+            let pow2 = _mm256_castsi256_ps(_mm256_slli_epi32::<23>(_mm256_add_epi32(n, _mm256_set1_epi32(127))));
             let keep = _mm256_cmp_ps::<_CMP_GE_OQ>(x0, _mm256_set1_ps(EXP_LO));
             _mm256_and_ps(_mm256_mul_ps(y, pow2), keep)
         }
@@ -205,10 +193,7 @@ mod x86 {
         }
         #[inline(always)]
         unsafe fn store_f16(p: *mut u8, v: __m512) {
-            _mm256_storeu_si256(
-                p as *mut __m256i,
-                _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v),
-            )
+            _mm256_storeu_si256(p as *mut __m256i, _mm512_cvtps_ph::<_MM_FROUND_TO_NEAREST_INT>(v))
         }
         #[inline(always)]
         unsafe fn store_bf16(p: *mut u8, v: __m512) {
@@ -247,13 +232,11 @@ mod x86 {
         }
         #[inline(always)]
         unsafe fn exp(x0: __m512) -> __m512 {
-            let x = _mm512_min_ps(
-                _mm512_max_ps(x0, _mm512_set1_ps(EXP_LO)),
-                _mm512_set1_ps(EXP_HI),
-            );
-            let fx = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(
-                _mm512_mul_ps(x, _mm512_set1_ps(LOG2E)),
-            );
+            let x = _mm512_min_ps(_mm512_max_ps(x0, _mm512_set1_ps(EXP_LO)), _mm512_set1_ps(EXP_HI));
+            let fx = _mm512_roundscale_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm512_mul_ps(
+                x,
+                _mm512_set1_ps(LOG2E),
+            ));
             let r = _mm512_fnmadd_ps(fx, _mm512_set1_ps(LN2_HI), x);
             let r = _mm512_fnmadd_ps(fx, _mm512_set1_ps(LN2_LO), r);
             let mut y = _mm512_set1_ps(P0);
@@ -262,16 +245,9 @@ mod x86 {
             y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(P3));
             y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(P4));
             y = _mm512_fmadd_ps(y, r, _mm512_set1_ps(P5));
-            y = _mm512_fmadd_ps(
-                y,
-                _mm512_mul_ps(r, r),
-                _mm512_add_ps(r, _mm512_set1_ps(1.0)),
-            );
+            y = _mm512_fmadd_ps(y, _mm512_mul_ps(r, r), _mm512_add_ps(r, _mm512_set1_ps(1.0)));
             let n = _mm512_cvtps_epi32(fx);
-            let pow2 = _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(
-                n,
-                _mm512_set1_epi32(127),
-            )));
+            let pow2 = _mm512_castsi512_ps(_mm512_slli_epi32::<23>(_mm512_add_epi32(n, _mm512_set1_epi32(127))));
             let keep = _mm512_cmp_ps_mask::<_CMP_GE_OQ>(x0, _mm512_set1_ps(EXP_LO));
             _mm512_maskz_mov_ps(keep, _mm512_mul_ps(y, pow2))
         }

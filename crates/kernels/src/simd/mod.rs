@@ -36,18 +36,10 @@ pub struct MatMut<'a> {
 impl<'a> MatRef<'a> {
     /// A view of a dense `[rows, cols]` matrix.
     pub fn dense(data: &'a [f32], rows: usize, cols: usize) -> Self {
-        MatRef {
-            data,
-            rows,
-            cols,
-            stride: cols,
-        }
+        MatRef { data, rows, cols, stride: cols }
     }
     fn check(&self, what: &str) {
-        assert!(
-            self.cols <= self.stride || self.rows <= 1,
-            "{what}: cols > stride"
-        );
+        assert!(self.cols <= self.stride || self.rows <= 1, "{what}: cols > stride");
         if self.rows > 0 && self.cols > 0 {
             assert!(
                 self.data.len() >= (self.rows - 1) * self.stride + self.cols,
@@ -63,18 +55,10 @@ impl<'a> MatRef<'a> {
 impl<'a> MatMut<'a> {
     /// A view of a dense `[rows, cols]` matrix.
     pub fn dense(data: &'a mut [f32], rows: usize, cols: usize) -> Self {
-        MatMut {
-            data,
-            rows,
-            cols,
-            stride: cols,
-        }
+        MatMut { data, rows, cols, stride: cols }
     }
     fn check(&self, what: &str) {
-        assert!(
-            self.cols <= self.stride || self.rows <= 1,
-            "{what}: cols > stride"
-        );
+        assert!(self.cols <= self.stride || self.rows <= 1, "{what}: cols > stride");
         if self.rows > 0 && self.cols > 0 {
             assert!(
                 self.data.len() >= (self.rows - 1) * self.stride + self.cols,
@@ -145,10 +129,7 @@ impl Kernels {
 
     /// Every table this CPU supports, scalar first.
     pub fn all() -> Vec<&'static Kernels> {
-        Isa::available()
-            .into_iter()
-            .filter_map(Kernels::for_isa)
-            .collect()
+        Isa::available().into_iter().filter_map(Kernels::for_isa).collect()
     }
 }
 

@@ -1,0 +1,38 @@
+use latent_attention::accounting::{kv_table, KvTableOpts, ModelDims};
+
+fn opts() -> KvTableOpts {
+    KvTableOpts { bytes_per_element: 2.0, context: 32768, gqa_groups: 8, window: Some(4096) }
+}
+
+#[test]
+fn deepseek_v2_reproduces_table_1() {
+    let m = ModelDims::preset("deepseek-v2").unwrap();
+    let rows = kv_table(&m, &opts());
+    let get = |name: &str| rows.iter().find(|r| r.mechanism == name).unwrap().elements_per_token;
+    assert_eq!(get("mha"), 2 * 128 * 128 * 60);
+    assert_eq!(get("mha"), 1_966_080);
+    assert_eq!(get("gqa"), 2 * 8 * 128 * 60);
+    assert_eq!(get("mqa"), 2 * 128 * 60);
+    assert_eq!(get("mla"), (512 + 64) * 60);
+    assert_eq!(get("mla"), 34_560);
+    let mla = rows.iter().find(|r| r.mechanism == "mla").unwrap();
+    assert_eq!(mla.bytes_per_token, 69_120.0);
+    assert_eq!(mla.bytes_at_context, 69_120.0 * 32768.0);
+    assert!((mla.pct_of_mha - 100.0 * 34_560.0 / 1_966_080.0).abs() < 1e-9);
+}
+
+#[test]
+fn gqa_model_uses_its_own_groups_and_window_caps_context() {
+    let m = ModelDims::preset("smollm2-135m").unwrap();
+    let rows = kv_table(&m, &opts());
+    let gqa = rows.iter().find(|r| r.mechanism == "gqa").unwrap();
+    assert_eq!(gqa.elements_per_token, 2 * 3 * 64 * 30);
+    assert!(gqa.detail.contains("native"));
+    let swa = rows.iter().find(|r| r.mechanism == "sliding-window").unwrap();
+    assert_eq!(swa.elements_per_token, gqa.elements_per_token);
+    assert_eq!(swa.bytes_at_context, gqa.bytes_per_token * 4096.0);
+    for p in ModelDims::PRESETS {
+        assert!(ModelDims::preset(p).is_some());
+    }
+    assert!(ModelDims::preset("nope").is_none());
+}

@@ -1,0 +1,249 @@
+//! `latent bench attention`: decode and causal prefill per mechanism, timed through the same
+//! entry points the runtime calls (`latent_attention::decode` / `prefill`), reported beside
+//! the machine's own limits measured in the same run.
+
+use crate::util::{parse_sizes, thread_pool};
+use anyhow::{bail, Result};
+use latent_attention::testing::Rng;
+use latent_attention::*;
+use latent_kernels::machine::{self, MachineLimits};
+use latent_kernels::Kernels;
+use std::time::Instant;
+
+#[derive(clap::Args)]
+pub struct BenchAttnArgs {
+    /// Threads (0 = all cores).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// Mechanisms: gqa, mha, mqa, mla (absorbed decode over the latent cache).
+    #[arg(long, default_value = "gqa,mla")]
+    mechanisms: String,
+    /// Decode context lengths.
+    #[arg(long, default_value = "1k,4k,16k,32k")]
+    contexts: String,
+    /// Causal prefill lengths (empty to skip).
+    #[arg(long, default_value = "512,2k,4k")]
+    prefill: String,
+    /// KV element type: f32, f16, bf16.
+    #[arg(long, default_value = "bf16")]
+    kv_dtype: String,
+    /// Batch (sequences per decode step).
+    #[arg(long, default_value_t = 1)]
+    batch: usize,
+    /// Minimum timed repetitions per case.
+    #[arg(long, default_value_t = 5)]
+    reps: usize,
+    /// One JSON object per line on stdout.
+    #[arg(long)]
+    json: bool,
+}
+
+struct Mech {
+    name: &'static str,
+    shape: AttnShape,
+    /// MLA: values are the key prefix (latent cache).
+    latent: bool,
+    scale: f32,
+}
+
+fn mechanism(name: &str) -> Result<Mech> {
+    let gqa = |h, hk| AttnShape { heads: h, kv_heads: hk, dk: 128, dv: 128 };
+    Ok(match name {
+        "gqa" => Mech { name: "gqa", shape: gqa(32, 8), latent: false, scale: 1.0 / 128f32.sqrt() },
+        "mha" => Mech { name: "mha", shape: gqa(32, 32), latent: false, scale: 1.0 / 128f32.sqrt() },
+        "mqa" => Mech { name: "mqa", shape: gqa(32, 1), latent: false, scale: 1.0 / 128f32.sqrt() },
+        // DeepSeek-V2: 128 heads, R = 512, P = 64, nope 128: scale 1/√192.
+        "mla" => Mech {
+            name: "mla",
+            shape: AttnShape { heads: 128, kv_heads: 1, dk: 576, dv: 512 },
+            latent: true,
+            scale: 1.0 / 192f32.sqrt(),
+        },
+        _ => bail!("unknown mechanism {name:?} (gqa, mha, mqa, mla)"),
+    })
+}
+
+/// A head-major single-block cache holding `len` random tokens: `[Hkv, S, D]` per plane.
+struct Cache {
+    k: Vec<u8>,
+    v: Vec<u8>,
+    dtype: KvDtype,
+    len: usize,
+}
+
+impl Cache {
+    fn new(m: &Mech, dtype: KvDtype, len: usize, rng: &mut Rng) -> Cache {
+        let kern = Kernels::best();
+        let fill = |n: usize, rng: &mut Rng| {
+            let mut out = vec![0u8; n * dtype.bytes()];
+            let mut buf = vec![0f32; 4096];
+            for chunk in out.chunks_mut(4096 * dtype.bytes()) {
+                let e = chunk.len() / dtype.bytes();
+                for x in &mut buf[..e] {
+                    *x = (rng.uniform() as f32 - 0.5) * 3.0;
+                }
+                dtype.encode(kern, &buf[..e], chunk);
+            }
+            out
+        };
+        let sh = m.shape;
+        let k = fill(len * sh.kv_heads * sh.dk, rng);
+        let v = if m.latent { Vec::new() } else { fill(len * sh.kv_heads * sh.dv, rng) };
+        Cache { k, v, dtype, len }
+    }
+
+    fn view(&self, m: &Mech) -> KvSeq<'_> {
+        let e = self.dtype.bytes();
+        let sh = m.shape;
+        let plane = |pool, dim: usize| KvPlane {
+            pool,
+            dtype: self.dtype,
+            block_bytes: 0,
+            token_bytes: dim * e,
+            head_bytes: self.len * dim * e,
+            offset_bytes: 0,
+            dim,
+        };
+        KvSeq {
+            k: plane(self.k.as_slice(), sh.dk),
+            v: if m.latent {
+                ValueSource::KeyPrefix { dim: sh.dv }
+            } else {
+                ValueSource::Plane(plane(self.v.as_slice(), sh.dv))
+            },
+            kv_heads: sh.kv_heads,
+            block_size: self.len.max(1),
+            table: &kv_view::ONE_BLOCK,
+            len: self.len,
+        }
+    }
+
+    /// Bytes a full pass reads: every element once at its stored width.
+    fn bytes(&self) -> f64 {
+        (self.k.len() + self.v.len()) as f64
+    }
+}
+
+/// One measured case.
+pub struct Row {
+    pub mechanism: &'static str,
+    pub phase: &'static str,
+    pub context: usize,
+    pub seconds: f64,
+    pub bytes: f64,
+    pub flops: f64,
+}
+
+impl Row {
+    fn json(&self, lim: &MachineLimits, dtype: &str, batch: usize) -> serde_json::Value {
+        let gbps = self.bytes / self.seconds / 1e9;
+        let gflops = self.flops / self.seconds / 1e9;
+        serde_json::json!({
+            "mechanism": self.mechanism, "phase": self.phase, "context": self.context, "batch": batch,
+            "kv_dtype": dtype, "threads": lim.threads, "isa": Kernels::best().isa.name(),
+            "seconds": self.seconds, "kv_bytes": self.bytes, "flops": self.flops,
+            "gbps": gbps, "gflops": gflops,
+            "read_gbps": lim.read_gbps, "memcpy_gbps": lim.memcpy_gbps, "gemm_gflops": lim.gemm_gflops,
+            "roofline_fraction": roofline(self, lim),
+            "bound": if self.bytes / lim.read_gbps > self.flops / lim.gemm_gflops { "memory" } else { "compute" },
+        })
+    }
+}
+
+/// max(bytes / read bandwidth, flops / GEMM peak) / seconds.
+pub fn roofline(r: &Row, lim: &MachineLimits) -> f64 {
+    (r.bytes / (lim.read_gbps * 1e9)).max(r.flops / (lim.gemm_gflops * 1e9)) / r.seconds
+}
+
+/// Median of at least `reps` timed runs (and at least ~0.5 s of runs), after one warm-up.
+fn time(reps: usize, mut f: impl FnMut()) -> f64 {
+    f();
+    let mut ts = Vec::new();
+    let start = Instant::now();
+    while ts.len() < reps.max(1) || (start.elapsed().as_secs_f64() < 0.5 && ts.len() < 200) {
+        let t = Instant::now();
+        f();
+        ts.push(t.elapsed().as_secs_f64());
+    }
+    ts.sort_by(|a, b| a.total_cmp(b));
+    ts[ts.len() / 2]
+}
+
+pub fn run(a: BenchAttnArgs) -> Result<()> {
+    let pool = thread_pool(a.threads)?;
+    let dtype = KvDtype::parse(&a.kv_dtype)
+        .ok_or_else(|| anyhow::anyhow!("unknown --kv-dtype {:?} (f32, f16, bf16)", a.kv_dtype))?;
+    let mechs: Vec<Mech> = a.mechanisms.split(',').filter(|s| !s.is_empty()).map(mechanism).collect::<Result<_>>()?;
+    let contexts = parse_sizes(&a.contexts)?;
+    let prefills = parse_sizes(&a.prefill)?;
+    if a.batch == 0 {
+        bail!("--batch must be ≥ 1");
+    }
+    eprintln!("measuring machine limits ({} threads)…", pool.current_num_threads());
+    let lim = machine::measure(&pool);
+    if !a.json {
+        println!(
+            "machine: {} threads, {}; read {:.1} GB/s, memcpy {:.1} GB/s (read+write), f32 GEMM {:.1} GFLOP/s (gemm crate, 1024³)",
+            lim.threads,
+            Kernels::best().isa.name(),
+            lim.read_gbps,
+            lim.memcpy_gbps,
+            lim.gemm_gflops
+        );
+        println!(
+            "{:<5} {:<8} {:>7} {:>10} {:>10} {:>9} {:>9} {:>9}  bound",
+            "mech", "phase", "context", "ms", "KV MB", "GB/s", "GFLOP/s", "roofline"
+        );
+    }
+    let mut rng = Rng(2024);
+    let emit = |r: Row| {
+        if a.json {
+            println!("{}", r.json(&lim, &a.kv_dtype, a.batch));
+        } else {
+            let j = r.json(&lim, &a.kv_dtype, a.batch);
+            println!(
+                "{:<5} {:<8} {:>7} {:>10.3} {:>10.1} {:>9.2} {:>9.1} {:>9.3}  {}",
+                r.mechanism,
+                r.phase,
+                r.context,
+                r.seconds * 1e3,
+                r.bytes / 1e6,
+                j["gbps"].as_f64().unwrap_or(0.0),
+                j["gflops"].as_f64().unwrap_or(0.0),
+                j["roofline_fraction"].as_f64().unwrap_or(0.0),
+                j["bound"].as_str().unwrap_or("")
+            );
+        }
+    };
+    for m in &mechs {
+        let sh = m.shape;
+        let params = AttnParams { shape: sh, scale: m.scale, mask: MaskSpec::CAUSAL, sink_logits: None };
+        for &ctx in &contexts {
+            let caches: Vec<Cache> = (0..a.batch).map(|_| Cache::new(m, dtype, ctx, &mut rng)).collect();
+            let seqs: Vec<SeqSpec> =
+                caches.iter().map(|c| SeqSpec { q_len: 1, q_pos: ctx - 1, kv: c.view(m) }).collect();
+            let q = rng.normals(a.batch * sh.heads * sh.dk, 1.0);
+            let mut out = vec![0f32; a.batch * sh.heads * sh.dv];
+            let mut lse = vec![0f32; a.batch * sh.heads];
+            let secs =
+                pool.install(|| time(a.reps, || decode(&params, &q, &seqs, &mut out, &mut lse).expect("decode")));
+            let bytes: f64 = caches.iter().map(|c| c.bytes()).sum();
+            let flops = (a.batch * 2 * sh.heads * ctx * (sh.dk + sh.dv)) as f64;
+            emit(Row { mechanism: m.name, phase: "decode", context: ctx, seconds: secs, bytes, flops });
+        }
+        for &t in &prefills {
+            let cache = Cache::new(m, dtype, t, &mut rng);
+            let seqs = [SeqSpec { q_len: t, q_pos: 0, kv: cache.view(m) }];
+            let q = rng.normals(t * sh.heads * sh.dk, 1.0);
+            let mut out = vec![0f32; t * sh.heads * sh.dv];
+            let mut lse = vec![0f32; t * sh.heads];
+            let reps = if t >= 2048 { 1 } else { a.reps.min(3) };
+            let secs =
+                pool.install(|| time(reps, || prefill(&params, &q, &seqs, &mut out, &mut lse).expect("prefill")));
+            // Useful work only: the unmasked half of the causal T×T products.
+            let flops = 2.0 * sh.heads as f64 * (sh.dk + sh.dv) as f64 * (t as f64) * (t as f64 + 1.0) / 2.0;
+            emit(Row { mechanism: m.name, phase: "prefill", context: t, seconds: secs, bytes: cache.bytes(), flops });
+        }
+    }
+    Ok(())
+}
