@@ -28,11 +28,7 @@ pub(crate) struct Bpe {
 
 impl Bpe {
     /// Builds the merge table; `merges` are `"left right"` strings, rank = position.
-    pub fn new(
-        token_to_id: &HashMap<String, u32>,
-        n_vocab: u32,
-        merges: &[String],
-    ) -> Result<Bpe, TokenizerError> {
+    pub fn new(token_to_id: &HashMap<String, u32>, n_vocab: u32, merges: &[String]) -> Result<Bpe, TokenizerError> {
         let mut extra: Vec<String> = Vec::new();
         let mut extra_ids: HashMap<String, u32> = HashMap::new();
         fn intern(
@@ -66,12 +62,7 @@ impl Bpe {
         for (index, m) in merges.iter().enumerate() {
             match m.as_bytes().iter().skip(1).position(|&c| c == b' ') {
                 Some(p) => split.push((&m[..p + 1], &m[p + 2..])),
-                None => {
-                    return Err(TokenizerError::MalformedMerge {
-                        index,
-                        merge: m.clone(),
-                    })
-                }
+                None => return Err(TokenizerError::MalformedMerge { index, merge: m.clone() }),
             }
         }
         // Merge results first, so that a rule may use the result of a later rule.
@@ -100,19 +91,12 @@ impl Bpe {
             };
             ranks.entry((ida, idb)).or_insert((index as u32, merged));
         }
-        Ok(Bpe {
-            n_vocab,
-            ranks,
-            byte_sym,
-            extra,
-        })
+        Ok(Bpe { n_vocab, ranks, byte_sym, extra })
     }
 
     /// Text of an extra symbol.
     pub fn extra_text(&self, id: u32) -> Option<&str> {
-        id.checked_sub(self.n_vocab)
-            .and_then(|i| self.extra.get(i as usize))
-            .map(String::as_str)
+        id.checked_sub(self.n_vocab).and_then(|i| self.extra.get(i as usize)).map(String::as_str)
     }
 
     /// Runs the merges over the bytes of one word; pushes the resulting symbol ids (which may

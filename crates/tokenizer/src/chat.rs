@@ -14,10 +14,7 @@ pub struct ChatMessage {
 
 impl ChatMessage {
     pub fn new(role: impl Into<String>, content: impl Into<String>) -> ChatMessage {
-        ChatMessage {
-            role: role.into(),
-            content: content.into(),
-        }
+        ChatMessage { role: role.into(), content: content.into() }
     }
     pub fn system(content: impl Into<String>) -> ChatMessage {
         ChatMessage::new("system", content)
@@ -53,15 +50,10 @@ pub fn render_template(
     env.set_syntax(syntax);
     env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
     env.add_function("raise_exception", raise_exception);
-    env.add_template("chat", template)
-        .map_err(|e| TokenizerError::ChatTemplate(describe(&e)))?;
-    let msgs: Vec<Value> = messages
-        .iter()
-        .map(|m| context! { role => m.role.as_str(), content => m.content.as_str() })
-        .collect();
-    let tmpl = env
-        .get_template("chat")
-        .map_err(|e| TokenizerError::ChatTemplate(describe(&e)))?;
+    env.add_template("chat", template).map_err(|e| TokenizerError::ChatTemplate(describe(&e)))?;
+    let msgs: Vec<Value> =
+        messages.iter().map(|m| context! { role => m.role.as_str(), content => m.content.as_str() }).collect();
+    let tmpl = env.get_template("chat").map_err(|e| TokenizerError::ChatTemplate(describe(&e)))?;
     tmpl.render(context! {
         messages => msgs,
         add_generation_prompt => add_generation_prompt,
@@ -82,23 +74,10 @@ impl Tokenizer {
     /// Renders the model's chat template for `messages`; with `add_generation_prompt`, the
     /// text ends with the opening of an assistant turn. Encode the result with
     /// `parse_special = true`.
-    pub fn render_chat(
-        &self,
-        messages: &[ChatMessage],
-        add_generation_prompt: bool,
-    ) -> Result<String, TokenizerError> {
-        let template = self
-            .chat_template
-            .as_deref()
-            .ok_or(TokenizerError::NoChatTemplate)?;
+    pub fn render_chat(&self, messages: &[ChatMessage], add_generation_prompt: bool) -> Result<String, TokenizerError> {
+        let template = self.chat_template.as_deref().ok_or(TokenizerError::NoChatTemplate)?;
         let text_of = |id: Option<u32>| id.and_then(|id| self.token_text(id)).unwrap_or("");
-        render_template(
-            template,
-            messages,
-            add_generation_prompt,
-            text_of(self.bos),
-            text_of(self.eos),
-        )
+        render_template(template, messages, add_generation_prompt, text_of(self.bos), text_of(self.eos))
     }
 
     /// The chat template, if the model has one.

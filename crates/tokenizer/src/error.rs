@@ -14,11 +14,7 @@ pub enum TokenizerError {
     EmptyVocab,
     /// Two tokens have the same text.
     #[error("duplicate token {token:?}: ids {first} and {second}")]
-    DuplicateToken {
-        token: String,
-        first: u32,
-        second: u32,
-    },
+    DuplicateToken { token: String, first: u32, second: u32 },
     /// `token_types` is present but shorter than the vocabulary.
     #[error("{got} token types for {expected} tokens")]
     TokenTypesLength { expected: usize, got: usize },
@@ -27,18 +23,10 @@ pub enum TokenizerError {
     MalformedMerge { index: usize, merge: String },
     /// A merge rule uses a symbol that is neither a token, a byte, nor the result of a merge.
     #[error("merge #{index} {merge:?} references unknown token {token:?}")]
-    UnknownMergeToken {
-        index: usize,
-        merge: String,
-        token: String,
-    },
+    UnknownMergeToken { index: usize, merge: String, token: String },
     /// A special token id (bos, eos, ...) is not in the vocabulary.
     #[error("special token {name} = {id} is out of range (vocabulary of {vocab_size})")]
-    SpecialTokenOutOfRange {
-        name: &'static str,
-        id: u32,
-        vocab_size: usize,
-    },
+    SpecialTokenOutOfRange { name: &'static str, id: u32, vocab_size: usize },
     /// The metadata asks to add a special token that it does not define.
     #[error("{0} is to be added but no {0} token is set")]
     MissingSpecialToken(&'static str),

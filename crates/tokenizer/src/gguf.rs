@@ -29,10 +29,7 @@ fn gguf_err(e: GgufError) -> TokenizerError {
 fn opt_str(f: &GgufFile, key: &str) -> Result<Option<String>, TokenizerError> {
     match f.get(key) {
         None => Ok(None),
-        Some(_) => f
-            .get_str(key)
-            .map(|s| Some(s.to_string()))
-            .map_err(gguf_err),
+        Some(_) => f.get_str(key).map(|s| Some(s.to_string())).map_err(gguf_err),
     }
 }
 
@@ -45,12 +42,7 @@ fn opt_bool(f: &GgufFile, key: &str) -> Result<Option<bool>, TokenizerError> {
 
 /// A special token id: the metadata's if present and in range, else `default` if in range
 /// (llama.cpp ignores out-of-range ids with a warning).
-fn special_id(
-    f: &GgufFile,
-    key: &str,
-    default: Option<u32>,
-    n: usize,
-) -> Result<Option<u32>, TokenizerError> {
+fn special_id(f: &GgufFile, key: &str, default: Option<u32>, n: usize) -> Result<Option<u32>, TokenizerError> {
     let default = default.filter(|&d| (d as usize) < n);
     match f.get(key) {
         None => Ok(default),
@@ -71,31 +63,22 @@ impl TokenizerSpec {
             return Err(TokenizerError::UnsupportedModel(model));
         }
         let pre = opt_str(f, keys::PRE)?.unwrap_or_default();
-        let tokens: Vec<String> = f
-            .get_str_array(keys::TOKENS)
-            .map_err(gguf_err)?
-            .into_iter()
-            .map(str::to_string)
-            .collect();
+        let tokens: Vec<String> =
+            f.get_str_array(keys::TOKENS).map_err(gguf_err)?.into_iter().map(str::to_string).collect();
         let n = tokens.len();
         let token_types = match f.get(keys::TOKEN_TYPE) {
             None => Vec::new(),
             Some(_) => f.get_i32_array(keys::TOKEN_TYPE).map_err(gguf_err)?,
         };
-        let merges: Vec<String> = f
-            .get_str_array(keys::MERGES)
-            .map_err(gguf_err)?
-            .into_iter()
-            .map(str::to_string)
-            .collect();
+        let merges: Vec<String> =
+            f.get_str_array(keys::MERGES).map_err(gguf_err)?.into_iter().map(str::to_string).collect();
 
         let bos = special_id(f, keys::BOS_ID, Some(11), n)?;
         let eos = special_id(f, keys::EOS_ID, Some(11), n)?;
         let eot = special_id(f, keys::EOT_ID, None, n)?;
         let unk = special_id(f, keys::UNK_ID, None, n)?;
         let pad = special_id(f, keys::PAD_ID, None, n)?;
-        let add_bos = opt_bool(f, keys::ADD_BOS)?
-            .unwrap_or_else(|| TokenizerSpec::default_add_bos(&model, &pre));
+        let add_bos = opt_bool(f, keys::ADD_BOS)?.unwrap_or_else(|| TokenizerSpec::default_add_bos(&model, &pre));
         let add_eos = opt_bool(f, keys::ADD_EOS)?.unwrap_or(false);
         let chat_template = opt_str(f, keys::CHAT_TEMPLATE)?;
         Ok(TokenizerSpec {

@@ -49,10 +49,7 @@ impl Class {
             Class::Punct => c_punct(cp),
             Class::PunctSymbols { backtick } => {
                 c_punct(cp)
-                    || matches!(
-                        char::from_u32(cp),
-                        Some('$' | '+' | '<' | '=' | '>' | '^' | '~' | '|')
-                    )
+                    || matches!(char::from_u32(cp), Some('$' | '+' | '<' | '=' | '>' | '^' | '~' | '|'))
                     || (*backtick && cp == '`' as u32)
             }
             Class::AsciiDigit => (b'0' as u32..=b'9' as u32).contains(&cp),
@@ -125,10 +122,7 @@ fn run(class: Class) -> Stage {
 }
 
 fn one(class: Class) -> Stage {
-    Stage::Regex(Pattern::Run {
-        class,
-        max: Some(1),
-    })
+    Stage::Regex(Pattern::Run { class, max: Some(1) })
 }
 
 /// Chinese/Korean runs of deepseek's pre-tokenizers: `[一-龥ࠀ-一가-퟿]+`.
@@ -204,15 +198,15 @@ pub(crate) fn pre_config(name: &str) -> Result<PreConfig, TokenizerError> {
             run(Class::Number),
             Stage::Regex(Pattern::Exact(Class::AsciiDigit, 3)),
         ],
-        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0"
-        | "lfm2" => {
+        "llama3" | "llama-v3" | "llama-bpe" | "falcon3" | "falcon-h1" | "pixtral" | "midm-2.0" | "lfm2" => {
             ignore_merges = true;
             add_bos_default = true;
             vec![Stage::Llama3 { max_digits: 3 }]
         }
         "dbrx" | "smaug-bpe" | "chatglm-bpe" | "glm4" => vec![Stage::Llama3 { max_digits: 3 }],
-        "stablelm2" | "qwen2" | "deepseek-r1-qwen" | "kormo" | "f2llmv2" | "megrez" | "hunyuan"
-        | "solar-open" => vec![Stage::Llama3 { max_digits: 1 }],
+        "stablelm2" | "qwen2" | "deepseek-r1-qwen" | "kormo" | "f2llmv2" | "megrez" | "hunyuan" | "solar-open" => {
+            vec![Stage::Llama3 { max_digits: 1 }]
+        }
         "deepseek-llm" => vec![
             one(Class::CrLf),
             Stage::Regex(Pattern::SpaceRun(Class::ranges(DEEPSEEK_LLM_LETTERS))),
@@ -231,13 +225,8 @@ pub(crate) fn pre_config(name: &str) -> Result<PreConfig, TokenizerError> {
             one(Class::Number),
         ],
         "deepseek-v3" => vec![
-            Stage::Regex(Pattern::Run {
-                class: Class::Number,
-                max: Some(3),
-            }),
-            run(Class::ranges(
-                "\u{4E00}-\u{9FA5}\u{3040}-\u{309F}\u{30A0}-\u{30FF}",
-            )),
+            Stage::Regex(Pattern::Run { class: Class::Number, max: Some(3) }),
+            run(Class::ranges("\u{4E00}-\u{9FA5}\u{3040}-\u{309F}\u{30A0}-\u{30FF}")),
             Stage::Regex(Pattern::Deepseek3),
         ],
         "falcon" => vec![
@@ -245,19 +234,15 @@ pub(crate) fn pre_config(name: &str) -> Result<PreConfig, TokenizerError> {
             Stage::Gpt2,
             Stage::Regex(Pattern::Exact(Class::AsciiDigit, 3)),
         ],
-        "gpt-2" | "gpt2" | "phi-2" | "jina-es" | "jina-de" | "gigachat" | "jina-v2-es"
-        | "jina-v2-de" | "a.x-4.0" | "mellum" | "modern-bert" | "exaone4" | "jina-v1-en"
-        | "jina-v2-code" | "roberta-bpe" | "mpt" | "olmo" | "jais" | "trillion"
-        | "granite-docling" => vec![Stage::Gpt2],
-        "starcoder" | "refact" | "command-r" | "smollm" | "codeshell" | "exaone" | "minerva-7b"
-        | "mellum2" => vec![one(Class::Number), Stage::Gpt2],
+        "gpt-2" | "gpt2" | "phi-2" | "jina-es" | "jina-de" | "gigachat" | "jina-v2-es" | "jina-v2-de" | "a.x-4.0"
+        | "mellum" | "modern-bert" | "exaone4" | "jina-v1-en" | "jina-v2-code" | "roberta-bpe" | "mpt" | "olmo"
+        | "jais" | "trillion" | "granite-docling" => vec![Stage::Gpt2],
+        "starcoder" | "refact" | "command-r" | "smollm" | "codeshell" | "exaone" | "minerva-7b" | "mellum2" => {
+            vec![one(Class::Number), Stage::Gpt2]
+        }
         other => return Err(TokenizerError::UnsupportedPreTokenizer(other.to_string())),
     };
-    Ok(PreConfig {
-        stages,
-        ignore_merges,
-        add_bos_default,
-    })
+    Ok(PreConfig { stages, ignore_merges, add_bos_default })
 }
 
 /// Latin, Greek, Cyrillic, ... letters of deepseek-llm's second pattern.
@@ -294,18 +279,13 @@ impl PreTokenizer {
             for &(s, e) in &pieces {
                 match stage {
                     Stage::Gpt2 => split_gpt2(&cpts, s, e, &mut next),
-                    Stage::Llama3 { max_digits } => {
-                        split_llama3(&cpts, s, e, *max_digits, &mut next)
-                    }
+                    Stage::Llama3 { max_digits } => split_llama3(&cpts, s, e, *max_digits, &mut next),
                     Stage::Regex(p) => split_regex(p, &cpts, s, e, &mut next),
                 }
             }
             std::mem::swap(&mut pieces, &mut next);
         }
-        pieces
-            .into_iter()
-            .map(|(s, e)| (byte_pos[s], byte_pos[e]))
-            .collect()
+        pieces.into_iter().map(|(s, e)| (byte_pos[s], byte_pos[e])).collect()
     }
 }
 
@@ -418,8 +398,7 @@ fn split_gpt2(c: &[u32], ini: usize, end: usize, out: &mut Vec<(usize, usize)>) 
             continue;
         }
         // <space>?[^\s\p{L}\p{N}]+
-        let other =
-            |x: Flags| !(x.is_whitespace() || x.is_letter() || x.is_number()) && x.is_some();
+        let other = |x: Flags| !(x.is_whitespace() || x.is_letter() || x.is_number()) && x.is_some();
         if other(fl2) {
             pos += (cpt == SPACE) as usize;
             while other(fl2) {
@@ -452,13 +431,7 @@ fn split_gpt2(c: &[u32], ini: usize, end: usize, out: &mut Vec<(usize, usize)>) 
     }
 }
 
-fn split_llama3(
-    c: &[u32],
-    ini: usize,
-    end: usize,
-    max_digits: usize,
-    out: &mut Vec<(usize, usize)>,
-) {
+fn split_llama3(c: &[u32], ini: usize, end: usize, max_digits: usize, out: &mut Vec<(usize, usize)>) {
     let f = Frag { c, ini, end };
     let mut em = Emitter { prev_end: ini, out };
     let mut pos = ini;
@@ -473,9 +446,7 @@ fn split_llama3(
         }
 
         // [^\r\n\p{L}\p{N}]?\p{L}+
-        if !(cpt == CR || cpt == LF || fl.is_number())
-            && (fl.is_letter() || f.flags(pos + 1).is_letter())
-        {
+        if !(cpt == CR || cpt == LF || fl.is_number()) && (fl.is_letter() || f.flags(pos + 1).is_letter()) {
             pos += 1;
             while f.flags(pos).is_letter() {
                 pos += 1;
@@ -695,19 +666,13 @@ mod tests {
     fn words(pre: &str, text: &str) -> Vec<String> {
         let cfg = pre_config(pre).unwrap();
         let p = PreTokenizer::new(cfg.stages);
-        p.split(text)
-            .into_iter()
-            .map(|(s, e)| text[s..e].to_string())
-            .collect()
+        p.split(text).into_iter().map(|(s, e)| text[s..e].to_string()).collect()
     }
 
     #[test]
     fn gpt2_basic() {
         assert_eq!(words("gpt-2", "Hello world"), ["Hello", " world"]);
-        assert_eq!(
-            words("gpt-2", "I'm here  now"),
-            ["I", "'m", " here", " ", " now"]
-        );
+        assert_eq!(words("gpt-2", "I'm here  now"), ["I", "'m", " here", " ", " now"]);
         assert_eq!(words("gpt-2", "x  "), ["x", "  "]);
         assert_eq!(words("gpt-2", "a 123 b"), ["a", " 123", " b"]);
         assert_eq!(words("gpt-2", "hi!!\n\nyo"), ["hi", "!!", "\n", "\n", "yo"]);
@@ -716,10 +681,7 @@ mod tests {
 
     #[test]
     fn smollm_isolates_digits() {
-        assert_eq!(
-            words("smollm", "in 2024 we"),
-            ["in", " ", "2", "0", "2", "4", " we"]
-        );
+        assert_eq!(words("smollm", "in 2024 we"), ["in", " ", "2", "0", "2", "4", " we"]);
         assert_eq!(words("smollm", "x  1"), ["x", "  ", "1"]);
         assert_eq!(words("smollm", "v1.5"), ["v", "1", ".", "5"]);
     }
@@ -734,25 +696,13 @@ mod tests {
 
     #[test]
     fn default_and_deepseek() {
-        assert_eq!(
-            words("default", "a,b 12345"),
-            ["a", ",", "b", " ", "123", "45"]
-        );
-        assert_eq!(
-            words("deepseek-v3", "Hello, 12345 世界!"),
-            ["Hello", ",", " ", "123", "45", " ", "世界", "!"]
-        );
-        assert_eq!(
-            words("deepseek-llm", "Hi there\n123"),
-            ["Hi", " there", "\n", "123"]
-        );
+        assert_eq!(words("default", "a,b 12345"), ["a", ",", "b", " ", "123", "45"]);
+        assert_eq!(words("deepseek-v3", "Hello, 12345 世界!"), ["Hello", ",", " ", "123", "45", " ", "世界", "!"]);
+        assert_eq!(words("deepseek-llm", "Hi there\n123"), ["Hi", " there", "\n", "123"]);
     }
 
     #[test]
     fn unknown_name_is_an_error() {
-        assert!(matches!(
-            pre_config("nope"),
-            Err(TokenizerError::UnsupportedPreTokenizer(_))
-        ));
+        assert!(matches!(pre_config("nope"), Err(TokenizerError::UnsupportedPreTokenizer(_))));
     }
 }

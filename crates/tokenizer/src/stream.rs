@@ -17,11 +17,7 @@ pub struct StreamDecoder<'a> {
 
 impl<'a> StreamDecoder<'a> {
     pub fn new(tok: &'a Tokenizer) -> Self {
-        StreamDecoder {
-            tok,
-            pending: Vec::new(),
-            skip_special: false,
-        }
+        StreamDecoder { tok, pending: Vec::new(), skip_special: false }
     }
 
     /// Control and unknown tokens produce no text (default: they produce their text).
@@ -62,10 +58,7 @@ impl<'a> StreamDecoder<'a> {
                 Err(e) => {
                     let valid = e.valid_up_to();
                     // SAFETY-free: the prefix was just validated.
-                    out.push_str(
-                        std::str::from_utf8(&self.pending[start..start + valid])
-                            .unwrap_or_default(),
-                    );
+                    out.push_str(std::str::from_utf8(&self.pending[start..start + valid]).unwrap_or_default());
                     start += valid;
                     match e.error_len() {
                         Some(bad) => {
@@ -85,8 +78,6 @@ impl<'a> StreamDecoder<'a> {
 impl Tokenizer {
     pub(crate) fn renders_when_skipping(&self, id: u32) -> bool {
         use crate::vocab::attr;
-        self.attrs
-            .get(id as usize)
-            .is_some_and(|a| a & (attr::CONTROL | attr::UNKNOWN) == 0)
+        self.attrs.get(id as usize).is_some_and(|a| a & (attr::CONTROL | attr::UNKNOWN) == 0)
     }
 }

@@ -105,16 +105,10 @@ impl Tokenizer {
             return Err(TokenizerError::EmptyVocab);
         }
         if n > u32::MAX as usize / 2 {
-            return Err(TokenizerError::TokenOutOfRange {
-                id: u32::MAX,
-                vocab_size: n,
-            });
+            return Err(TokenizerError::TokenOutOfRange { id: u32::MAX, vocab_size: n });
         }
         if !spec.token_types.is_empty() && spec.token_types.len() < n {
-            return Err(TokenizerError::TokenTypesLength {
-                expected: n,
-                got: spec.token_types.len(),
-            });
+            return Err(TokenizerError::TokenTypesLength { expected: n, got: spec.token_types.len() });
         }
 
         let mut tokens = spec.tokens;
@@ -124,21 +118,13 @@ impl Tokenizer {
                 *t = format!("[EMPTY_{i}]");
             }
             if let Some(&first) = token_to_id.get(t.as_str()) {
-                return Err(TokenizerError::DuplicateToken {
-                    token: t.clone(),
-                    first,
-                    second: i as u32,
-                });
+                return Err(TokenizerError::DuplicateToken { token: t.clone(), first, second: i as u32 });
             }
             token_to_id.insert(t.clone(), i as u32);
         }
 
         let check = |name: &'static str, id: Option<u32>| match id {
-            Some(id) if id as usize >= n => Err(TokenizerError::SpecialTokenOutOfRange {
-                name,
-                id,
-                vocab_size: n,
-            }),
+            Some(id) if id as usize >= n => Err(TokenizerError::SpecialTokenOutOfRange { name, id, vocab_size: n }),
             _ => Ok(id),
         };
         let bos = check("bos", spec.bos)?;
@@ -158,24 +144,14 @@ impl Tokenizer {
         let mut attrs: Vec<u32> = if spec.token_types.is_empty() {
             vec![attr::NORMAL; n]
         } else {
-            spec.token_types[..n]
-                .iter()
-                .map(|&t| attr_of_type(t))
-                .collect()
+            spec.token_types[..n].iter().map(|&t| attr_of_type(t)).collect()
         };
         let specials = detect_specials(&tokens, &mut attrs, eos, eot);
 
         let mut special_order: Vec<u32> = (0..n as u32)
-            .filter(|&id| {
-                attrs[id as usize] & (attr::CONTROL | attr::USER_DEFINED | attr::UNKNOWN) != 0
-            })
+            .filter(|&id| attrs[id as usize] & (attr::CONTROL | attr::USER_DEFINED | attr::UNKNOWN) != 0)
             .collect();
-        special_order.sort_by(|&a, &b| {
-            tokens[b as usize]
-                .len()
-                .cmp(&tokens[a as usize].len())
-                .then(a.cmp(&b))
-        });
+        special_order.sort_by(|&a, &b| tokens[b as usize].len().cmp(&tokens[a as usize].len()).then(a.cmp(&b)));
 
         let mut piece_data = Vec::with_capacity(n * 6);
         let mut piece_off = Vec::with_capacity(n + 1);
@@ -263,9 +239,7 @@ impl Tokenizer {
 
     /// Whether the token is a control token (e.g. `<|im_start|>`).
     pub fn is_control(&self, id: u32) -> bool {
-        self.attrs
-            .get(id as usize)
-            .is_some_and(|a| a & attr::CONTROL != 0)
+        self.attrs.get(id as usize).is_some_and(|a| a & attr::CONTROL != 0)
     }
 
     /// The token's text as stored in the vocabulary (byte-level alphabet for normal tokens).
@@ -342,21 +316,11 @@ impl Tokenizer {
 
     /// The pre-token words of `text` (no special-token handling), for inspection.
     pub fn pre_tokenize<'t>(&self, text: &'t str) -> Vec<&'t str> {
-        self.pre
-            .split(text)
-            .into_iter()
-            .map(|(s, e)| &text[s..e])
-            .collect()
+        self.pre.split(text).into_iter().map(|(s, e)| &text[s..e]).collect()
     }
 
     /// BPE over one pre-token word.
-    fn encode_word(
-        &self,
-        word: &str,
-        out: &mut Vec<u32>,
-        scratch: &mut Vec<u32>,
-        enc: &mut String,
-    ) {
+    fn encode_word(&self, word: &str, out: &mut Vec<u32>, scratch: &mut Vec<u32>, enc: &mut String) {
         if self.ignore_merges {
             enc.clear();
             enc.extend(word.bytes().map(char_of_byte));
@@ -375,10 +339,7 @@ impl Tokenizer {
                 // A symbol that is not a token: its single-byte pieces that are tokens.
                 for b in text.bytes() {
                     if b < 0x80 {
-                        if let Some(&id) = self
-                            .token_to_id
-                            .get(std::str::from_utf8(&[b]).unwrap_or(""))
-                        {
+                        if let Some(&id) = self.token_to_id.get(std::str::from_utf8(&[b]).unwrap_or("")) {
                             out.push(id);
                         }
                     }
@@ -400,10 +361,7 @@ impl Tokenizer {
                 continue;
             }
             let pat = self.tokens[id as usize].as_str();
-            if !frags
-                .iter()
-                .any(|f| matches!(f, Fragment::Text(s, e) if text[*s..*e].contains(pat)))
-            {
+            if !frags.iter().any(|f| matches!(f, Fragment::Text(s, e) if text[*s..*e].contains(pat))) {
                 continue;
             }
             let mut next = Vec::with_capacity(frags.len() + 2);
@@ -443,9 +401,7 @@ impl Tokenizer {
     /// or [`crate::StreamDecoder`] for text that may end inside a character).
     pub fn decode(&self, ids: &[u32]) -> Result<String, TokenizerError> {
         let bytes = self.decode_bytes(ids)?;
-        String::from_utf8(bytes).map_err(|e| TokenizerError::InvalidUtf8 {
-            valid_up_to: e.utf8_error().valid_up_to(),
-        })
+        String::from_utf8(bytes).map_err(|e| TokenizerError::InvalidUtf8 { valid_up_to: e.utf8_error().valid_up_to() })
     }
 
     /// Like [`decode`](Self::decode), with invalid UTF-8 replaced by U+FFFD.
@@ -464,16 +420,11 @@ impl Tokenizer {
                 out.extend_from_slice(piece);
             }
         }
-        String::from_utf8(out).map_err(|e| TokenizerError::InvalidUtf8 {
-            valid_up_to: e.utf8_error().valid_up_to(),
-        })
+        String::from_utf8(out).map_err(|e| TokenizerError::InvalidUtf8 { valid_up_to: e.utf8_error().valid_up_to() })
     }
 
     pub(crate) fn piece(&self, id: u32) -> Result<&[u8], TokenizerError> {
-        self.token_bytes(id).ok_or(TokenizerError::TokenOutOfRange {
-            id,
-            vocab_size: self.tokens.len(),
-        })
+        self.token_bytes(id).ok_or(TokenizerError::TokenOutOfRange { id, vocab_size: self.tokens.len() })
     }
 }
 

@@ -73,10 +73,7 @@ const fn ascii_categories() -> [u8; 128] {
             NUMBER
         } else if b.is_ascii_alphabetic() {
             LETTER
-        } else if matches!(
-            b,
-            b'$' | b'+' | b'<' | b'=' | b'>' | b'^' | b'`' | b'|' | b'~'
-        ) {
+        } else if matches!(b, b'$' | b'+' | b'<' | b'=' | b'>' | b'^' | b'`' | b'|' | b'~') {
             SYMBOL
         } else {
             PUNCTUATION
@@ -100,10 +97,7 @@ pub(crate) fn category(cp: u32) -> u8 {
 
 #[inline]
 pub(crate) fn flags(cp: u32) -> Flags {
-    Flags {
-        cat: category(cp),
-        ws: is_white_space(cp),
-    }
+    Flags { cat: category(cp), ws: is_white_space(cp) }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -152,10 +146,7 @@ pub(crate) fn c_punct(cp: u32) -> bool {
 #[inline]
 pub(crate) fn c_symbol(cp: u32) -> bool {
     if cp < 128 {
-        matches!(
-            cp as u8,
-            b'$' | b'+' | b'<' | b'=' | b'>' | b'^' | b'`' | b'|'
-        )
+        matches!(cp as u8, b'$' | b'+' | b'<' | b'=' | b'>' | b'^' | b'`' | b'|')
     } else {
         collapsed_is(cp, SYMBOL)
     }

@@ -79,15 +79,8 @@ pub(crate) const FIM_MID_TEXTS: &[&str] = &[
     "<|code_middle|>",
     "<|middle|>",
 ];
-pub(crate) const FIM_PAD_TEXTS: &[&str] =
-    &["<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"];
-pub(crate) const FIM_REP_TEXTS: &[&str] = &[
-    "<|fim_repo|>",
-    "<|repo_name|>",
-    "<fim-repo>",
-    "<REPO>",
-    "<reponame>",
-];
+pub(crate) const FIM_PAD_TEXTS: &[&str] = &["<|fim_pad|>", "<fim-pad>", "<fim_pad>", "<PAD>", "[PAD]"];
+pub(crate) const FIM_REP_TEXTS: &[&str] = &["<|fim_repo|>", "<|repo_name|>", "<fim-repo>", "<REPO>", "<reponame>"];
 pub(crate) const FIM_SEP_TEXTS: &[&str] = &["<|file_sep|>"];
 pub(crate) const EOG_TEXTS: &[&str] = &[
     "<|eot_id|>",
@@ -131,16 +124,8 @@ pub(crate) struct Specials {
 /// Fills unset special ids from token texts, marks the tokens involved as control tokens and
 /// builds the end-of-generation set, following llama.cpp's loader. Where the reference walks
 /// a hash map (an unspecified order), this walks ids in increasing order.
-pub(crate) fn detect_specials(
-    tokens: &[String],
-    attrs: &mut [u32],
-    eos: Option<u32>,
-    eot: Option<u32>,
-) -> Specials {
-    let mut sp = Specials {
-        eot,
-        ..Default::default()
-    };
+pub(crate) fn detect_specials(tokens: &[String], attrs: &mut [u32], eos: Option<u32>, eot: Option<u32>) -> Specials {
+    let mut sp = Specials { eot, ..Default::default() };
     let find = |slot: &mut Option<u32>, texts: &[&str], attrs: &mut [u32]| {
         if slot.is_some() {
             return;
@@ -178,10 +163,7 @@ pub(crate) fn detect_specials(
     }
     // Tokens of the gpt-oss format that are always rendered.
     for (id, t) in tokens.iter().enumerate() {
-        if matches!(
-            t.as_str(),
-            "<|channel|>" | "<|message|>" | "<|start|>" | "<|constrain|>"
-        ) {
+        if matches!(t.as_str(), "<|channel|>" | "<|message|>" | "<|start|>" | "<|constrain|>") {
             attrs[id] = attr::USER_DEFINED;
         }
     }
@@ -191,8 +173,7 @@ pub(crate) fn detect_specials(
 
     // With "<|return|>" and "<|call|>" (or "<|calls|>" and "<|flush|>"), "<|end|>" ends a
     // message but not the generation.
-    let find_in =
-        |eog: &BTreeSet<u32>, s: &str| eog.iter().copied().find(|&id| tokens[id as usize] == s);
+    let find_in = |eog: &BTreeSet<u32>, s: &str| eog.iter().copied().find(|&id| tokens[id as usize] == s);
     let has_return = find_in(&eog, "<|return|>").is_some();
     let has_call = find_in(&eog, "<|call|>").is_some() || find_in(&eog, "<|calls|>").is_some();
     let has_flush = find_in(&eog, "<|flush|>").is_some();

@@ -28,10 +28,7 @@ fn smollm_chatml() {
 
     // Without a system message the template adds its default one.
     let text = tok.render_chat(&[ChatMessage::user("Hi")], true).unwrap();
-    assert!(
-        text.starts_with("<|im_start|>system\nYou are a helpful AI assistant named SmolLM"),
-        "{text}"
-    );
+    assert!(text.starts_with("<|im_start|>system\nYou are a helpful AI assistant named SmolLM"), "{text}");
 
     // Encoded with special-token parsing, the markers are single tokens.
     let ids = tok.encode(&text, true);
@@ -54,29 +51,16 @@ fn template_features() {
     let out = render_template(template, &msgs, true, "<s>", "</s>").unwrap();
     assert_eq!(out, "<s>\n  USER: hi</s>\n  ASSISTANT: yo</s>\nASSISTANT:");
 
-    let raising =
-        "{% if messages[0].role != 'system' %}{{ raise_exception('system first') }}{% endif %}ok";
+    let raising = "{% if messages[0].role != 'system' %}{{ raise_exception('system first') }}{% endif %}ok";
     let err = render_template(raising, &msgs, false, "", "").unwrap_err();
-    assert!(
-        matches!(&err, TokenizerError::ChatTemplate(m) if m.contains("system first")),
-        "{err}"
-    );
-    assert_eq!(
-        render_template(raising, &[ChatMessage::system("s")], false, "", "").unwrap(),
-        "ok"
-    );
+    assert!(matches!(&err, TokenizerError::ChatTemplate(m) if m.contains("system first")), "{err}");
+    assert_eq!(render_template(raising, &[ChatMessage::system("s")], false, "", "").unwrap(), "ok");
 
-    assert!(matches!(
-        render_template("{% for %}", &msgs, false, "", ""),
-        Err(TokenizerError::ChatTemplate(_))
-    ));
+    assert!(matches!(render_template("{% for %}", &msgs, false, "", ""), Err(TokenizerError::ChatTemplate(_))));
 }
 
 #[test]
 fn no_template() {
     let tok = Tokenizer::new(tiny_spec(&[], &[])).unwrap();
-    assert_eq!(
-        tok.render_chat(&[ChatMessage::user("x")], true),
-        Err(TokenizerError::NoChatTemplate)
-    );
+    assert_eq!(tok.render_chat(&[ChatMessage::user("x")], true), Err(TokenizerError::NoChatTemplate));
 }

@@ -10,47 +10,25 @@ fn rust_book_sample_matches_llama_cpp() {
     let text_path = common::shared_dir().join("data/eval/rust-book-sample.txt");
     let golden_path = common::shared_dir().join("golden/smollm2/rust-book-sample.tokens.json");
     if !text_path.exists() || !golden_path.exists() {
-        eprintln!(
-            "SKIP: eval text or golden tokens missing under {}",
-            common::shared_dir().display()
-        );
+        eprintln!("SKIP: eval text or golden tokens missing under {}", common::shared_dir().display());
         return;
     }
     let text = std::fs::read_to_string(&text_path).unwrap();
-    let golden: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(&golden_path).unwrap()).unwrap();
-    let expected: Vec<u32> = golden["tokens"]
-        .as_array()
-        .expect("tokens array")
-        .iter()
-        .map(|v| v.as_u64().unwrap() as u32)
-        .collect();
+    let golden: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&golden_path).unwrap()).unwrap();
+    let expected: Vec<u32> =
+        golden["tokens"].as_array().expect("tokens array").iter().map(|v| v.as_u64().unwrap() as u32).collect();
 
     let t0 = Instant::now();
     let got = tok.encode(&text, false);
     let elapsed = t0.elapsed();
-    eprintln!(
-        "encoded {} bytes into {} tokens in {:?}",
-        text.len(),
-        got.len(),
-        elapsed
-    );
+    eprintln!("encoded {} bytes into {} tokens in {:?}", text.len(), got.len(), elapsed);
 
     if got != expected {
-        let first = got
-            .iter()
-            .zip(&expected)
-            .position(|(a, b)| a != b)
-            .unwrap_or(got.len().min(expected.len()));
+        let first = got.iter().zip(&expected).position(|(a, b)| a != b).unwrap_or(got.len().min(expected.len()));
         let lo = first.saturating_sub(5);
         let show = |ids: &[u32]| {
             ids.iter()
-                .map(|&id| {
-                    format!(
-                        "{id}:{:?}",
-                        String::from_utf8_lossy(tok.token_bytes(id).unwrap_or(b"?"))
-                    )
-                })
+                .map(|&id| format!("{id}:{:?}", String::from_utf8_lossy(tok.token_bytes(id).unwrap_or(b"?"))))
                 .collect::<Vec<_>>()
                 .join(" ")
         };

@@ -46,16 +46,10 @@ fn invalid_bytes() {
     let ids = [0x80, 0xE4, b'a' as u32, 0xE4, 0xB8];
     let (outs, tail) = stream_all(&tok, &ids);
     assert_eq!(outs.concat() + &tail, tok.decode_lossy(&ids).unwrap());
-    assert!(matches!(
-        tok.decode(&ids),
-        Err(TokenizerError::InvalidUtf8 { valid_up_to: 0 })
-    ));
+    assert!(matches!(tok.decode(&ids), Err(TokenizerError::InvalidUtf8 { valid_up_to: 0 })));
     // Out-of-range ids are errors.
     let mut dec = StreamDecoder::new(&tok);
-    assert!(matches!(
-        dec.push(100_000),
-        Err(TokenizerError::TokenOutOfRange { id: 100_000, .. })
-    ));
+    assert!(matches!(dec.push(100_000), Err(TokenizerError::TokenOutOfRange { id: 100_000, .. })));
 }
 
 #[test]
@@ -65,9 +59,7 @@ fn model_stream_equals_decode() {
     let mut ids = tok.encode(text, false);
     ids.push(2); // <|im_end|> as a token
                  // The test must exercise split characters.
-    assert!(ids
-        .iter()
-        .any(|&id| std::str::from_utf8(tok.token_bytes(id).unwrap()).is_err()));
+    assert!(ids.iter().any(|&id| std::str::from_utf8(tok.token_bytes(id).unwrap()).is_err()));
     let (outs, tail) = stream_all(tok, &ids);
     assert_eq!(tail, "");
     assert!(outs.iter().all(|s| !s.contains('\u{FFFD}')), "{outs:?}");

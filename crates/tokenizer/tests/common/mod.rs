@@ -25,10 +25,7 @@ pub fn smollm() -> Option<&'static Tokenizer> {
     TOK.get_or_init(|| {
         let path = model_path();
         if !path.exists() {
-            eprintln!(
-                "SKIP: model not found at {} (set LATENT_MODEL)",
-                path.display()
-            );
+            eprintln!("SKIP: model not found at {} (set LATENT_MODEL)", path.display());
             return None;
         }
         Some(Tokenizer::from_gguf_path(&path).expect("tokenizer of the model"))
@@ -54,9 +51,7 @@ use latent_tokenizer::{token_type, TokenizerSpec};
 
 /// The gpt2 byte-level character of a byte, computed independently of the crate.
 pub fn byte_char(b: u8) -> char {
-    let printable = |x: u32| {
-        (0x21..=0x7E).contains(&x) || (0xA1..=0xAC).contains(&x) || (0xAE..=0xFF).contains(&x)
-    };
+    let printable = |x: u32| (0x21..=0x7E).contains(&x) || (0xA1..=0xAC).contains(&x) || (0xAE..=0xFF).contains(&x);
     if printable(b as u32) {
         return char::from_u32(b as u32).unwrap();
     }
@@ -101,7 +96,5 @@ pub fn tiny_spec(merges: &[(&str, &str)], specials: &[(&str, i32)]) -> Tokenizer
 
 /// Decoded text of each token.
 pub fn pieces(tok: &latent_tokenizer::Tokenizer, ids: &[u32]) -> Vec<String> {
-    ids.iter()
-        .map(|&id| String::from_utf8_lossy(tok.token_bytes(id).expect("id in range")).into_owned())
-        .collect()
+    ids.iter().map(|&id| String::from_utf8_lossy(tok.token_bytes(id).expect("id in range")).into_owned()).collect()
 }
