@@ -17,35 +17,45 @@ pub enum KvDtype {
     F32,
     F16,
     Bf16,
+    /// FP8 E4M3 with one f32 scale per group of elements (scale = max|x| / 448).
+    Fp8,
+    /// Symmetric int8 with one f32 scale per group of elements (scale = max|x| / 127).
+    Int8,
 }
 
+/// Elements sharing one scale in the 8-bit types.
+pub const SCALE_GROUP: usize = 128;
+
 impl KvDtype {
-    /// Bytes per element.
+    /// Bytes per element, not counting scales.
     pub fn bytes(self) -> usize {
         match self {
             KvDtype::F32 => 4,
             KvDtype::F16 | KvDtype::Bf16 => 2,
+            KvDtype::Fp8 | KvDtype::Int8 => 1,
         }
+    }
+    pub fn is_8bit(self) -> bool {
+        matches!(self, KvDtype::Fp8 | KvDtype::Int8)
     }
     pub fn name(self) -> &'static str {
         match self {
             KvDtype::F32 => "f32",
             KvDtype::F16 => "f16",
             KvDtype::Bf16 => "bf16",
+            KvDtype::Fp8 => "fp8",
+            KvDtype::Int8 => "int8",
         }
     }
     pub fn parse(s: &str) -> Option<KvDtype> {
-        match s {
-            "f32" => Some(KvDtype::F32),
-            "f16" => Some(KvDtype::F16),
-            "bf16" => Some(KvDtype::Bf16),
-            _ => None,
-        }
+        KvDtype::ALL.into_iter().find(|d| d.name() == s)
     }
-    pub const ALL: [KvDtype; 3] = [KvDtype::F32, KvDtype::F16, KvDtype::Bf16];
+    pub const ALL: [KvDtype; 5] = [KvDtype::F32, KvDtype::F16, KvDtype::Bf16, KvDtype::Fp8, KvDtype::Int8];
+    /// The types without scales.
+    pub const FLOAT: [KvDtype; 3] = [KvDtype::F32, KvDtype::F16, KvDtype::Bf16];
 
-    /// Encode f32 values into this type's little-endian bytes (`dst.len() == n · bytes()`).
-    pub fn encode(self, k: &Kernels, src: &[f32], dst: &mut [u8]) {
+    /// Encodes f32 values of a scale-free type (`dst.len() == n · bytes()`).
+    fn encode_plain(self, k: &Kernels, src: &[f32], dst: &mut [u8]) {
         match self {
             KvDtype::F32 => {
                 for (d, s) in dst.chunks_exact_mut(4).zip(src) {
@@ -54,15 +64,105 @@ impl KvDtype {
             }
             KvDtype::F16 => (k.f32_to_f16)(src, dst),
             KvDtype::Bf16 => (k.f32_to_bf16)(src, dst),
+            KvDtype::Fp8 | KvDtype::Int8 => unreachable!("8-bit types encode through RowFormat"),
         }
     }
 
-    /// Decode this type's bytes into f32 (`src.len() == n · bytes()`).
-    pub fn decode(self, k: &Kernels, src: &[u8], dst: &mut [f32]) {
+    fn decode_plain(self, k: &Kernels, src: &[u8], dst: &mut [f32]) {
         match self {
             KvDtype::F32 => (k.f32_from_bytes)(src, dst),
             KvDtype::F16 => (k.f16_to_f32)(src, dst),
             KvDtype::Bf16 => (k.bf16_to_f32)(src, dst),
+            KvDtype::Fp8 | KvDtype::Int8 => unreachable!("8-bit types decode through RowFormat"),
+        }
+    }
+}
+
+/// How one row of `dim` elements is stored.
+///
+/// Byte layout: `[main | scales | tail]` where `main` is the first `dim − tail_bf16`
+/// elements in `dtype`; for 8-bit types `scales` holds one little-endian f32 per `group`
+/// elements of `main` (none otherwise); `tail` holds the last `tail_bf16` elements as
+/// bfloat16 (MLA keeps its RoPE key in bf16 under an 8-bit latent). With R = 512, P = 64,
+/// FP8 and group 128 a latent row is 512 + 16 + 128 = 656 bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct RowFormat {
+    pub dtype: KvDtype,
+    pub group: usize,
+    pub tail_bf16: usize,
+}
+
+impl RowFormat {
+    /// Every element in `dtype` (scales per [`SCALE_GROUP`] for 8-bit types).
+    pub fn plain(dtype: KvDtype) -> RowFormat {
+        RowFormat { dtype, group: SCALE_GROUP, tail_bf16: 0 }
+    }
+    /// An MLA latent row `[c_KV (R) | k_rope (P)]`: with an 8-bit dtype the RoPE part stays
+    /// bf16.
+    pub fn latent(dtype: KvDtype, rope_dim: usize) -> RowFormat {
+        RowFormat { dtype, group: SCALE_GROUP, tail_bf16: if dtype.is_8bit() { rope_dim } else { 0 } }
+    }
+
+    fn split(&self, dim: usize) -> (usize, usize) {
+        let tail = self.tail_bf16.min(dim);
+        (dim - tail, tail)
+    }
+
+    /// Bytes of one row of `dim` elements, scales included.
+    pub fn row_bytes(&self, dim: usize) -> usize {
+        let (main, tail) = self.split(dim);
+        let scales = if self.dtype.is_8bit() { main.div_ceil(self.group.max(1)) * 4 } else { 0 };
+        main * self.dtype.bytes() + scales + tail * 2
+    }
+
+    /// Encodes one row `src` `[dim]` into `dst` (`row_bytes(dim)` bytes).
+    pub fn encode(&self, k: &Kernels, src: &[f32], dst: &mut [u8]) {
+        let (main, tail) = self.split(src.len());
+        let mb = main * self.dtype.bytes();
+        if self.dtype.is_8bit() {
+            let g = self.group.max(1);
+            let (data, rest) = dst.split_at_mut(mb);
+            for (gi, (chunk, out)) in src[..main].chunks(g).zip(data.chunks_mut(g)).enumerate() {
+                let amax = chunk.iter().fold(0f32, |m, v| m.max(v.abs()));
+                let qmax = if self.dtype == KvDtype::Fp8 { latent_kernels::fp8::E4M3_MAX } else { 127.0 };
+                let scale = if amax > 0.0 { amax / qmax } else { 1.0 };
+                for (o, v) in out.iter_mut().zip(chunk) {
+                    *o = match self.dtype {
+                        KvDtype::Fp8 => latent_kernels::fp8::f32_to_e4m3(v / scale),
+                        _ => (v / scale).round().clamp(-127.0, 127.0) as i8 as u8,
+                    };
+                }
+                rest[gi * 4..gi * 4 + 4].copy_from_slice(&scale.to_le_bytes());
+            }
+        } else {
+            self.dtype.encode_plain(k, &src[..main], &mut dst[..mb]);
+        }
+        if tail > 0 {
+            let off = self.row_bytes(src.len()) - tail * 2;
+            (k.f32_to_bf16)(&src[main..], &mut dst[off..off + tail * 2]);
+        }
+    }
+
+    /// Decodes one row `src` (`row_bytes(dst.len())` bytes) into `dst` `[dim]`.
+    #[inline]
+    pub fn decode(&self, k: &Kernels, src: &[u8], dst: &mut [f32]) {
+        let (main, tail) = self.split(dst.len());
+        let mb = main * self.dtype.bytes();
+        if self.dtype.is_8bit() {
+            let g = self.group.max(1);
+            let scales = &src[mb..];
+            let f = if self.dtype == KvDtype::Fp8 { k.fp8_to_f32 } else { k.i8_to_f32 };
+            for (gi, (q, out)) in src[..mb].chunks(g).zip(dst[..main].chunks_mut(g)).enumerate() {
+                let s =
+                    f32::from_le_bytes([scales[gi * 4], scales[gi * 4 + 1], scales[gi * 4 + 2], scales[gi * 4 + 3]]);
+                f(q, s, out);
+            }
+        } else {
+            self.dtype.decode_plain(k, &src[..mb], &mut dst[..main]);
+        }
+        if tail > 0 {
+            let off = src.len() - tail * 2;
+            (k.bf16_to_f32)(&src[off..], &mut dst[main..]);
         }
     }
 }
@@ -72,7 +172,7 @@ impl KvDtype {
 pub struct KvPlane<'a> {
     /// The whole block pool: `[num_blocks, block_bytes]`.
     pub pool: &'a [u8],
-    pub dtype: KvDtype,
+    pub fmt: RowFormat,
     pub block_bytes: usize,
     pub token_bytes: usize,
     pub head_bytes: usize,
@@ -145,7 +245,7 @@ impl<'a> KvSeq<'a> {
                 continue;
             }
             let last_tok = (self.block_size.min(self.len) - 1) * p.token_bytes;
-            let row_end = p.offset_bytes + (self.kv_heads - 1) * p.head_bytes + p.dim * p.dtype.bytes();
+            let row_end = p.offset_bytes + (self.kv_heads - 1) * p.head_bytes + p.fmt.row_bytes(p.dim);
             for &b in &self.table[..blocks] {
                 let end = (b as usize)
                     .checked_mul(p.block_bytes)
@@ -164,7 +264,7 @@ impl KvPlane<'_> {
     /// Decodes rows `start..start+n` of `head` into `out` (`[n, dim]`, row stride `dim`).
     /// Walks block by block: one table lookup per block, not per row.
     pub(crate) fn load_rows(&self, k: &Kernels, seq: &KvSeq, head: usize, start: usize, n: usize, out: &mut [f32]) {
-        let rb = self.dim * self.dtype.bytes();
+        let rb = self.fmt.row_bytes(self.dim);
         let bs = seq.block_size;
         let mut i = 0;
         while i < n {
@@ -176,7 +276,7 @@ impl KvPlane<'_> {
                 + head * self.head_bytes
                 + self.offset_bytes;
             for r in 0..run {
-                self.dtype.decode(k, &self.pool[off..off + rb], &mut out[(i + r) * self.dim..(i + r + 1) * self.dim]);
+                self.fmt.decode(k, &self.pool[off..off + rb], &mut out[(i + r) * self.dim..(i + r + 1) * self.dim]);
                 off += self.token_bytes;
             }
             i += run;
@@ -184,12 +284,36 @@ impl KvPlane<'_> {
     }
 }
 
-/// A dense cache in its own buffer: `[len, kv_heads, dim]` rows for K and V, one block.
+/// Encodes rows `src` `[n, dim]` back to back (`n · row_bytes(dim)` bytes).
+pub fn encode_rows(fmt: RowFormat, src: &[f32], dim: usize) -> Vec<u8> {
+    let k = Kernels::best();
+    let rb = fmt.row_bytes(dim);
+    let n = src.len().checked_div(dim).unwrap_or(0);
+    let mut out = vec![0u8; n * rb];
+    for (row, dst) in src.chunks_exact(dim.max(1)).zip(out.chunks_exact_mut(rb.max(1))) {
+        fmt.encode(k, row, dst);
+    }
+    out
+}
+
+/// Rounds rows `[n, dim]` through `fmt` (what a cache of that format returns).
+pub fn round_trip_rows(fmt: RowFormat, src: &[f32], dim: usize) -> Vec<f32> {
+    let k = Kernels::best();
+    let rb = fmt.row_bytes(dim);
+    let bytes = encode_rows(fmt, src, dim);
+    let mut out = vec![0f32; src.len()];
+    for (dst, b) in out.chunks_exact_mut(dim.max(1)).zip(bytes.chunks_exact(rb.max(1))) {
+        fmt.decode(k, b, dst);
+    }
+    out
+}
+
+/// A dense cache in its own buffer: `[len, kv_heads]` rows for K and V, one block.
 /// Handy for tests and benchmarks; the kernels see it as a one-block paged cache.
 pub struct DenseKv {
-    pub k: Vec<u8>, // [len, kv_heads, dk] in `dtype`
-    pub v: Vec<u8>, // [len, kv_heads, dv] in `dtype`
-    pub dtype: KvDtype,
+    pub k: Vec<u8>, // [S, Hkv] rows of dk in `fmt`
+    pub v: Vec<u8>, // [S, Hkv] rows of dv in `fmt`
+    pub fmt: RowFormat,
     pub len: usize,
     pub kv_heads: usize,
     pub dk: usize,
@@ -199,29 +323,27 @@ pub struct DenseKv {
 pub const ONE_BLOCK: [u32; 1] = [0];
 
 impl DenseKv {
-    /// Encodes f32 `k` `[len, kv_heads, dk]` and `v` `[len, kv_heads, dv]`.
+    /// Encodes f32 `k` `[S, Hkv, dk]` and `v` `[S, Hkv, dv]`.
     pub fn new(dtype: KvDtype, kv_heads: usize, dk: usize, dv: usize, k: &[f32], v: &[f32]) -> DenseKv {
-        let kern = Kernels::best();
+        let fmt = RowFormat::plain(dtype);
         let len = k.len().checked_div(kv_heads * dk).unwrap_or(0);
         assert_eq!(k.len(), len * kv_heads * dk);
         assert_eq!(v.len(), len * kv_heads * dv);
-        let mut kb = vec![0u8; k.len() * dtype.bytes()];
-        let mut vb = vec![0u8; v.len() * dtype.bytes()];
-        dtype.encode(kern, k, &mut kb);
-        dtype.encode(kern, v, &mut vb);
-        DenseKv { k: kb, v: vb, dtype, len, kv_heads, dk, dv }
+        DenseKv { k: encode_rows(fmt, k, dk), v: encode_rows(fmt, v, dv), fmt, len, kv_heads, dk, dv }
     }
 
     pub fn view(&self) -> KvSeq<'_> {
-        let e = self.dtype.bytes();
-        let plane = |pool, dim: usize| KvPlane {
-            pool,
-            dtype: self.dtype,
-            block_bytes: 0,
-            token_bytes: self.kv_heads * dim * e,
-            head_bytes: dim * e,
-            offset_bytes: 0,
-            dim,
+        let plane = |pool, dim: usize| {
+            let rb = self.fmt.row_bytes(dim);
+            KvPlane {
+                pool,
+                fmt: self.fmt,
+                block_bytes: 0,
+                token_bytes: self.kv_heads * rb,
+                head_bytes: rb,
+                offset_bytes: 0,
+                dim,
+            }
         };
         KvSeq {
             k: plane(self.k.as_slice(), self.dk),
@@ -236,8 +358,8 @@ impl DenseKv {
 
 /// A dense latent cache (MLA / low-rank): rows `[S, Dk]`, values are the first `dv` elements.
 pub struct DenseLatent {
-    pub rows: Vec<u8>, // [S, Dk] in `dtype`
-    pub dtype: KvDtype,
+    pub rows: Vec<u8>, // [S] rows of Dk in `fmt`
+    pub fmt: RowFormat,
     pub len: usize,
     pub dk: usize,
     pub dv: usize,
@@ -245,21 +367,19 @@ pub struct DenseLatent {
 
 impl DenseLatent {
     /// Encodes f32 rows `[S, dk]`; values are each row's first `dv` elements.
-    pub fn new(dtype: KvDtype, dk: usize, dv: usize, rows: &[f32]) -> DenseLatent {
+    pub fn new(fmt: RowFormat, dk: usize, dv: usize, rows: &[f32]) -> DenseLatent {
         let len = rows.len().checked_div(dk).unwrap_or(0);
-        let mut b = vec![0u8; rows.len() * dtype.bytes()];
-        dtype.encode(Kernels::best(), rows, &mut b);
-        DenseLatent { rows: b, dtype, len, dk, dv }
+        DenseLatent { rows: encode_rows(fmt, rows, dk), fmt, len, dk, dv }
     }
 
     pub fn view(&self) -> KvSeq<'_> {
-        let e = self.dtype.bytes();
+        let rb = self.fmt.row_bytes(self.dk);
         KvSeq {
             k: KvPlane {
                 pool: &self.rows,
-                dtype: self.dtype,
+                fmt: self.fmt,
                 block_bytes: 0,
-                token_bytes: self.dk * e,
+                token_bytes: rb,
                 head_bytes: 0,
                 offset_bytes: 0,
                 dim: self.dk,

@@ -14,7 +14,7 @@ pub mod testing;
 
 pub use error::AttnError;
 pub use flash::{attend, decode, prefill, AttnParams, AttnShape, KvSplit, MaskSpec, Plan, SeqSpec};
-pub use kv_view::{DenseKv, KvDtype, KvPlane, KvSeq, ValueSource};
+pub use kv_view::{encode_rows, round_trip_rows, DenseKv, KvDtype, KvPlane, KvSeq, RowFormat, ValueSource};
 pub mod linear;
 pub mod lowrank;
 pub mod mla;

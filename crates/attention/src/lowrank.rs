@@ -72,8 +72,12 @@ impl LowRankKv {
         let (h, d, r) = (self.heads, self.head_dim, self.rank);
         let mut qa = vec![0f32; t * h * r];
         absorb_heads(q, t, h, d, d, &self.u_k, self.group(), r, &mut qa, r);
-        let params =
-            AttnParams { shape: AttnShape { heads: h, kv_heads: 1, dk: r, dv: r }, scale: self.scale, mask, sink_logits: None };
+        let params = AttnParams {
+            shape: AttnShape { heads: h, kv_heads: 1, dk: r, dv: r },
+            scale: self.scale,
+            mask,
+            sink_logits: None,
+        };
         let mut o_lat = vec![0f32; t * h * r];
         let mut lse = vec![0f32; t * h];
         attend(&params, plan, &qa, &[SeqSpec { q_len: t, q_pos, kv }], &mut o_lat, &mut lse)?;
@@ -102,8 +106,12 @@ impl LowRankKv {
         let rows = kv.read_keys(0, 0, kv.len);
         let (kk, vv) = self.decompress(&rows, kv.len);
         let dense = DenseKv::new(KvDtype::F32, hk, d, d, &kk, &vv);
-        let params =
-            AttnParams { shape: AttnShape { heads: h, kv_heads: hk, dk: d, dv: d }, scale: self.scale, mask, sink_logits: None };
+        let params = AttnParams {
+            shape: AttnShape { heads: h, kv_heads: hk, dk: d, dv: d },
+            scale: self.scale,
+            mask,
+            sink_logits: None,
+        };
         let mut out = vec![0f32; t * h * d];
         let mut lse = vec![0f32; t * h];
         attend(&params, plan, q, &[SeqSpec { q_len: t, q_pos, kv: dense.view() }], &mut out, &mut lse)?;

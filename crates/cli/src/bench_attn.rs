@@ -24,7 +24,7 @@ pub struct BenchAttnArgs {
     /// Causal prefill lengths (empty to skip).
     #[arg(long, default_value = "512,2k,4k")]
     prefill: String,
-    /// KV element type: f32, f16, bf16.
+    /// KV element type: f32, f16, bf16, fp8, int8 (8-bit with per-128 scales; MLA keeps k_rope bf16).
     #[arg(long, default_value = "bf16")]
     kv_dtype: String,
     /// Batch (sequences per decode step).
@@ -63,46 +63,48 @@ fn mechanism(name: &str) -> Result<Mech> {
     })
 }
 
-/// A head-major single-block cache holding `len` random tokens: `[Hkv, S, D]` per plane.
+/// A head-major single-block cache holding `len` random tokens: `[Hkv, S]` rows per plane.
 struct Cache {
     k: Vec<u8>,
     v: Vec<u8>,
-    dtype: KvDtype,
+    fmt: RowFormat,
     len: usize,
 }
 
 impl Cache {
     fn new(m: &Mech, dtype: KvDtype, len: usize, rng: &mut Rng) -> Cache {
-        let kern = Kernels::best();
-        let fill = |n: usize, rng: &mut Rng| {
-            let mut out = vec![0u8; n * dtype.bytes()];
-            let mut buf = vec![0f32; 4096];
-            for chunk in out.chunks_mut(4096 * dtype.bytes()) {
-                let e = chunk.len() / dtype.bytes();
-                for x in &mut buf[..e] {
-                    *x = (rng.uniform() as f32 - 0.5) * 3.0;
-                }
-                dtype.encode(kern, &buf[..e], chunk);
+        let fmt = if m.latent { RowFormat::latent(dtype, 64) } else { RowFormat::plain(dtype) };
+        let fill = |rows: usize, dim: usize, rng: &mut Rng| {
+            let mut out = Vec::with_capacity(rows * fmt.row_bytes(dim));
+            let chunk = (1 << 16) / dim.max(1) + 1;
+            let mut left = rows;
+            while left > 0 {
+                let n = chunk.min(left);
+                let x: Vec<f32> = (0..n * dim).map(|_| (rng.uniform() as f32 - 0.5) * 3.0).collect();
+                out.extend(encode_rows(fmt, &x, dim));
+                left -= n;
             }
             out
         };
         let sh = m.shape;
-        let k = fill(len * sh.kv_heads * sh.dk, rng);
-        let v = if m.latent { Vec::new() } else { fill(len * sh.kv_heads * sh.dv, rng) };
-        Cache { k, v, dtype, len }
+        let k = fill(len * sh.kv_heads, sh.dk, rng);
+        let v = if m.latent { Vec::new() } else { fill(len * sh.kv_heads, sh.dv, rng) };
+        Cache { k, v, fmt, len }
     }
 
     fn view(&self, m: &Mech) -> KvSeq<'_> {
-        let e = self.dtype.bytes();
         let sh = m.shape;
-        let plane = |pool, dim: usize| KvPlane {
-            pool,
-            dtype: self.dtype,
-            block_bytes: 0,
-            token_bytes: dim * e,
-            head_bytes: self.len * dim * e,
-            offset_bytes: 0,
-            dim,
+        let plane = |pool, dim: usize| {
+            let rb = self.fmt.row_bytes(dim);
+            KvPlane {
+                pool,
+                fmt: self.fmt,
+                block_bytes: 0,
+                token_bytes: rb,
+                head_bytes: self.len * rb,
+                offset_bytes: 0,
+                dim,
+            }
         };
         KvSeq {
             k: plane(self.k.as_slice(), sh.dk),
@@ -118,7 +120,7 @@ impl Cache {
         }
     }
 
-    /// Bytes a full pass reads: every element once at its stored width.
+    /// Bytes a full pass reads: every element once at its stored width (scales included).
     fn bytes(&self) -> f64 {
         (self.k.len() + self.v.len()) as f64
     }
@@ -172,7 +174,7 @@ fn time(reps: usize, mut f: impl FnMut()) -> f64 {
 pub fn run(a: BenchAttnArgs) -> Result<()> {
     let pool = thread_pool(a.threads)?;
     let dtype = KvDtype::parse(&a.kv_dtype)
-        .ok_or_else(|| anyhow::anyhow!("unknown --kv-dtype {:?} (f32, f16, bf16)", a.kv_dtype))?;
+        .ok_or_else(|| anyhow::anyhow!("unknown --kv-dtype {:?} (f32, f16, bf16, fp8, int8)", a.kv_dtype))?;
     let mechs: Vec<Mech> = a.mechanisms.split(',').filter(|s| !s.is_empty()).map(mechanism).collect::<Result<_>>()?;
     let contexts = parse_sizes(&a.contexts)?;
     let prefills = parse_sizes(&a.prefill)?;

@@ -7,6 +7,7 @@
 //!   GEMM peak) that benchmarks report beside their results.
 
 pub mod cpu;
+pub mod fp8;
 pub mod machine;
 pub mod simd;
 

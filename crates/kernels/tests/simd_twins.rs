@@ -197,3 +197,40 @@ fn gemm_tiles_match_scalar_on_hostile_shapes() {
         }
     }
 }
+
+#[test]
+fn fp8_and_int8_decoders_match_scalar_and_the_format() {
+    use latent_kernels::fp8::{e4m3_to_f32, f32_to_e4m3};
+    // Format facts: 0x7E = 448 (max), 0x01 = 2^-9 (smallest subnormal), 0x08 = 2^-6.
+    assert_eq!(e4m3_to_f32(0x7E), 448.0);
+    assert_eq!(e4m3_to_f32(0x01), 2f32.powi(-9));
+    assert_eq!(e4m3_to_f32(0x08), 2f32.powi(-6));
+    assert_eq!(e4m3_to_f32(0xB8), -1.0);
+    assert!(e4m3_to_f32(0x7F).is_nan());
+    assert_eq!(f32_to_e4m3(1000.0), 0x7E, "saturates");
+    assert_eq!(f32_to_e4m3(-1.0), 0xB8);
+    // Every finite code round-trips; midpoints go to the even code.
+    for b in 0u8..=255 {
+        let v = e4m3_to_f32(b);
+        if v.is_finite() && !(v == 0.0 && b == 0x80) {
+            assert_eq!(f32_to_e4m3(v), b, "code {b:#x}");
+        }
+    }
+    assert_eq!(f32_to_e4m3((1.0 + 1.125) / 2.0), 0x38, "tie 1.0625 → even code (1.0)");
+    let bytes: Vec<u8> =
+        (0..4099u32).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).filter(|b| b & 0x7F != 0x7F).collect();
+    for k in Kernels::all() {
+        for &n in SIZES {
+            let n = n.min(bytes.len());
+            let (mut a, mut b) = (vec![0f32; n], vec![0f32; n]);
+            scalar::fp8_to_f32(&bytes[..n], 0.37, &mut a);
+            (k.fp8_to_f32)(&bytes[..n], 0.37, &mut b);
+            for (x, y) in a.iter().zip(&b) {
+                assert!(close(*y, *x, 0.0, 1e-7), "{:?} fp8 n={n}: {y} vs {x}", k.isa);
+            }
+            scalar::i8_to_f32(&bytes[..n], 0.37, &mut a);
+            (k.i8_to_f32)(&bytes[..n], 0.37, &mut b);
+            assert_eq!(a, b, "{:?} i8 n={n}", k.isa);
+        }
+    }
+}

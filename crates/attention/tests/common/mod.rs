@@ -1,40 +1,42 @@
 #![allow(dead_code)]
 //! Builds paged caches for tests: random physical block order, NaN in every byte the
-//! kernels must not read (unused blocks, rows past the end, padding between heads).
+//! kernels must not read (unused blocks, rows past the end, padding between rows).
 
 use latent_attention::testing::Rng;
-use latent_attention::{KvDtype, KvPlane, KvSeq, ValueSource};
+use latent_attention::{round_trip_rows, KvDtype, KvPlane, KvSeq, RowFormat, ValueSource};
 use latent_kernels::Kernels;
 
 pub struct PagedCache {
     pub k_pool: Vec<u8>,
     pub v_pool: Vec<u8>,
     pub table: Vec<u32>,
-    pub dtype: KvDtype,
+    pub fmt: RowFormat,
     pub block_size: usize,
     pub kv_heads: usize,
     pub dk: usize,
     pub dv: usize,
     pub len: usize,
     pub head_major: bool,
-    pub pad: usize,
 }
 
-fn nan_bytes(dtype: KvDtype, n_elems: usize) -> Vec<u8> {
-    let mut out = vec![0u8; n_elems * dtype.bytes()];
-    let nan = vec![f32::NAN; n_elems];
-    dtype.encode(Kernels::best(), &nan, &mut out);
-    out
+/// Bytes of NaN padding after each row.
+const PAD: usize = 12;
+
+/// A pool of `n` bytes filled with NaN patterns (f32 NaN bytes also decode as NaN in f16,
+/// bf16; for 8-bit types 0x7F/0xFF are NaN codes and the scale bytes form NaN f32s).
+fn nan_pool(n: usize) -> Vec<u8> {
+    let nan = f32::NAN.to_le_bytes();
+    (0..n).map(|i| nan[i % 4] | 0x7F).collect()
 }
 
 impl PagedCache {
     /// `k` `[len, Hkv, dk]`, `v` `[len, Hkv, dv]` stored in `block_size`-token blocks placed at
-    /// random physical slots among `extra` more (NaN-filled) blocks. `head_major` lays a
-    /// block out `[Hkv, block_size, D]` instead of `[block_size, Hkv, D]`.
+    /// random physical slots among `extra` more NaN-filled blocks. `head_major` lays a block
+    /// out `[Hkv, block_size]` rows instead of `[block_size, Hkv]`.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         rng: &mut Rng,
-        dtype: KvDtype,
+        fmt: RowFormat,
         kv_heads: usize,
         dk: usize,
         dv: usize,
@@ -53,47 +55,40 @@ impl PagedCache {
             perm.swap(i, j);
         }
         let table: Vec<u32> = perm[..nblocks].to_vec();
-        let pad = 3; // elements of NaN padding after each row
         let mut c = PagedCache {
             k_pool: Vec::new(),
             v_pool: Vec::new(),
             table,
-            dtype,
+            fmt,
             block_size,
             kv_heads,
             dk,
             dv,
             len,
             head_major,
-            pad,
         };
-        c.k_pool = nan_bytes(dtype, total * c.block_elems(dk));
-        c.v_pool = nan_bytes(dtype, total * c.block_elems(dv));
+        c.k_pool = nan_pool(total * c.strides(dk).0);
+        c.v_pool = nan_pool(total * c.strides(dv).0);
         let kern = Kernels::best();
-        let e = dtype.bytes();
         for pos in 0..len {
             for h in 0..kv_heads {
                 let off = c.row_offset(pos, h, dk);
                 let row = &k[(pos * kv_heads + h) * dk..][..dk];
-                dtype.encode(kern, row, &mut c.k_pool[off..off + dk * e]);
+                fmt.encode(kern, row, &mut c.k_pool[off..off + fmt.row_bytes(dk)]);
                 let off = c.row_offset(pos, h, dv);
                 let row = &v[(pos * kv_heads + h) * dv..][..dv];
-                dtype.encode(kern, row, &mut c.v_pool[off..off + dv * e]);
+                fmt.encode(kern, row, &mut c.v_pool[off..off + fmt.row_bytes(dv)]);
             }
         }
         c
     }
 
-    fn block_elems(&self, d: usize) -> usize {
-        self.block_size * self.kv_heads * (d + self.pad)
-    }
-
+    /// (block, token, head) strides in bytes.
     fn strides(&self, d: usize) -> (usize, usize, usize) {
-        let e = self.dtype.bytes();
-        let row = (d + self.pad) * e;
-        let block = self.block_elems(d) * e;
+        let row = self.fmt.row_bytes(d) + PAD;
+        let block = self.block_size * self.kv_heads * row;
         if self.head_major {
-            (block, row, self.block_size * row) // (block, token, head)
+            (block, row, self.block_size * row)
         } else {
             (block, self.kv_heads * row, row)
         }
@@ -107,7 +102,7 @@ impl PagedCache {
     pub fn view(&self) -> KvSeq<'_> {
         fn plane<'b>(c: &PagedCache, pool: &'b [u8], d: usize) -> KvPlane<'b> {
             let (bb, tb, hb) = c.strides(d);
-            KvPlane { pool, dtype: c.dtype, block_bytes: bb, token_bytes: tb, head_bytes: hb, offset_bytes: 0, dim: d }
+            KvPlane { pool, fmt: c.fmt, block_bytes: bb, token_bytes: tb, head_bytes: hb, offset_bytes: 0, dim: d }
         }
         KvSeq {
             k: plane(self, &self.k_pool, self.dk),
@@ -120,14 +115,13 @@ impl PagedCache {
     }
 }
 
-/// Rounds f32 values through `dtype` (what the cache stores).
-pub fn round_trip(dtype: KvDtype, x: &[f32]) -> Vec<f32> {
-    let k = Kernels::best();
-    let mut b = vec![0u8; x.len() * dtype.bytes()];
-    dtype.encode(k, x, &mut b);
-    let mut y = vec![0f32; x.len()];
-    dtype.decode(k, &b, &mut y);
-    y
+/// Rounds f32 rows of width `dim` through `fmt` (what the cache returns).
+pub fn round_trip(fmt: RowFormat, x: &[f32], dim: usize) -> Vec<f32> {
+    round_trip_rows(fmt, x, dim)
+}
+
+pub fn plain(d: KvDtype) -> RowFormat {
+    RowFormat::plain(d)
 }
 
 pub fn pool(threads: usize) -> rayon::ThreadPool {

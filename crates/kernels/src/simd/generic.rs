@@ -148,6 +148,34 @@ unsafe fn bf16_to_f32<L: Lanes>(src: &[u8], dst: &mut [f32]) {
 }
 
 #[inline(always)]
+unsafe fn fp8_to_f32<L: Lanes>(src: &[u8], scale: f32, dst: &mut [f32]) {
+    assert_eq!(src.len(), dst.len(), "fp8_to_f32: length mismatch");
+    let n = dst.len();
+    let sv = L::splat(scale * 256.0);
+    let (ps, pd) = (src.as_ptr(), dst.as_mut_ptr());
+    let mut i = 0;
+    while i + L::N <= n {
+        L::store(pd.add(i), L::mul(L::load_fp8_scaled256(ps.add(i)), sv));
+        i += L::N;
+    }
+    scalar::fp8_to_f32(&src[i..], scale, &mut dst[i..]);
+}
+
+#[inline(always)]
+unsafe fn i8_to_f32<L: Lanes>(src: &[u8], scale: f32, dst: &mut [f32]) {
+    assert_eq!(src.len(), dst.len(), "i8_to_f32: length mismatch");
+    let n = dst.len();
+    let sv = L::splat(scale);
+    let (ps, pd) = (src.as_ptr(), dst.as_mut_ptr());
+    let mut i = 0;
+    while i + L::N <= n {
+        L::store(pd.add(i), L::mul(L::load_i8(ps.add(i)), sv));
+        i += L::N;
+    }
+    scalar::i8_to_f32(&src[i..], scale, &mut dst[i..]);
+}
+
+#[inline(always)]
 unsafe fn f32_to_f16<L: Lanes>(src: &[f32], dst: &mut [u8]) {
     assert_eq!(2 * src.len(), dst.len(), "f32_to_f16: length mismatch");
     let n = src.len();
@@ -393,6 +421,14 @@ macro_rules! instantiate {
                 bf16_to_f32::<$L>(s, d)
             }
             #[target_feature(enable = $feat)]
+            unsafe fn fp8_to_f32_tf(s: &[u8], sc: f32, d: &mut [f32]) {
+                fp8_to_f32::<$L>(s, sc, d)
+            }
+            #[target_feature(enable = $feat)]
+            unsafe fn i8_to_f32_tf(s: &[u8], sc: f32, d: &mut [f32]) {
+                i8_to_f32::<$L>(s, sc, d)
+            }
+            #[target_feature(enable = $feat)]
             unsafe fn f32_to_f16_tf(s: &[f32], d: &mut [u8]) {
                 f32_to_f16::<$L>(s, d)
             }
@@ -434,6 +470,12 @@ macro_rules! instantiate {
             pub fn bf16_to_f32_(s: &[u8], d: &mut [f32]) {
                 unsafe { bf16_to_f32_tf(s, d) }
             }
+            pub fn fp8_to_f32_(s: &[u8], sc: f32, d: &mut [f32]) {
+                unsafe { fp8_to_f32_tf(s, sc, d) }
+            }
+            pub fn i8_to_f32_(s: &[u8], sc: f32, d: &mut [f32]) {
+                unsafe { i8_to_f32_tf(s, sc, d) }
+            }
             pub fn f32_to_f16_(s: &[f32], d: &mut [u8]) {
                 unsafe { f32_to_f16_tf(s, d) }
             }
@@ -457,6 +499,8 @@ macro_rules! instantiate {
             f32_from_bytes: $m::f32_from_bytes_,
             f16_to_f32: $m::f16_to_f32_,
             bf16_to_f32: $m::bf16_to_f32_,
+            fp8_to_f32: $m::fp8_to_f32_,
+            i8_to_f32: $m::i8_to_f32_,
             f32_to_f16: $m::f32_to_f16_,
             f32_to_bf16: $m::f32_to_bf16_,
             gemm_nt: $m::gemm_nt_,

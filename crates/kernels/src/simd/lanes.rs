@@ -17,6 +17,10 @@ pub trait Lanes: Copy {
     unsafe fn load_f16(p: *const u8) -> Self::V;
     /// N little-endian bfloat16 (2N bytes, unaligned) → f32.
     unsafe fn load_bf16(p: *const u8) -> Self::V;
+    /// N FP8 E4M3 bytes → f32 (value × 2⁻⁸ exactly; NaN codes are not special-cased).
+    unsafe fn load_fp8_scaled256(p: *const u8) -> Self::V;
+    /// N int8 bytes → f32.
+    unsafe fn load_i8(p: *const u8) -> Self::V;
     /// f32 → N halfs, round to nearest even.
     unsafe fn store_f16(p: *mut u8, v: Self::V);
     /// f32 → N bfloat16, round to nearest even (NaN stays NaN).
@@ -95,6 +99,19 @@ mod x86 {
         unsafe fn load_bf16(p: *const u8) -> __m256 {
             let h = _mm_loadu_si128(p as *const __m128i);
             _mm256_castsi256_ps(_mm256_slli_epi32::<16>(_mm256_cvtepu16_epi32(h)))
+        }
+        #[inline(always)]
+        unsafe fn load_fp8_scaled256(p: *const u8) -> __m256 {
+            let b = _mm_cvtepu8_epi16(_mm_loadl_epi64(p as *const __m128i));
+            let h = _mm_or_si128(
+                _mm_slli_epi16::<8>(_mm_and_si128(b, _mm_set1_epi16(0x80))),
+                _mm_slli_epi16::<7>(_mm_and_si128(b, _mm_set1_epi16(0x7F))),
+            );
+            _mm256_cvtph_ps(h)
+        }
+        #[inline(always)]
+        unsafe fn load_i8(p: *const u8) -> __m256 {
+            _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(_mm_loadl_epi64(p as *const __m128i)))
         }
         #[inline(always)]
         unsafe fn store_f16(p: *mut u8, v: __m256) {
@@ -190,6 +207,19 @@ mod x86 {
         unsafe fn load_bf16(p: *const u8) -> __m512 {
             let h = _mm256_loadu_si256(p as *const __m256i);
             _mm512_castsi512_ps(_mm512_slli_epi32::<16>(_mm512_cvtepu16_epi32(h)))
+        }
+        #[inline(always)]
+        unsafe fn load_fp8_scaled256(p: *const u8) -> __m512 {
+            let b = _mm256_cvtepu8_epi16(_mm_loadu_si128(p as *const __m128i));
+            let h = _mm256_or_si256(
+                _mm256_slli_epi16::<8>(_mm256_and_si256(b, _mm256_set1_epi16(0x80))),
+                _mm256_slli_epi16::<7>(_mm256_and_si256(b, _mm256_set1_epi16(0x7F))),
+            );
+            _mm512_cvtph_ps(h)
+        }
+        #[inline(always)]
+        unsafe fn load_i8(p: *const u8) -> __m512 {
+            _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(_mm_loadu_si128(p as *const __m128i)))
         }
         #[inline(always)]
         unsafe fn store_f16(p: *mut u8, v: __m512) {
@@ -297,6 +327,22 @@ mod arm {
         unsafe fn load_bf16(p: *const u8) -> float32x4_t {
             let h = vld1_u16(p as *const u16);
             vreinterpretq_f32_u32(vshlq_n_u32::<16>(vmovl_u16(h)))
+        }
+        #[inline(always)]
+        unsafe fn load_fp8_scaled256(p: *const u8) -> float32x4_t {
+            let mut t = [0f32; 4];
+            for (i, x) in t.iter_mut().enumerate() {
+                *x = crate::fp8::e4m3_to_f32(*p.add(i)) / 256.0;
+            }
+            vld1q_f32(t.as_ptr())
+        }
+        #[inline(always)]
+        unsafe fn load_i8(p: *const u8) -> float32x4_t {
+            let mut t = [0f32; 4];
+            for (i, x) in t.iter_mut().enumerate() {
+                *x = (*p.add(i) as i8) as f32;
+            }
+            vld1q_f32(t.as_ptr())
         }
         #[inline(always)]
         unsafe fn store_f16(p: *mut u8, v: float32x4_t) {

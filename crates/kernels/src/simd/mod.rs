@@ -92,6 +92,10 @@ pub struct Kernels {
     pub f16_to_f32: fn(&[u8], &mut [f32]),
     /// Little-endian bfloat16 bytes → f32 (`src.len() == 2·dst.len()`).
     pub bf16_to_f32: fn(&[u8], &mut [f32]),
+    /// FP8 E4M3 bytes × `scale` → f32 (`src.len() == dst.len()`).
+    pub fp8_to_f32: fn(&[u8], f32, &mut [f32]),
+    /// int8 bytes × `scale` → f32 (`src.len() == dst.len()`).
+    pub i8_to_f32: fn(&[u8], f32, &mut [f32]),
     /// f32 → IEEE half bytes, round to nearest even.
     pub f32_to_f16: fn(&[f32], &mut [u8]),
     /// f32 → bfloat16 bytes, round to nearest even (NaN stays NaN).
@@ -162,6 +166,8 @@ pub static SCALAR: Kernels = Kernels {
     f32_from_bytes: scalar::f32_from_bytes,
     f16_to_f32: scalar::f16_to_f32,
     bf16_to_f32: scalar::bf16_to_f32,
+    fp8_to_f32: scalar::fp8_to_f32,
+    i8_to_f32: scalar::i8_to_f32,
     f32_to_f16: scalar::f32_to_f16,
     f32_to_bf16: scalar::f32_to_bf16,
     gemm_nt: scalar::gemm_nt,

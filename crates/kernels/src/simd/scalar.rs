@@ -93,3 +93,17 @@ pub fn gemm_nn(a: MatRef, b: MatRef, c: MatMut) {
         }
     }
 }
+
+pub fn fp8_to_f32(src: &[u8], scale: f32, dst: &mut [f32]) {
+    assert_eq!(src.len(), dst.len(), "fp8_to_f32: length mismatch");
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = crate::fp8::e4m3_to_f32(*s) * scale;
+    }
+}
+
+pub fn i8_to_f32(src: &[u8], scale: f32, dst: &mut [f32]) {
+    assert_eq!(src.len(), dst.len(), "i8_to_f32: length mismatch");
+    for (d, s) in dst.iter_mut().zip(src) {
+        *d = (*s as i8) as f32 * scale;
+    }
+}
