@@ -71,11 +71,7 @@ fn mutate(rng: &mut Rng, bytes: &mut Vec<u8>, spans: &[FieldSpan]) {
 
 fn check(bytes: &[u8]) -> Result<(), GgufError> {
     let (r, peak) = measure(|| GgufFile::from_slice(bytes));
-    assert!(
-        peak <= 48 * bytes.len() + (1 << 16),
-        "peak {peak} for {} bytes",
-        bytes.len()
-    );
+    assert!(peak <= 48 * bytes.len() + (1 << 16), "peak {peak} for {} bytes", bytes.len());
     let f = r?;
     // Invariants of anything that parses.
     let file_len = f.file_bytes();

@@ -5,8 +5,7 @@ mod common;
 
 use common::*;
 use latent_formats::gguf::{
-    FieldKind, FieldSpan, GgmlType, GgufBuilder, GgufError, GgufFile, MetaValue, MAX_ARRAY_DEPTH,
-    MAX_METADATA_VALUES,
+    FieldKind, FieldSpan, GgmlType, GgufBuilder, GgufError, GgufFile, MetaValue, MAX_ARRAY_DEPTH, MAX_METADATA_VALUES,
 };
 
 #[global_allocator]
@@ -19,21 +18,12 @@ fn parse(bytes: &[u8]) -> Result<GgufFile, GgufError> {
     // The aligned copy of the input, metadata values (32 bytes per value, and
     // a value takes at least one input byte), keys and hash maps.
     let bound = 48 * bytes.len() + (1 << 16);
-    assert!(
-        peak <= bound,
-        "parse of {} bytes used {peak} bytes (bound {bound}): {:?}",
-        bytes.len(),
-        r.as_ref().err()
-    );
+    assert!(peak <= bound, "parse of {} bytes used {peak} bytes (bound {bound}): {:?}", bytes.len(), r.as_ref().err());
     if let Err(e) = &r {
         // Content errors name an offset inside the file (or at its end), and
         // the message repeats it.
         let off = e.offset().unwrap_or_else(|| panic!("no offset: {e:?}"));
-        assert!(
-            off <= bytes.len() as u64,
-            "{e:?} offset beyond {}",
-            bytes.len()
-        );
+        assert!(off <= bytes.len() as u64, "{e:?} offset beyond {}", bytes.len());
         assert!(e.to_string().contains(&off.to_string()), "{e}");
     }
     r
@@ -49,19 +39,13 @@ fn span(spans: &[FieldSpan], kind: FieldKind, nth: usize) -> u64 {
 
 /// Offset of the first occurrence of `needle`.
 fn find(hay: &[u8], needle: &[u8]) -> u64 {
-    hay.windows(needle.len())
-        .position(|w| w == needle)
-        .expect("needle present") as u64
+    hay.windows(needle.len()).position(|w| w == needle).expect("needle present") as u64
 }
 
 /// End of the last tensor's data: any truncation before it must fail.
 fn data_end(bytes: &[u8]) -> u64 {
     let f = GgufFile::from_slice(bytes).unwrap();
-    f.tensors()
-        .iter()
-        .map(|t| t.offset + t.n_bytes)
-        .max()
-        .unwrap_or(0)
+    f.tensors().iter().map(|t| t.offset + t.n_bytes).max().unwrap_or(0)
 }
 
 #[test]
@@ -89,17 +73,13 @@ fn truncation_errors_name_the_cut() {
     let infos_end = span(&spans, FieldKind::TensorOffset, 6) + 8;
     for cut in 0..infos_end as usize {
         match parse(&bytes[..cut]).unwrap_err() {
-            GgufError::Truncated {
-                offset,
-                needed,
-                available,
-            } => {
+            GgufError::Truncated { offset, needed, available } => {
                 assert!(offset <= cut as u64 && offset + available == cut as u64);
                 assert!(needed > available);
             }
-            GgufError::CountTooLarge {
-                offset, remaining, ..
-            } => assert!(offset < cut as u64 && remaining < cut as u64),
+            GgufError::CountTooLarge { offset, remaining, .. } => {
+                assert!(offset < cut as u64 && remaining < cut as u64)
+            }
             e => panic!("cut {cut}: unexpected {e:?}"),
         }
     }
@@ -169,8 +149,7 @@ fn huge_values_in_every_header_field() {
             let original = u64::from_le_bytes(raw);
             for value in interesting(original, s.len, bytes.len() as u64) {
                 let mut m = bytes.clone();
-                m[off..off + s.len as usize]
-                    .copy_from_slice(&value.to_le_bytes()[..s.len as usize]);
+                m[off..off + s.len as usize].copy_from_slice(&value.to_le_bytes()[..s.len as usize]);
                 outcomes[parse(&m).is_ok() as usize] += 1;
             }
         }
@@ -197,30 +176,10 @@ fn every_header_byte_flipped() {
 
 #[test]
 fn empty_and_tiny_inputs() {
-    assert!(matches!(
-        parse(&[]),
-        Err(GgufError::Truncated {
-            offset: 0,
-            needed: 4,
-            available: 0
-        })
-    ));
-    assert!(matches!(
-        parse(b"GGU"),
-        Err(GgufError::Truncated { offset: 0, .. })
-    ));
-    assert!(matches!(
-        parse(b"GGUF\x03\x00"),
-        Err(GgufError::Truncated {
-            offset: 4,
-            needed: 4,
-            available: 2
-        })
-    ));
-    assert!(matches!(
-        parse(&Raw::header(3, 0, 0).0[..20]),
-        Err(GgufError::Truncated { offset: 16, .. })
-    ));
+    assert!(matches!(parse(&[]), Err(GgufError::Truncated { offset: 0, needed: 4, available: 0 })));
+    assert!(matches!(parse(b"GGU"), Err(GgufError::Truncated { offset: 0, .. })));
+    assert!(matches!(parse(b"GGUF\x03\x00"), Err(GgufError::Truncated { offset: 4, needed: 4, available: 2 })));
+    assert!(matches!(parse(&Raw::header(3, 0, 0).0[..20]), Err(GgufError::Truncated { offset: 16, .. })));
     // A bare header with no padding is a valid empty file.
     let f = parse(&Raw::header(3, 0, 0).0).unwrap();
     assert!(f.tensors().is_empty() && f.metadata().is_empty());
@@ -249,13 +208,7 @@ fn versions() {
     }
     let mut m = bytes.clone();
     put_u32(&mut m, 4, 3u32.swap_bytes());
-    assert!(matches!(
-        parse(&m),
-        Err(GgufError::BigEndian {
-            offset: 4,
-            raw: 0x0300_0000
-        })
-    ));
+    assert!(matches!(parse(&m), Err(GgufError::BigEndian { offset: 4, raw: 0x0300_0000 })));
     let msg = parse(&{
         let mut m = bytes.clone();
         put_u32(&mut m, 4, 1);
@@ -269,20 +222,14 @@ fn versions() {
 #[test]
 fn absurd_counts_fail_before_allocating() {
     let (bytes, spans) = sample_file();
-    for (kind, nth, field, what) in [
-        (FieldKind::TensorCount, 0, 8, "tensor count"),
-        (FieldKind::KvCount, 0, 16, "metadata kv count"),
-    ] {
+    for (kind, nth, field, what) in
+        [(FieldKind::TensorCount, 0, 8, "tensor count"), (FieldKind::KvCount, 0, 16, "metadata kv count")]
+    {
         for v in [1u64 << 60, u64::MAX, bytes.len() as u64] {
             let mut m = bytes.clone();
             put_u64(&mut m, span(&spans, kind, nth), v);
             match parse(&m) {
-                Err(GgufError::CountTooLarge {
-                    offset,
-                    what: w,
-                    count,
-                    ..
-                }) => {
+                Err(GgufError::CountTooLarge { offset, what: w, count, .. }) => {
                     assert_eq!((offset, w, count), (field, what, v));
                 }
                 r => panic!("{kind:?}={v}: {r:?}"),
@@ -296,17 +243,11 @@ fn absurd_counts_fail_before_allocating() {
         (FieldKind::ArrayLength, "array length"),
     ] {
         for s in spans_of(&spans, kind) {
-            for v in [
-                1u64 << 60,
-                u64::MAX,
-                (bytes.len() - s.offset as usize) as u64,
-            ] {
+            for v in [1u64 << 60, u64::MAX, (bytes.len() - s.offset as usize) as u64] {
                 let mut m = bytes.clone();
                 put_u64(&mut m, s.offset, v);
                 match parse(&m) {
-                    Err(GgufError::CountTooLarge {
-                        offset, what: w, ..
-                    }) => assert_eq!((offset, w), (s.offset, what)),
+                    Err(GgufError::CountTooLarge { offset, what: w, .. }) => assert_eq!((offset, w), (s.offset, what)),
                     r => panic!("{kind:?} at {}={v}: {r:?}", s.offset),
                 }
             }
@@ -431,8 +372,7 @@ fn nesting_depth_is_bounded() {
 fn duplicate_keys_and_tensors() {
     let mut b = GgufBuilder::new();
     b.meta("key.a", 1u8).meta("key.b", 2u8);
-    b.tensor_f32("t.a", &[1], &[1.0])
-        .tensor_f32("t.b", &[1], &[2.0]);
+    b.tensor_f32("t.a", &[1], &[1.0]).tensor_f32("t.b", &[1], &[2.0]);
     let (bytes, spans) = b.build_with_layout().unwrap();
 
     let mut m = bytes.clone();
@@ -524,15 +464,8 @@ fn tensor_shape_errors() {
         let mut m = bytes.clone();
         put_u32(&mut m, nd, n);
         match parse(&m) {
-            Err(GgufError::InvalidDimCount {
-                offset,
-                n_dims,
-                name,
-            }) => {
-                assert_eq!(
-                    (offset, n_dims, name.as_str()),
-                    (nd, n, "blk.0.attn_q.weight")
-                )
+            Err(GgufError::InvalidDimCount { offset, n_dims, name }) => {
+                assert_eq!((offset, n_dims, name.as_str()), (nd, n, "blk.0.attn_q.weight"))
             }
             r => panic!("n_dims={n}: {r:?}"),
         }
@@ -542,12 +475,7 @@ fn tensor_shape_errors() {
         let mut m = bytes.clone();
         put_u64(&mut m, dim0 + 8, v);
         match parse(&m) {
-            Err(GgufError::InvalidDimension {
-                offset,
-                index,
-                value,
-                ..
-            }) => {
+            Err(GgufError::InvalidDimension { offset, index, value, .. }) => {
                 assert_eq!((offset, index, value), (dim0 + 8, 1, v))
             }
             r => panic!("{r:?}"),
@@ -562,25 +490,15 @@ fn tensor_shape_errors() {
     let mut m = bytes.clone();
     put_u64(&mut m, dim0, 48);
     match parse(&m) {
-        Err(GgufError::RowNotBlockMultiple {
-            offset,
-            ggml_type,
-            row_len,
-            block_size,
-            ..
-        }) => assert_eq!(
-            (offset, ggml_type, row_len, block_size),
-            (dim0, GgmlType::Q4_0, 48, 32)
-        ),
+        Err(GgufError::RowNotBlockMultiple { offset, ggml_type, row_len, block_size, .. }) => {
+            assert_eq!((offset, ggml_type, row_len, block_size), (dim0, GgmlType::Q4_0, 48, 32))
+        }
         r => panic!("{r:?}"),
     }
     // A shape whose size fits the header but not the file.
     let mut m = bytes.clone();
     put_u64(&mut m, dim0 + 8, 1 << 40);
-    assert!(matches!(
-        parse(&m),
-        Err(GgufError::TensorOutOfBounds { .. })
-    ));
+    assert!(matches!(parse(&m), Err(GgufError::TensorOutOfBounds { .. })));
 }
 
 #[test]
@@ -591,15 +509,8 @@ fn unknown_tensor_types() {
         let mut m = bytes.clone();
         put_u32(&mut m, at, id);
         match parse(&m) {
-            Err(GgufError::UnknownTensorType {
-                offset,
-                type_id,
-                name,
-            }) => {
-                assert_eq!(
-                    (offset, type_id, name.as_str()),
-                    (at, id, "blk.0.attn_norm.weight")
-                )
+            Err(GgufError::UnknownTensorType { offset, type_id, name }) => {
+                assert_eq!((offset, type_id, name.as_str()), (at, id, "blk.0.attn_norm.weight"))
             }
             r => panic!("{id}: {r:?}"),
         }
@@ -617,12 +528,9 @@ fn tensor_offset_errors() {
         let v = get_u64(&m, offs[3].offset) + delta;
         put_u64(&mut m, offs[3].offset, v);
         match parse(&m) {
-            Err(GgufError::MisalignedTensor {
-                offset,
-                data_offset,
-                alignment,
-                ..
-            }) => assert_eq!((offset, data_offset, alignment), (offs[3].offset, v, 32)),
+            Err(GgufError::MisalignedTensor { offset, data_offset, alignment, .. }) => {
+                assert_eq!((offset, data_offset, alignment), (offs[3].offset, v, 32))
+            }
             r => panic!("{r:?}"),
         }
     }
@@ -631,17 +539,8 @@ fn tensor_offset_errors() {
         let mut m = bytes.clone();
         put_u64(&mut m, offs[last].offset, v);
         match parse(&m) {
-            Err(GgufError::TensorOutOfBounds {
-                offset,
-                name,
-                end,
-                file_len,
-                ..
-            }) => {
-                assert_eq!(
-                    (offset, name.as_str()),
-                    (offs[last].offset, "output_norm.weight")
-                );
+            Err(GgufError::TensorOutOfBounds { offset, name, end, file_len, .. }) => {
+                assert_eq!((offset, name.as_str()), (offs[last].offset, "output_norm.weight"));
                 assert!(end > file_len);
                 assert_eq!(file_len, bytes.len() as u64);
             }
@@ -664,17 +563,9 @@ fn overlapping_tensors() {
     let mut m = bytes.clone();
     put_u64(&mut m, offs[4].offset, get_u64(&bytes, offs[1].offset));
     match parse(&m) {
-        Err(GgufError::OverlappingTensors {
-            offset,
-            name,
-            other,
-            ..
-        }) => {
+        Err(GgufError::OverlappingTensors { offset, name, other, .. }) => {
             assert_eq!(offset, offs[4].offset);
-            assert_eq!(
-                (name.as_str(), other.as_str()),
-                ("blk.0.ffn_down.weight", "blk.0.attn_norm.weight")
-            );
+            assert_eq!((name.as_str(), other.as_str()), ("blk.0.ffn_down.weight", "blk.0.attn_norm.weight"));
         }
         r => panic!("{r:?}"),
     }
@@ -684,10 +575,7 @@ fn overlapping_tensors() {
     put_u64(&mut m, offs[1].offset, 32);
     match parse(&m) {
         Err(GgufError::OverlappingTensors { offset, other, .. }) => {
-            assert_eq!(
-                (offset, other.as_str()),
-                (offs[1].offset, "token_embd.weight")
-            )
+            assert_eq!((offset, other.as_str()), (offs[1].offset, "token_embd.weight"))
         }
         r => panic!("{r:?}"),
     }
@@ -696,19 +584,13 @@ fn overlapping_tensors() {
     put_u64(&mut m, offs[1].offset, 0);
     match parse(&m) {
         Err(GgufError::OverlappingTensors { offset, name, .. }) => {
-            assert_eq!(
-                (offset, name.as_str()),
-                (offs[1].offset, "blk.0.attn_norm.weight")
-            )
+            assert_eq!((offset, name.as_str()), (offs[1].offset, "blk.0.attn_norm.weight"))
         }
         r => panic!("{r:?}"),
     }
     // Out-of-order but disjoint tensors are fine.
     let mut m = bytes.clone();
-    let (a, b) = (
-        get_u64(&bytes, offs[5].offset),
-        get_u64(&bytes, offs[6].offset),
-    );
+    let (a, b) = (get_u64(&bytes, offs[5].offset), get_u64(&bytes, offs[6].offset));
     put_u64(&mut m, offs[5].offset, b);
     put_u64(&mut m, offs[6].offset, a);
     let f = parse(&m).unwrap();

@@ -60,21 +60,11 @@ fn smollm2_135m_q4_1() {
     assert_eq!(emb.dims, [576, 49152]);
     assert_eq!(emb.n_bytes, 576 / 32 * 34 * 49152);
     let q = f.tensor("blk.0.attn_q.weight").unwrap();
-    assert_eq!(
-        (q.ggml_type, &q.dims[..]),
-        (GgmlType::Q4_1, &[576u64, 576][..])
-    );
+    assert_eq!((q.ggml_type, &q.dims[..]), (GgmlType::Q4_1, &[576u64, 576][..]));
     let norm = f.tensor("output_norm.weight").unwrap();
-    assert_eq!(
-        (norm.ggml_type, &norm.dims[..]),
-        (GgmlType::F32, &[576u64][..])
-    );
+    assert_eq!((norm.ggml_type, &norm.dims[..]), (GgmlType::F32, &[576u64][..]));
     // RMS-norm weights are finite, positive-ish numbers.
-    let w: Vec<f32> = f
-        .tensor_data(norm)
-        .chunks_exact(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect();
+    let w: Vec<f32> = f.tensor_data(norm).chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
     assert!(w.iter().all(|x| x.is_finite()));
     assert!(f.tensor("output.weight").is_none(), "tied embeddings");
     // The memory map covers the whole file.

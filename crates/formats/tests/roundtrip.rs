@@ -3,20 +3,13 @@
 mod common;
 
 use common::*;
-use latent_formats::gguf::{
-    GgmlType, GgufBuilder, GgufError, GgufFile, MetaValue, DEFAULT_ALIGNMENT, KEY_ALIGNMENT,
-};
+use latent_formats::gguf::{GgmlType, GgufBuilder, GgufError, GgufFile, MetaValue, DEFAULT_ALIGNMENT, KEY_ALIGNMENT};
 
 fn check_sample(f: &GgufFile, seed: u64, alignment: u64) {
     assert_eq!(f.alignment(), alignment);
     // Metadata: same pairs in the same order (alignment key may be extra).
     let expected = sample_metadata();
-    let got: Vec<_> = f
-        .metadata()
-        .iter()
-        .filter(|(k, _)| k != KEY_ALIGNMENT)
-        .cloned()
-        .collect();
+    let got: Vec<_> = f.metadata().iter().filter(|(k, _)| k != KEY_ALIGNMENT).cloned().collect();
     assert_eq!(got, expected);
     for (k, v) in &expected {
         assert_eq!(f.get(k), Some(v), "{k}");
@@ -121,19 +114,18 @@ fn empty_file_roundtrip() {
 #[test]
 fn empty_and_zero_sized_tensors() {
     let mut b = GgufBuilder::new();
-    b.tensor("empty", &[0, 4], GgmlType::Q4_0, Vec::new())
-        .tensor_f32("x", &[2], &[1.0, -2.0])
-        .tensor("also_empty", &[32, 0], GgmlType::Q8_0, &[][..]);
+    b.tensor("empty", &[0, 4], GgmlType::Q4_0, Vec::new()).tensor_f32("x", &[2], &[1.0, -2.0]).tensor(
+        "also_empty",
+        &[32, 0],
+        GgmlType::Q8_0,
+        &[][..],
+    );
     let f = GgufFile::from_bytes(b.build().unwrap()).unwrap();
     let e = f.tensor("empty").unwrap();
     assert_eq!((e.n_elements(), e.n_bytes), (0, 0));
     assert!(f.tensor_data(e).is_empty());
     let x = f.tensor("x").unwrap();
-    let vals: Vec<f32> = f
-        .tensor_data(x)
-        .chunks(4)
-        .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
-        .collect();
+    let vals: Vec<f32> = f.tensor_data(x).chunks(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect();
     assert_eq!(vals, [1.0, -2.0]);
 }
 
@@ -146,9 +138,7 @@ fn nan_and_special_floats_keep_their_bits() {
         .meta("negzero", -0.0f64);
     let f = GgufFile::from_bytes(b.build().unwrap()).unwrap();
     assert!(matches!(f.get("nan32"), Some(MetaValue::F32(x)) if x.to_bits() == 0x7fc0_1234));
-    assert!(
-        matches!(f.get("nan64"), Some(MetaValue::F64(x)) if x.to_bits() == 0x7ff8_0000_dead_beef)
-    );
+    assert!(matches!(f.get("nan64"), Some(MetaValue::F64(x)) if x.to_bits() == 0x7ff8_0000_dead_beef));
     assert_eq!(f.get_f32("ninf").unwrap(), f32::NEG_INFINITY);
     assert!(f.get_f64("negzero").unwrap().is_sign_negative());
 }
@@ -171,10 +161,7 @@ fn typed_getters() {
     assert_eq!(f.get_f64("t.f64").unwrap(), -2.25e100);
     assert!(f.get_bool("t.bool_t").unwrap());
     assert!(!f.get_bool("t.bool_f").unwrap());
-    assert_eq!(
-        f.get_str_array("t.tokens").unwrap(),
-        ["<s>", "</s>", "hello", " wörld", ""]
-    );
+    assert_eq!(f.get_str_array("t.tokens").unwrap(), ["<s>", "</s>", "hello", " wörld", ""]);
     assert_eq!(f.get_f32_array("t.scores").unwrap(), [0.0, -1.5, 3.25]);
     assert_eq!(f.get_f32_array("t.types").unwrap(), [1.0, 2.0, 3.0, -4.0]);
     assert_eq!(f.get_f32_array("t.f64s").unwrap(), [0.5, -0.25]);
@@ -187,60 +174,21 @@ fn typed_getters() {
 
     // Errors name the key and the types involved.
     let wrong = |r: GgufError, key: &str, exp: &str, found: &str| match r {
-        GgufError::WrongType {
-            key: k,
-            expected,
-            found: fnd,
-        } => {
+        GgufError::WrongType { key: k, expected, found: fnd } => {
             assert_eq!((k.as_str(), expected, fnd.as_str()), (key, exp, found));
         }
         other => panic!("expected WrongType, got {other:?}"),
     };
     wrong(f.get_str("t.u8").unwrap_err(), "t.u8", "string", "u8");
     wrong(f.get_u32("t.f32").unwrap_err(), "t.f32", "u32", "f32");
-    wrong(
-        f.get_u32("t.bool_t").unwrap_err(),
-        "t.bool_t",
-        "u32",
-        "bool",
-    );
+    wrong(f.get_u32("t.bool_t").unwrap_err(), "t.bool_t", "u32", "bool");
     wrong(f.get_bool("t.u8").unwrap_err(), "t.u8", "bool", "u8");
-    wrong(
-        f.get_f32("general.name").unwrap_err(),
-        "general.name",
-        "f32",
-        "string",
-    );
-    wrong(
-        f.get_str_array("t.scores").unwrap_err(),
-        "t.scores",
-        "array<string>",
-        "array<f32>",
-    );
-    wrong(
-        f.get_str_array("general.name").unwrap_err(),
-        "general.name",
-        "array<string>",
-        "string",
-    );
-    wrong(
-        f.get_i32_array("t.scores").unwrap_err(),
-        "t.scores",
-        "array<i32>",
-        "array<f32>",
-    );
-    wrong(
-        f.get_f32_array("t.tokens").unwrap_err(),
-        "t.tokens",
-        "array<f32>",
-        "array<string>",
-    );
-    wrong(
-        f.get_f32_array("t.nested").unwrap_err(),
-        "t.nested",
-        "array<f32>",
-        "array<array<u32>>",
-    );
+    wrong(f.get_f32("general.name").unwrap_err(), "general.name", "f32", "string");
+    wrong(f.get_str_array("t.scores").unwrap_err(), "t.scores", "array<string>", "array<f32>");
+    wrong(f.get_str_array("general.name").unwrap_err(), "general.name", "array<string>", "string");
+    wrong(f.get_i32_array("t.scores").unwrap_err(), "t.scores", "array<i32>", "array<f32>");
+    wrong(f.get_f32_array("t.tokens").unwrap_err(), "t.tokens", "array<f32>", "array<string>");
+    wrong(f.get_f32_array("t.nested").unwrap_err(), "t.nested", "array<f32>", "array<array<u32>>");
     for r in [
         f.get_u32("t.u64").unwrap_err(),
         f.get_u32("t.i8").unwrap_err(),
@@ -256,10 +204,7 @@ fn typed_getters() {
         GgufError::MissingKey { key } if key == "nope"
     ));
     let msg = f.get_u32("t.f32").unwrap_err().to_string();
-    assert!(
-        msg.contains("t.f32") && msg.contains("u32") && msg.contains("f32"),
-        "{msg}"
-    );
+    assert!(msg.contains("t.f32") && msg.contains("u32") && msg.contains("f32"), "{msg}");
     assert_eq!(f.tensor("nope"), None);
 }
 
@@ -274,10 +219,7 @@ fn meta_value_helpers() {
     assert_eq!(MetaValue::Bool(true).as_f64(), None);
     assert_eq!(MetaValue::from("x").as_str(), Some("x"));
     assert_eq!(MetaValue::from(1u32).as_str(), None);
-    assert_eq!(
-        MetaValue::from(vec![1u8]).as_array().map(|a| a.len()),
-        Some(1)
-    );
+    assert_eq!(MetaValue::from(vec![1u8]).as_array().map(|a| a.len()), Some(1));
     let names: Vec<_> = [
         MetaValue::U8(0),
         MetaValue::I8(0),
@@ -374,17 +316,11 @@ fn open_memory_maps_a_file() {
     assert!(dbg.contains("tensors: 7"), "{dbg}");
 
     // Missing file, directory, empty file.
-    assert!(matches!(
-        GgufFile::open(dir.join("missing.gguf")),
-        Err(GgufError::Io { .. })
-    ));
+    assert!(matches!(GgufFile::open(dir.join("missing.gguf")), Err(GgufError::Io { .. })));
     assert!(matches!(GgufFile::open(&dir), Err(GgufError::Io { .. })));
     let empty = dir.join("empty.gguf");
     std::fs::write(&empty, b"").unwrap();
-    assert!(matches!(
-        GgufFile::open(&empty),
-        Err(GgufError::Truncated { offset: 0, .. })
-    ));
+    assert!(matches!(GgufFile::open(&empty), Err(GgufError::Truncated { offset: 0, .. })));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -410,14 +346,10 @@ fn builder_rejects_invalid_input() {
     b.tensor("t", &[1 << 40, 1 << 40], GgmlType::F32, vec![]);
     build_err(&b);
     let mut b = GgufBuilder::new();
-    b.tensor_f32("t", &[1], &[0.0])
-        .tensor_f32("t", &[1], &[0.0]);
+    b.tensor_f32("t", &[1], &[0.0]).tensor_f32("t", &[1], &[0.0]);
     assert!(build_err(&b).contains("duplicate"));
     let mut b = GgufBuilder::new();
-    b.meta(
-        "a",
-        MetaValue::Array(vec![MetaValue::U8(1), MetaValue::I8(1)]),
-    );
+    b.meta("a", MetaValue::Array(vec![MetaValue::U8(1), MetaValue::I8(1)]));
     assert!(build_err(&b).contains("mixes"));
     let mut b = GgufBuilder::new();
     b.alignment(48);
@@ -439,13 +371,7 @@ fn builder_rejects_invalid_input() {
     let mut b = GgufBuilder::new();
     b.meta("a", 1u8).meta("b", 2u8).meta("a", 3u8);
     let f = GgufFile::from_bytes(b.build().unwrap()).unwrap();
-    assert_eq!(
-        f.metadata(),
-        [
-            ("a".to_string(), MetaValue::U8(3)),
-            ("b".to_string(), MetaValue::U8(2))
-        ]
-    );
+    assert_eq!(f.metadata(), [("a".to_string(), MetaValue::U8(3)), ("b".to_string(), MetaValue::U8(2))]);
 }
 
 #[test]

@@ -11,8 +11,8 @@ use super::error::GgufError;
 use super::types::GgmlType;
 use super::value::{value_type, MetaValue};
 use super::{
-    DEFAULT_ALIGNMENT, GGUF_MAGIC, MAX_ARRAY_DEPTH, MAX_DIMS, MAX_METADATA_VALUES,
-    MIN_KV_ENCODED_SIZE, MIN_TENSOR_INFO_ENCODED_SIZE,
+    DEFAULT_ALIGNMENT, GGUF_MAGIC, MAX_ARRAY_DEPTH, MAX_DIMS, MAX_METADATA_VALUES, MIN_KV_ENCODED_SIZE,
+    MIN_TENSOR_INFO_ENCODED_SIZE,
 };
 
 /// Description of one tensor stored in a GGUF file.
@@ -101,25 +101,15 @@ impl GgufFile {
     /// returned value is alive (the usual memory-map caveat).
     pub fn open(path: impl AsRef<Path>) -> Result<GgufFile, GgufError> {
         let path = path.as_ref();
-        let io_err = |source| GgufError::Io {
-            path: path.to_path_buf(),
-            source,
-        };
+        let io_err = |source| GgufError::Io { path: path.to_path_buf(), source };
         let file = File::open(path).map_err(io_err)?;
         let meta = file.metadata().map_err(io_err)?;
         if !meta.is_file() {
-            return Err(io_err(std::io::Error::new(
-                std::io::ErrorKind::InvalidInput,
-                "not a regular file",
-            )));
+            return Err(io_err(std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file")));
         }
         if meta.len() == 0 {
             // Nothing to map; report it as the parser would.
-            return Err(GgufError::Truncated {
-                offset: 0,
-                needed: 4,
-                available: 0,
-            });
+            return Err(GgufError::Truncated { offset: 0, needed: 4, available: 0 });
         }
         // SAFETY: mapping a regular file read-only. Soundness relies on the
         // file not being changed underneath the map, as documented above.
@@ -139,10 +129,7 @@ impl GgufFile {
         for (chunk, src) in chunks.iter_mut().zip(bytes.chunks(32)) {
             chunk.0[..src.len()].copy_from_slice(src);
         }
-        Self::parse(Backing::Owned {
-            chunks,
-            len: bytes.len(),
-        })
+        Self::parse(Backing::Owned { chunks, len: bytes.len() })
     }
 
     fn parse(backing: Backing) -> Result<GgufFile, GgufError> {
@@ -195,9 +182,7 @@ impl GgufFile {
     }
 
     fn require(&self, key: &str) -> Result<&MetaValue, GgufError> {
-        self.get(key).ok_or_else(|| GgufError::MissingKey {
-            key: key.to_string(),
-        })
+        self.get(key).ok_or_else(|| GgufError::MissingKey { key: key.to_string() })
     }
 
     pub fn get_str(&self, key: &str) -> Result<&str, GgufError> {
@@ -250,24 +235,14 @@ impl GgufFile {
     /// An array whose elements are all strings.
     pub fn get_str_array(&self, key: &str) -> Result<Vec<&str>, GgufError> {
         let v = self.require(key)?;
-        let items = v
-            .as_array()
-            .ok_or_else(|| wrong_type(key, "array<string>", v))?;
-        items
-            .iter()
-            .map(|e| {
-                e.as_str()
-                    .ok_or_else(|| wrong_type(key, "array<string>", v))
-            })
-            .collect()
+        let items = v.as_array().ok_or_else(|| wrong_type(key, "array<string>", v))?;
+        items.iter().map(|e| e.as_str().ok_or_else(|| wrong_type(key, "array<string>", v))).collect()
     }
 
     /// An array of `f32`, `f64` or integers, converted to `f32`.
     pub fn get_f32_array(&self, key: &str) -> Result<Vec<f32>, GgufError> {
         let v = self.require(key)?;
-        let items = v
-            .as_array()
-            .ok_or_else(|| wrong_type(key, "array<f32>", v))?;
+        let items = v.as_array().ok_or_else(|| wrong_type(key, "array<f32>", v))?;
         items
             .iter()
             .map(|e| match e {
@@ -296,9 +271,7 @@ impl GgufFile {
         expected_elem: &'static str,
     ) -> Result<Vec<T>, GgufError> {
         let v = self.require(key)?;
-        let items = v
-            .as_array()
-            .ok_or_else(|| wrong_type(key, expected_array, v))?;
+        let items = v.as_array().ok_or_else(|| wrong_type(key, expected_array, v))?;
         items
             .iter()
             .map(|e| {
@@ -347,24 +320,12 @@ impl GgufFile {
 }
 
 fn wrong_type(key: &str, expected: &'static str, found: &MetaValue) -> GgufError {
-    GgufError::WrongType {
-        key: key.to_string(),
-        expected,
-        found: found.describe(),
-    }
+    GgufError::WrongType { key: key.to_string(), expected, found: found.describe() }
 }
 
-fn int_as<T: TryFrom<i128>>(
-    key: &str,
-    v: &MetaValue,
-    expected: &'static str,
-) -> Result<T, GgufError> {
+fn int_as<T: TryFrom<i128>>(key: &str, v: &MetaValue, expected: &'static str) -> Result<T, GgufError> {
     let i = v.as_i128().ok_or_else(|| wrong_type(key, expected, v))?;
-    T::try_from(i).map_err(|_| GgufError::OutOfRange {
-        key: key.to_string(),
-        expected,
-        value: i.to_string(),
-    })
+    T::try_from(i).map_err(|_| GgufError::OutOfRange { key: key.to_string(), expected, value: i.to_string() })
 }
 
 fn to_f32(key: &str, v: &MetaValue) -> Result<f32, GgufError> {
@@ -373,19 +334,12 @@ fn to_f32(key: &str, v: &MetaValue) -> Result<f32, GgufError> {
         MetaValue::F64(x) => {
             let y = x as f32;
             if x.is_finite() && !y.is_finite() {
-                Err(GgufError::OutOfRange {
-                    key: key.to_string(),
-                    expected: "f32",
-                    value: x.to_string(),
-                })
+                Err(GgufError::OutOfRange { key: key.to_string(), expected: "f32", value: x.to_string() })
             } else {
                 Ok(y)
             }
         }
-        _ => v
-            .as_i128()
-            .map(|i| i as f32)
-            .ok_or_else(|| wrong_type(key, "f32", v)),
+        _ => v.as_i128().map(|i| i as f32).ok_or_else(|| wrong_type(key, "f32", v)),
     }
 }
 
@@ -424,11 +378,7 @@ impl<'a> Cursor<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], GgufError> {
         let rest = &self.buf[self.pos..];
         if rest.len() < n {
-            return Err(GgufError::Truncated {
-                offset: self.pos(),
-                needed: n as u64,
-                available: rest.len() as u64,
-            });
+            return Err(GgufError::Truncated { offset: self.pos(), needed: n as u64, available: rest.len() as u64 });
         }
         self.pos += n;
         Ok(&rest[..n])
@@ -455,22 +405,11 @@ impl<'a> Cursor<'a> {
 
     /// Fails with `CountTooLarge` unless `count` items of at least
     /// `min_size` bytes each could fit in what is left of the file.
-    fn check_count(
-        &self,
-        offset: u64,
-        what: &'static str,
-        count: u64,
-        min_size: u64,
-    ) -> Result<(), GgufError> {
+    fn check_count(&self, offset: u64, what: &'static str, count: u64, min_size: u64) -> Result<(), GgufError> {
         let remaining = self.remaining();
         match count.checked_mul(min_size) {
             Some(total) if total <= remaining => Ok(()),
-            _ => Err(GgufError::CountTooLarge {
-                offset,
-                what,
-                count,
-                remaining,
-            }),
+            _ => Err(GgufError::CountTooLarge { offset, what, count, remaining }),
         }
     }
 
@@ -492,10 +431,7 @@ impl<'a> Cursor<'a> {
                 self.values = total;
                 Ok(())
             }
-            _ => Err(GgufError::TooManyValues {
-                offset,
-                max: MAX_METADATA_VALUES,
-            }),
+            _ => Err(GgufError::TooManyValues { offset, max: MAX_METADATA_VALUES }),
         }
     }
 
@@ -526,17 +462,11 @@ impl<'a> Cursor<'a> {
             vt::ARRAY => {
                 let array_offset = self.pos();
                 if depth >= MAX_ARRAY_DEPTH {
-                    return Err(GgufError::NestingTooDeep {
-                        offset: ty_offset,
-                        max: MAX_ARRAY_DEPTH,
-                    });
+                    return Err(GgufError::NestingTooDeep { offset: ty_offset, max: MAX_ARRAY_DEPTH });
                 }
                 let elem_ty = self.u32()?;
                 let Some(min_size) = vt::min_encoded_size(elem_ty) else {
-                    return Err(GgufError::UnknownValueType {
-                        offset: array_offset,
-                        type_id: elem_ty,
-                    });
+                    return Err(GgufError::UnknownValueType { offset: array_offset, type_id: elem_ty });
                 };
                 let len_offset = self.pos();
                 let len = self.u64()?;
@@ -550,12 +480,7 @@ impl<'a> Cursor<'a> {
                 }
                 MetaValue::Array(items)
             }
-            other => {
-                return Err(GgufError::UnknownValueType {
-                    offset: ty_offset,
-                    type_id: other,
-                })
-            }
+            other => return Err(GgufError::UnknownValueType { offset: ty_offset, type_id: other }),
         })
     }
 }
@@ -567,20 +492,13 @@ struct InfoOffsets {
 }
 
 fn parse_bytes(buf: &[u8]) -> Result<Parsed, GgufError> {
-    let mut c = Cursor {
-        buf,
-        pos: 0,
-        values: 0,
-    };
+    let mut c = Cursor { buf, pos: 0, values: 0 };
     let file_len = buf.len() as u64;
 
     // --- header ---
     let magic: [u8; 4] = c.array()?;
     if &magic != GGUF_MAGIC {
-        return Err(GgufError::BadMagic {
-            offset: 0,
-            found: magic,
-        });
+        return Err(GgufError::BadMagic { offset: 0, found: magic });
     }
     let version = c.u32()?;
     match version {
@@ -588,21 +506,11 @@ fn parse_bytes(buf: &[u8]) -> Result<Parsed, GgufError> {
         v if v != 0 && v & 0xFFFF == 0 => {
             return Err(GgufError::BigEndian { offset: 4, raw: v });
         }
-        v => {
-            return Err(GgufError::UnsupportedVersion {
-                offset: 4,
-                version: v,
-            })
-        }
+        v => return Err(GgufError::UnsupportedVersion { offset: 4, version: v }),
     }
     let tensor_count = c.u64()?;
     let kv_count = c.u64()?;
-    c.check_count(
-        8,
-        "tensor count",
-        tensor_count,
-        MIN_TENSOR_INFO_ENCODED_SIZE,
-    )?;
+    c.check_count(8, "tensor count", tensor_count, MIN_TENSOR_INFO_ENCODED_SIZE)?;
     c.check_count(16, "metadata kv count", kv_count, MIN_KV_ENCODED_SIZE)?;
     // Both infos and kvs must fit together as well.
     let min_total = tensor_count * MIN_TENSOR_INFO_ENCODED_SIZE + kv_count * MIN_KV_ENCODED_SIZE;
@@ -625,10 +533,7 @@ fn parse_bytes(buf: &[u8]) -> Result<Parsed, GgufError> {
         let key_offset = c.pos();
         let key = c.string()?;
         if key_index.contains_key(&key) {
-            return Err(GgufError::DuplicateKey {
-                offset: key_offset,
-                key,
-            });
+            return Err(GgufError::DuplicateKey { offset: key_offset, key });
         }
         let ty_offset = c.pos();
         let ty = c.u32()?;
@@ -648,10 +553,7 @@ fn parse_bytes(buf: &[u8]) -> Result<Parsed, GgufError> {
             let v = &metadata[key_index[super::KEY_ALIGNMENT]].1;
             let invalid = |detail: String| GgufError::InvalidAlignment { offset, detail };
             let Some(i) = v.as_i128() else {
-                return Err(invalid(format!(
-                    "expected an unsigned integer, found {}",
-                    v.describe()
-                )));
+                return Err(invalid(format!("expected an unsigned integer, found {}", v.describe())));
             };
             match u32::try_from(i) {
                 Ok(a) if a.is_power_of_two() => u64::from(a),
@@ -670,19 +572,12 @@ fn parse_bytes(buf: &[u8]) -> Result<Parsed, GgufError> {
         let name_offset = c.pos();
         let name = c.string()?;
         if tensor_index.contains_key(&name) {
-            return Err(GgufError::DuplicateTensor {
-                offset: name_offset,
-                name,
-            });
+            return Err(GgufError::DuplicateTensor { offset: name_offset, name });
         }
         let n_dims_offset = c.pos();
         let n_dims = c.u32()?;
         if n_dims == 0 || n_dims as usize > MAX_DIMS {
-            return Err(GgufError::InvalidDimCount {
-                offset: n_dims_offset,
-                name,
-                n_dims,
-            });
+            return Err(GgufError::InvalidDimCount { offset: n_dims_offset, name, n_dims });
         }
         let dims_offset = c.pos();
         let mut dims = Vec::with_capacity(n_dims as usize);
@@ -691,37 +586,21 @@ fn parse_bytes(buf: &[u8]) -> Result<Parsed, GgufError> {
             let value = c.u64()?;
             // Stored as int64 by ggml: negative sizes are invalid.
             if value > i64::MAX as u64 {
-                return Err(GgufError::InvalidDimension {
-                    offset: dim_offset,
-                    name,
-                    index,
-                    value,
-                });
+                return Err(GgufError::InvalidDimension { offset: dim_offset, name, index, value });
             }
             dims.push(value);
         }
         let type_offset = c.pos();
         let type_id = c.u32()?;
         let Some(ggml_type) = GgmlType::from_id(type_id) else {
-            return Err(GgufError::UnknownTensorType {
-                offset: type_offset,
-                name,
-                type_id,
-            });
+            return Err(GgufError::UnknownTensorType { offset: type_offset, name, type_id });
         };
         let offset_field = c.pos();
         let rel_offset = c.u64()?;
 
-        let n_elements = dims
-            .iter()
-            .try_fold(1u64, |acc, &d| acc.checked_mul(d))
-            .filter(|&n| n <= i64::MAX as u64);
+        let n_elements = dims.iter().try_fold(1u64, |acc, &d| acc.checked_mul(d)).filter(|&n| n <= i64::MAX as u64);
         let Some(n_elements) = n_elements else {
-            return Err(GgufError::ShapeOverflow {
-                offset: dims_offset,
-                name,
-                dims,
-            });
+            return Err(GgufError::ShapeOverflow { offset: dims_offset, name, dims });
         };
         if dims[0] % ggml_type.block_size() != 0 {
             return Err(GgufError::RowNotBlockMultiple {
@@ -733,28 +612,13 @@ fn parse_bytes(buf: &[u8]) -> Result<Parsed, GgufError> {
             });
         }
         let Some(n_bytes) = ggml_type.bytes_for(n_elements) else {
-            return Err(GgufError::ShapeOverflow {
-                offset: dims_offset,
-                name,
-                dims,
-            });
+            return Err(GgufError::ShapeOverflow { offset: dims_offset, name, dims });
         };
         if rel_offset % alignment != 0 {
-            return Err(GgufError::MisalignedTensor {
-                offset: offset_field,
-                name,
-                data_offset: rel_offset,
-                alignment,
-            });
+            return Err(GgufError::MisalignedTensor { offset: offset_field, name, data_offset: rel_offset, alignment });
         }
         tensor_index.insert(name.clone(), i);
-        tensors.push(TensorInfo {
-            name,
-            dims,
-            ggml_type,
-            offset: rel_offset,
-            n_bytes,
-        });
+        tensors.push(TensorInfo { name, dims, ggml_type, offset: rel_offset, n_bytes });
         info_offsets.push(InfoOffsets { offset_field });
     }
 
@@ -779,9 +643,7 @@ fn parse_bytes(buf: &[u8]) -> Result<Parsed, GgufError> {
     }
 
     // --- overlaps --- (empty tensors occupy no bytes and never overlap)
-    let mut order: Vec<usize> = (0..tensors.len())
-        .filter(|&i| tensors[i].n_bytes > 0)
-        .collect();
+    let mut order: Vec<usize> = (0..tensors.len()).filter(|&i| tensors[i].n_bytes > 0).collect();
     order.sort_by_key(|&i| (tensors[i].offset, i));
     let mut furthest: Option<usize> = None; // tensor with the largest end so far
     for &i in &order {
@@ -806,13 +668,5 @@ fn parse_bytes(buf: &[u8]) -> Result<Parsed, GgufError> {
         }
     }
 
-    Ok(Parsed {
-        version,
-        alignment,
-        data_offset,
-        metadata,
-        key_index,
-        tensors,
-        tensor_index,
-    })
+    Ok(Parsed { version, alignment, data_offset, metadata, key_index, tensors, tensor_index })
 }

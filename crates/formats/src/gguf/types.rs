@@ -114,10 +114,7 @@ ggml_types! {
 impl GgmlType {
     /// Parses a type name case-insensitively (`"q4_k"`, `"F32"`).
     pub fn from_name(name: &str) -> Option<GgmlType> {
-        GgmlType::ALL
-            .iter()
-            .copied()
-            .find(|t| t.name().eq_ignore_ascii_case(name))
+        GgmlType::ALL.iter().copied().find(|t| t.name().eq_ignore_ascii_case(name))
     }
 
     /// True for block-quantized types (block size > 1).

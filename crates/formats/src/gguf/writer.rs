@@ -9,9 +9,7 @@ use std::path::Path;
 use super::error::GgufError;
 use super::types::GgmlType;
 use super::value::{value_type, MetaValue};
-use super::{
-    DEFAULT_ALIGNMENT, GGUF_MAGIC, KEY_ALIGNMENT, MAX_ARRAY_DEPTH, MAX_DIMS, MAX_METADATA_VALUES,
-};
+use super::{DEFAULT_ALIGNMENT, GGUF_MAGIC, KEY_ALIGNMENT, MAX_ARRAY_DEPTH, MAX_DIMS, MAX_METADATA_VALUES};
 
 /// Which header field a [`FieldSpan`] locates.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -97,11 +95,7 @@ impl Default for GgufBuilder<'_> {
 impl<'a> GgufBuilder<'a> {
     /// An empty version-3 file.
     pub fn new() -> Self {
-        GgufBuilder {
-            version: 3,
-            metadata: Vec::new(),
-            tensors: Vec::new(),
-        }
+        GgufBuilder { version: 3, metadata: Vec::new(), tensors: Vec::new() }
     }
 
     /// Sets the version written in the header (2 or 3; both share one layout).
@@ -135,22 +129,12 @@ impl<'a> GgufBuilder<'a> {
         ggml_type: GgmlType,
         data: impl Into<Cow<'a, [u8]>>,
     ) -> &mut Self {
-        self.tensors.push(PendingTensor {
-            name: name.into(),
-            dims: dims.to_vec(),
-            ggml_type,
-            data: data.into(),
-        });
+        self.tensors.push(PendingTensor { name: name.into(), dims: dims.to_vec(), ggml_type, data: data.into() });
         self
     }
 
     /// Adds an `F32` tensor from values.
-    pub fn tensor_f32(
-        &mut self,
-        name: impl Into<String>,
-        dims: &[u64],
-        values: &[f32],
-    ) -> &mut Self {
+    pub fn tensor_f32(&mut self, name: impl Into<String>, dims: &[u64], values: &[f32]) -> &mut Self {
         let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         self.tensor(name, dims, GgmlType::F32, bytes)
     }
@@ -164,10 +148,7 @@ impl<'a> GgufBuilder<'a> {
 
     /// The complete file, and where each numeric header field was written.
     pub fn build_with_layout(&self) -> Result<(Vec<u8>, Vec<FieldSpan>), GgufError> {
-        let Head {
-            bytes: mut out,
-            spans,
-        } = self.encode_head()?;
+        let Head { bytes: mut out, spans } = self.encode_head()?;
         let alignment = self.effective_alignment()?;
         for t in &self.tensors {
             out.extend_from_slice(&t.data);
@@ -189,8 +170,7 @@ impl<'a> GgufBuilder<'a> {
             let mut pad = padding(written, alignment);
             while pad > 0 {
                 let n = pad.min(zeros.len() as u64);
-                w.write_all(&zeros[..n as usize])
-                    .map_err(GgufError::Write)?;
+                w.write_all(&zeros[..n as usize]).map_err(GgufError::Write)?;
                 pad -= n;
             }
             written += padding(written, alignment);
@@ -202,10 +182,7 @@ impl<'a> GgufBuilder<'a> {
     /// Writes the file to `path` (created or truncated).
     pub fn write_file(&self, path: impl AsRef<Path>) -> Result<u64, GgufError> {
         let path = path.as_ref();
-        let file = File::create(path).map_err(|source| GgufError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
+        let file = File::create(path).map_err(|source| GgufError::Io { path: path.to_path_buf(), source })?;
         self.write_to(BufWriter::new(file))
     }
 
@@ -215,9 +192,7 @@ impl<'a> GgufBuilder<'a> {
         };
         match v.as_u64() {
             Some(a) if a.is_power_of_two() && a <= u64::from(u32::MAX) => Ok(a),
-            _ => Err(GgufError::Build(format!(
-                "{KEY_ALIGNMENT} must be a power of two that fits in u32, got {v:?}"
-            ))),
+            _ => Err(GgufError::Build(format!("{KEY_ALIGNMENT} must be a power of two that fits in u32, got {v:?}"))),
         }
     }
 
@@ -225,10 +200,7 @@ impl<'a> GgufBuilder<'a> {
     /// with the positions of the numeric fields.
     fn encode_head(&self) -> Result<Head, GgufError> {
         if self.version != 2 && self.version != 3 {
-            return Err(GgufError::Build(format!(
-                "version must be 2 or 3, got {}",
-                self.version
-            )));
+            return Err(GgufError::Build(format!("version must be 2 or 3, got {}", self.version)));
         }
         let alignment = self.effective_alignment()?;
 
@@ -248,17 +220,9 @@ impl<'a> GgufBuilder<'a> {
                 .ok_or_else(|| GgufError::Build("data section too large".into()))?;
         }
 
-        let mut e = Encoder {
-            out: Vec::new(),
-            spans: Vec::new(),
-            values: 0,
-        };
+        let mut e = Encoder { out: Vec::new(), spans: Vec::new(), values: 0 };
         e.out.extend_from_slice(GGUF_MAGIC);
-        e.spans.push(FieldSpan {
-            kind: FieldKind::Magic,
-            offset: 0,
-            len: 4,
-        });
+        e.spans.push(FieldSpan { kind: FieldKind::Magic, offset: 0, len: 4 });
         e.u32(FieldKind::Version, self.version);
         e.u64(FieldKind::TensorCount, self.tensors.len() as u64);
         e.u64(FieldKind::KvCount, self.metadata.len() as u64);
@@ -277,10 +241,7 @@ impl<'a> GgufBuilder<'a> {
             e.u64(FieldKind::TensorOffset, off);
         }
         pad_vec(&mut e.out, alignment);
-        Ok(Head {
-            bytes: e.out,
-            spans: e.spans,
-        })
+        Ok(Head { bytes: e.out, spans: e.spans })
     }
 }
 
@@ -292,11 +253,7 @@ fn validate_tensor(t: &PendingTensor<'_>) -> Result<u64, GgufError> {
     if t.dims.iter().any(|&d| d > i64::MAX as u64) {
         return err(format!("dims {:?} out of range", t.dims));
     }
-    let n = t
-        .dims
-        .iter()
-        .try_fold(1u64, |a, &d| a.checked_mul(d))
-        .filter(|&n| n <= i64::MAX as u64);
+    let n = t.dims.iter().try_fold(1u64, |a, &d| a.checked_mul(d)).filter(|&n| n <= i64::MAX as u64);
     let Some(n) = n else {
         return err(format!("dims {:?} overflow", t.dims));
     };
@@ -339,11 +296,7 @@ struct Encoder {
 
 impl Encoder {
     fn span(&mut self, kind: FieldKind, len: u8) {
-        self.spans.push(FieldSpan {
-            kind,
-            offset: self.out.len() as u64,
-            len,
-        });
+        self.spans.push(FieldSpan { kind, offset: self.out.len() as u64, len });
     }
 
     fn u32(&mut self, kind: FieldKind, v: u32) {
@@ -364,9 +317,7 @@ impl Encoder {
     fn count_values(&mut self, n: u64) -> Result<(), GgufError> {
         self.values = self.values.saturating_add(n);
         if self.values > MAX_METADATA_VALUES {
-            return Err(GgufError::Build(format!(
-                "more than {MAX_METADATA_VALUES} metadata values"
-            )));
+            return Err(GgufError::Build(format!("more than {MAX_METADATA_VALUES} metadata values")));
         }
         Ok(())
     }
@@ -395,9 +346,7 @@ impl Encoder {
             MetaValue::String(s) => self.string(FieldKind::StringLength, s),
             MetaValue::Array(items) => {
                 if depth >= MAX_ARRAY_DEPTH {
-                    return Err(GgufError::Build(format!(
-                        "arrays nested more than {MAX_ARRAY_DEPTH} deep"
-                    )));
+                    return Err(GgufError::Build(format!("arrays nested more than {MAX_ARRAY_DEPTH} deep")));
                 }
                 let elem_ty = items.first().map_or(value_type::U8, MetaValue::type_id);
                 if let Some(bad) = items.iter().find(|i| i.type_id() != elem_ty) {

@@ -47,10 +47,7 @@ pub fn sample_metadata() -> Vec<(String, MetaValue)> {
         ("t.bool_t", MetaValue::Bool(true)),
         ("t.bool_f", MetaValue::Bool(false)),
         ("t.empty_str", "".into()),
-        (
-            "t.tokens",
-            vec!["<s>", "</s>", "hello", " wörld", ""].into(),
-        ),
+        ("t.tokens", vec!["<s>", "</s>", "hello", " wörld", ""].into()),
         ("t.scores", vec![0.0f32, -1.5, 3.25].into()),
         ("t.types", vec![1i32, 2, 3, -4].into()),
         ("t.u8s", vec![1u8, 2, 3].into()),
