@@ -23,5 +23,5 @@ pub mod rope;
 pub use kv_view::DenseLatent;
 pub use lowrank::LowRankKv;
 pub use mla::{Mla, MlaConfig, MlaWeights, QProj};
-pub use rope::{Rope, RopeStyle, Yarn};
+pub use rope::{Rope, RopeAngles, RopeStyle, Yarn};
 pub mod accounting;

@@ -86,3 +86,41 @@ impl Rope {
         }
     }
 }
+
+/// (cos, sin) of every pair at one position, computed once and applied to every head of
+/// every layer.
+#[derive(Clone, Debug)]
+pub struct RopeAngles {
+    pub style: RopeStyle,
+    pub cs: Vec<(f32, f32)>, // [dims / 2]
+}
+
+impl Rope {
+    pub fn angles(&self, pos: usize) -> RopeAngles {
+        RopeAngles { style: self.style, cs: (0..self.dims / 2).map(|i| self.cos_sin(pos, i)).collect() }
+    }
+}
+
+impl RopeAngles {
+    /// Rotates the first `2 · cs.len()` elements of `x`.
+    #[inline]
+    pub fn apply(&self, x: &mut [f32]) {
+        let half = self.cs.len();
+        match self.style {
+            RopeStyle::Interleaved => {
+                for (i, &(c, s)) in self.cs.iter().enumerate() {
+                    let (x0, x1) = (x[2 * i], x[2 * i + 1]);
+                    x[2 * i] = x0 * c - x1 * s;
+                    x[2 * i + 1] = x0 * s + x1 * c;
+                }
+            }
+            RopeStyle::Neox => {
+                for (i, &(c, s)) in self.cs.iter().enumerate() {
+                    let (x0, x1) = (x[i], x[i + half]);
+                    x[i] = x0 * c - x1 * s;
+                    x[i + half] = x0 * s + x1 * c;
+                }
+            }
+        }
+    }
+}

@@ -1,1 +1,99 @@
-//! latent-models
+//! Model architectures, one file each, built from shared blocks ([`blocks`]).
+//!
+//! A model is loaded from a GGUF file ([`load`]) and never owns a KV cache: every forward
+//! pass borrows one through [`CacheAccess`], which the engine implements on its paged pool.
+//!
+//! Dimension legend: T tokens of the pass, C hidden size, H query heads, Hkv KV heads,
+//! D head dim, F FFN hidden size, V vocabulary.
+
+pub mod blocks;
+mod error;
+pub mod llama;
+pub mod weights;
+
+pub use error::ModelError;
+pub use latent_quant::MatmulPrecision;
+
+use latent_attention::KvSeq;
+use latent_formats::gguf::GgufFile;
+use std::path::Path;
+use std::sync::Arc;
+
+/// What the cache must hold per token and layer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CacheSpec {
+    /// K and V rows of `kv_heads × head_dim` per layer (MHA/GQA/MQA).
+    Gqa { layers: usize, kv_heads: usize, head_dim: usize },
+    /// One latent row `[rank | rope]` per layer (MLA).
+    Latent { layers: usize, rank: usize, rope: usize },
+}
+
+/// The engine's side of the cache, lent to a forward pass for one sequence.
+pub trait CacheAccess {
+    /// Stores K `[Hkv, D]` and V `[Hkv, D]` of token `pos` in `layer`.
+    fn write_kv(&mut self, layer: usize, pos: usize, k: &[f32], v: &[f32]) -> Result<(), ModelError>;
+    /// Stores the latent row `[R + P]` of token `pos` in `layer`.
+    fn write_latent(&mut self, layer: usize, pos: usize, row: &[f32]) -> Result<(), ModelError>;
+    /// The kernels' view of `layer` covering tokens `0..len`.
+    fn view(&self, layer: usize, len: usize) -> Result<KvSeq<'_>, ModelError>;
+}
+
+/// Which logits a forward pass returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Logits {
+    /// Only the last token's `[V]`.
+    Last,
+    /// Every token's `[T, V]`.
+    All,
+    /// None (prefill of a prefix whose logits are not needed).
+    None,
+}
+
+/// Execution settings of a forward pass.
+pub struct Exec<'a> {
+    pub pool: &'a rayon::ThreadPool,
+    pub precision: MatmulPrecision,
+}
+
+/// Facts about a loaded model.
+#[derive(Clone, Debug)]
+pub struct ModelInfo {
+    pub architecture: String,
+    pub name: String,
+    pub vocab: usize,
+    pub context: usize,
+    pub hidden: usize,
+    pub layers: usize,
+    pub cache: CacheSpec,
+}
+
+/// A runnable architecture.
+pub trait Model: Send + Sync {
+    fn info(&self) -> &ModelInfo;
+    /// Runs `tokens` at positions `pos0..pos0+T`, appending their K/V (or latents) to the
+    /// cache, and returns the requested logits (`[V]` or `[T, V]`).
+    fn forward(
+        &self,
+        ex: &Exec,
+        tokens: &[u32],
+        pos0: usize,
+        cache: &mut dyn CacheAccess,
+        logits: Logits,
+    ) -> Result<Vec<f32>, ModelError>;
+}
+
+/// Loads any supported architecture from a GGUF file.
+pub fn load(path: impl AsRef<Path>) -> Result<Arc<dyn Model>, ModelError> {
+    let path = path.as_ref();
+    let file = Arc::new(GgufFile::open(path).map_err(|e| ModelError::Gguf(format!("{}: {e}", path.display())))?);
+    load_from(file)
+}
+
+/// Loads from an open GGUF file.
+pub fn load_from(file: Arc<GgufFile>) -> Result<Arc<dyn Model>, ModelError> {
+    let arch = file.architecture().map_err(|e| ModelError::Gguf(e.to_string()))?.to_string();
+    match arch.as_str() {
+        "llama" => Ok(Arc::new(llama::Llama::load(file)?)),
+        other => Err(ModelError::UnsupportedArchitecture(other.to_string())),
+    }
+}

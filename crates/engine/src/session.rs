@@ -1,0 +1,264 @@
+//! Engine and sessions.
+
+use crate::cache::SeqCache;
+use crate::sampling::{argmax, Sampler};
+use crate::EngineError;
+use latent_attention::{KvDtype, RowFormat};
+use latent_models::{CacheSpec, Exec, Logits, MatmulPrecision, Model};
+use latent_tokenizer::{StreamDecoder, Tokenizer};
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Instant;
+
+/// How an engine runs.
+#[derive(Clone, Debug)]
+pub struct EngineOptions {
+    /// Worker threads (0 = all cores).
+    pub threads: usize,
+    /// `Exact`: f32 activations, weights dequantized on the fly. `Fast`: 8-bit activations
+    /// inside quantized matmuls (as llama.cpp).
+    pub precision: MatmulPrecision,
+    /// KV-cache element type (`None`: f32 when exact, f16 otherwise).
+    pub kv_dtype: Option<KvDtype>,
+    /// Tokens per prefill chunk.
+    pub prefill_chunk: usize,
+}
+
+impl Default for EngineOptions {
+    fn default() -> Self {
+        EngineOptions { threads: 0, precision: MatmulPrecision::Fast, kv_dtype: None, prefill_chunk: 512 }
+    }
+}
+
+/// A loaded model with its tokenizer and thread pool.
+pub struct Engine {
+    pub model: Arc<dyn Model>,
+    pub tokenizer: Tokenizer,
+    pool: rayon::ThreadPool,
+    pub opts: EngineOptions,
+}
+
+/// Result of [`Engine::generate`].
+#[derive(Clone, Debug)]
+pub struct GenerateOutput {
+    pub prompt_tokens: Vec<u32>,
+    pub tokens: Vec<u32>,
+    pub text: String,
+    pub prefill_seconds: f64,
+    pub decode_seconds: f64,
+    /// Why generation stopped: "eog" (end-of-generation token) or "length".
+    pub stop: &'static str,
+}
+
+impl GenerateOutput {
+    pub fn prefill_tok_s(&self) -> f64 {
+        self.prompt_tokens.len() as f64 / self.prefill_seconds.max(1e-12)
+    }
+    /// Decode rate over the tokens produced after the first (the first comes from prefill).
+    pub fn decode_tok_s(&self) -> f64 {
+        (self.tokens.len().saturating_sub(1)) as f64 / self.decode_seconds.max(1e-12)
+    }
+}
+
+/// Result of [`Engine::perplexity`].
+#[derive(Clone, Debug)]
+pub struct PerplexityOutput {
+    pub tokens: usize,
+    pub scored: usize,
+    pub nll: f64,
+    pub ppl: f64,
+}
+
+impl Engine {
+    pub fn load(path: impl AsRef<Path>, opts: EngineOptions) -> Result<Engine, EngineError> {
+        let path = path.as_ref();
+        let file = Arc::new(
+            latent_formats::gguf::GgufFile::open(path)
+                .map_err(|e| latent_models::ModelError::Gguf(format!("{}: {e}", path.display())))?,
+        );
+        let tokenizer = Tokenizer::from_gguf(&file)?;
+        let model = latent_models::load_from(file)?;
+        Engine::new(model, tokenizer, opts)
+    }
+
+    pub fn new(model: Arc<dyn Model>, tokenizer: Tokenizer, opts: EngineOptions) -> Result<Engine, EngineError> {
+        let n = if opts.threads == 0 {
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+        } else {
+            opts.threads
+        };
+        let pool =
+            rayon::ThreadPoolBuilder::new().num_threads(n).build().map_err(|e| EngineError::Threads(e.to_string()))?;
+        Ok(Engine { model, tokenizer, pool, opts })
+    }
+
+    pub fn threads(&self) -> usize {
+        self.pool.current_num_threads()
+    }
+
+    /// The KV row format this engine caches with.
+    pub fn kv_format(&self) -> RowFormat {
+        let d = self.opts.kv_dtype.unwrap_or(match self.opts.precision {
+            MatmulPrecision::Exact => KvDtype::F32,
+            MatmulPrecision::Fast => KvDtype::F16,
+        });
+        match self.model.info().cache {
+            CacheSpec::Gqa { .. } => RowFormat::plain(d),
+            CacheSpec::Latent { rope, .. } => RowFormat::latent(d, rope),
+        }
+    }
+
+    /// A new session whose cache holds up to `capacity` tokens.
+    pub fn session(&self, capacity: usize) -> Result<Session<'_>, EngineError> {
+        let ctx = self.model.info().context;
+        if capacity > ctx {
+            return Err(EngineError::ContextFull { prompt: capacity, gen: 0, ctx });
+        }
+        Ok(Session {
+            engine: self,
+            cache: SeqCache::new(self.model.info().cache, self.kv_format(), capacity),
+            history: Vec::new(),
+        })
+    }
+
+    fn exec(&self) -> Exec<'_> {
+        Exec { pool: &self.pool, precision: self.opts.precision }
+    }
+
+    /// Generates up to `max_tokens` after `prompt`, calling `on_text` with each piece of valid
+    /// UTF-8 as it is produced. Stops at an end-of-generation token.
+    pub fn generate(
+        &self,
+        prompt: &[u32],
+        max_tokens: usize,
+        sampler: &mut Sampler,
+        mut on_text: impl FnMut(&str),
+    ) -> Result<GenerateOutput, EngineError> {
+        let ctx = self.model.info().context;
+        if prompt.is_empty() {
+            return Err(EngineError::Invalid("empty prompt".into()));
+        }
+        if prompt.len() + max_tokens > ctx {
+            return Err(EngineError::ContextFull { prompt: prompt.len(), gen: max_tokens, ctx });
+        }
+        let mut s = self.session(prompt.len() + max_tokens)?;
+        let t0 = Instant::now();
+        let mut logits = s.feed(prompt, Logits::Last)?;
+        let prefill_seconds = t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+        let mut out = Vec::new();
+        let mut dec = StreamDecoder::new(&self.tokenizer);
+        let mut stop = "length";
+        for i in 0..max_tokens {
+            let tok = sampler.sample(&logits, &s.history);
+            if self.tokenizer.is_eog(tok) {
+                stop = "eog";
+                break;
+            }
+            out.push(tok);
+            let piece = dec.push(tok)?;
+            if !piece.is_empty() {
+                on_text(&piece);
+            }
+            if i + 1 < max_tokens {
+                logits = s.feed(&[tok], Logits::Last)?;
+            }
+        }
+        let tail = dec.finish();
+        if !tail.is_empty() {
+            on_text(&tail);
+        }
+        let decode_seconds = t1.elapsed().as_secs_f64();
+        let text = self.tokenizer.decode(&out)?;
+        Ok(GenerateOutput { prompt_tokens: prompt.to_vec(), tokens: out, text, prefill_seconds, decode_seconds, stop })
+    }
+
+    /// Teacher-forced logits `[T, V]` of `tokens` from an empty cache.
+    pub fn forced_logits(&self, tokens: &[u32]) -> Result<Vec<f32>, EngineError> {
+        let mut s = self.session(tokens.len())?;
+        s.feed(tokens, Logits::All)
+    }
+
+    /// Perplexity with the protocol of `latent perplexity`: consecutive non-overlapping
+    /// windows of `ctx` tokens (a shorter tail is dropped), each from an empty cache, scoring
+    /// positions 1..ctx−1 of every window.
+    pub fn perplexity(
+        &self,
+        tokens: &[u32],
+        ctx: usize,
+        mut progress: impl FnMut(usize, usize),
+    ) -> Result<PerplexityOutput, EngineError> {
+        if ctx < 2 {
+            return Err(EngineError::Invalid("--ctx must be ≥ 2".into()));
+        }
+        let windows = tokens.len() / ctx;
+        if windows == 0 {
+            return Err(EngineError::Invalid(format!("{} tokens are fewer than one window of {ctx}", tokens.len())));
+        }
+        let vocab = self.model.info().vocab;
+        let (mut nll, mut scored) = (0f64, 0usize);
+        for w in 0..windows {
+            let win = &tokens[w * ctx..(w + 1) * ctx];
+            let logits = self.forced_logits(win)?;
+            for i in 0..ctx - 1 {
+                let row = &logits[i * vocab..(i + 1) * vocab];
+                nll += logsumexp(row) - row[win[i + 1] as usize] as f64;
+                scored += 1;
+            }
+            progress(w + 1, windows);
+        }
+        let mean = nll / scored as f64;
+        Ok(PerplexityOutput { tokens: tokens.len(), scored, nll: mean, ppl: mean.exp() })
+    }
+}
+
+/// log Σ exp(x) in f64.
+pub fn logsumexp(x: &[f32]) -> f64 {
+    let m = x.iter().copied().fold(f32::NEG_INFINITY, f32::max) as f64;
+    m + x.iter().map(|&v| (v as f64 - m).exp()).sum::<f64>().ln()
+}
+
+/// One sequence: its cache and the tokens fed so far.
+pub struct Session<'e> {
+    engine: &'e Engine,
+    pub cache: SeqCache,
+    pub history: Vec<u32>,
+}
+
+impl Session<'_> {
+    pub fn pos(&self) -> usize {
+        self.history.len()
+    }
+
+    /// Feeds `tokens` (in prefill chunks) and returns the requested logits.
+    pub fn feed(&mut self, tokens: &[u32], logits: Logits) -> Result<Vec<f32>, EngineError> {
+        if self.pos() + tokens.len() > self.cache.capacity() {
+            return Err(EngineError::CacheFull(format!(
+                "{} cached + {} new tokens exceed the session's {} slots",
+                self.pos(),
+                tokens.len(),
+                self.cache.capacity()
+            )));
+        }
+        let ex = self.engine.exec();
+        let chunk = self.engine.opts.prefill_chunk.max(1);
+        let mut out = Vec::new();
+        let n_chunks = tokens.len().div_ceil(chunk);
+        for (ci, part) in tokens.chunks(chunk).enumerate() {
+            let want = match logits {
+                Logits::All => Logits::All,
+                Logits::Last if ci + 1 == n_chunks => Logits::Last,
+                _ => Logits::None,
+            };
+            let l = self.engine.model.forward(&ex, part, self.pos(), &mut self.cache, want)?;
+            self.history.extend_from_slice(part);
+            out.extend(l);
+        }
+        Ok(out)
+    }
+
+    /// Greedy next token after what was fed (helper for tests).
+    pub fn greedy(logits: &[f32]) -> u32 {
+        argmax(logits)
+    }
+}
