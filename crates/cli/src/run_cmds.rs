@@ -1,0 +1,416 @@
+//! Commands that run a model: generate, chat, tokenize, perplexity, logits, bench generate.
+
+use crate::model_path;
+use anyhow::{bail, Context, Result};
+use latent_engine::{Engine, EngineOptions, KvDtype, Logits, MatmulPrecision, Sampler, SamplingParams};
+use latent_tokenizer::ChatMessage;
+use std::io::{BufRead, Write};
+use std::path::PathBuf;
+use std::time::Instant;
+
+#[derive(clap::Args, Clone)]
+pub struct ModelArgs {
+    /// GGUF model (default: $LATENT_MODEL, else the cached SmolLM2-135M-Instruct, fetched once).
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    /// Worker threads (0 = all cores).
+    #[arg(long, default_value_t = 0)]
+    pub threads: usize,
+    /// f32 activations with weights dequantized on the fly (no 8-bit activation rounding).
+    #[arg(long)]
+    pub exact: bool,
+    /// KV-cache element type: f32, f16, bf16, fp8, int8 (default f32 with --exact, else f16).
+    #[arg(long)]
+    pub kv_dtype: Option<String>,
+}
+
+impl ModelArgs {
+    pub fn engine(&self) -> Result<Engine> {
+        let path = model_path::resolve(self.model.as_deref())?;
+        let kv_dtype = match &self.kv_dtype {
+            None => None,
+            Some(s) => Some(
+                KvDtype::parse(s).with_context(|| format!("unknown --kv-dtype {s:?} (f32, f16, bf16, fp8, int8)"))?,
+            ),
+        };
+        let opts = EngineOptions {
+            threads: self.threads,
+            precision: if self.exact { MatmulPrecision::Exact } else { MatmulPrecision::Fast },
+            kv_dtype,
+            ..Default::default()
+        };
+        Engine::load(&path, opts).with_context(|| format!("loading {}", path.display()))
+    }
+}
+
+#[derive(clap::Args, Clone)]
+pub struct SampleArgs {
+    /// Sampling temperature (0 = greedy).
+    #[arg(long, default_value_t = 0.7)]
+    pub temperature: f32,
+    /// Keep only the K most likely tokens (0 = off).
+    #[arg(long, default_value_t = 40)]
+    pub top_k: usize,
+    /// Nucleus sampling mass (1 = off).
+    #[arg(long, default_value_t = 0.95)]
+    pub top_p: f32,
+    /// Drop tokens below this fraction of the top probability (0 = off).
+    #[arg(long, default_value_t = 0.05)]
+    pub min_p: f32,
+    /// Penalty for tokens among the last 64 (1 = off).
+    #[arg(long, default_value_t = 1.1)]
+    pub repeat_penalty: f32,
+    /// Random seed (same seed, same output); default: from the clock.
+    #[arg(long)]
+    pub seed: Option<u64>,
+}
+
+impl SampleArgs {
+    pub fn params(&self) -> Result<SamplingParams> {
+        if !(self.temperature >= 0.0)
+            || !(0.0..=1.0).contains(&self.top_p)
+            || !(0.0..=1.0).contains(&self.min_p)
+            || self.repeat_penalty <= 0.0
+        {
+            bail!("invalid sampling settings: temperature ≥ 0, top-p and min-p in [0, 1], repeat-penalty > 0");
+        }
+        let seed = self.seed.unwrap_or_else(|| {
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
+        });
+        Ok(SamplingParams {
+            temperature: self.temperature,
+            top_k: self.top_k,
+            top_p: self.top_p,
+            min_p: self.min_p,
+            repeat_penalty: self.repeat_penalty,
+            repeat_last_n: 64,
+            seed,
+        })
+    }
+}
+
+#[derive(clap::Args)]
+pub struct GenerateArgs {
+    #[command(flatten)]
+    pub m: ModelArgs,
+    #[command(flatten)]
+    pub s: SampleArgs,
+    /// The prompt (used raw unless --chat).
+    #[arg(long)]
+    pub prompt: String,
+    /// Tokens to generate at most.
+    #[arg(long, default_value_t = 128)]
+    pub max_tokens: usize,
+    /// Wrap the prompt in the model's chat template as a user message.
+    #[arg(long)]
+    pub chat: bool,
+    /// System message for --chat.
+    #[arg(long)]
+    pub system: Option<String>,
+    /// One JSON object on stdout instead of streamed text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn generate(a: GenerateArgs) -> Result<()> {
+    let e = a.m.engine()?;
+    let params = a.s.params()?;
+    let prompt = if a.chat {
+        let mut msgs = Vec::new();
+        if let Some(s) = &a.system {
+            msgs.push(ChatMessage::system(s.clone()));
+        }
+        msgs.push(ChatMessage::user(a.prompt.clone()));
+        let text = e.tokenizer.render_chat(&msgs, true)?;
+        e.tokenizer.encode(&text, true)
+    } else {
+        e.tokenizer.encode_with_bos(&a.prompt, false)
+    };
+    let mut sampler = Sampler::new(params.clone());
+    let stdout = std::io::stdout();
+    let json = a.json;
+    let out = e.generate(&prompt, a.max_tokens, &mut sampler, |piece| {
+        if !json {
+            let mut o = stdout.lock();
+            let _ = o.write_all(piece.as_bytes());
+            let _ = o.flush();
+        }
+    })?;
+    if json {
+        let j = serde_json::json!({
+            "prompt_tokens": out.prompt_tokens, "tokens": out.tokens, "text": out.text,
+            "prefill_tok_s": out.prefill_tok_s(), "decode_tok_s": out.decode_tok_s(),
+            "stop": out.stop, "seed": params.seed, "threads": e.threads(),
+        });
+        println!("{j}");
+    } else {
+        println!();
+        eprintln!(
+            "[{} prompt tokens at {:.1} tok/s, {} generated at {:.1} tok/s, stop: {}, seed {}]",
+            out.prompt_tokens.len(),
+            out.prefill_tok_s(),
+            out.tokens.len(),
+            out.decode_tok_s(),
+            out.stop,
+            params.seed
+        );
+    }
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct ChatArgs {
+    #[command(flatten)]
+    pub m: ModelArgs,
+    #[command(flatten)]
+    pub s: SampleArgs,
+    /// System message.
+    #[arg(long)]
+    pub system: Option<String>,
+    /// Tokens per reply at most.
+    #[arg(long, default_value_t = 512)]
+    pub max_tokens: usize,
+}
+
+pub fn chat(a: ChatArgs) -> Result<()> {
+    let e = a.m.engine()?;
+    let mut sampler = Sampler::new(a.s.params()?);
+    let mut history = Vec::new();
+    if let Some(s) = &a.system {
+        history.push(ChatMessage::system(s.clone()));
+    }
+    eprintln!("chatting with {} (empty line or Ctrl-D to quit, /reset to clear history)", e.model.info().name);
+    let stdin = std::io::stdin();
+    let mut line = String::new();
+    loop {
+        eprint!("> ");
+        line.clear();
+        if stdin.lock().read_line(&mut line)? == 0 || line.trim().is_empty() {
+            break;
+        }
+        if line.trim() == "/reset" {
+            history.retain(|m: &ChatMessage| m.role == "system");
+            continue;
+        }
+        history.push(ChatMessage::user(line.trim_end().to_string()));
+        let text = e.tokenizer.render_chat(&history, true)?;
+        let prompt = e.tokenizer.encode(&text, true);
+        let room = e.model.info().context.saturating_sub(prompt.len());
+        if room == 0 {
+            bail!(
+                "the conversation no longer fits the context of {} tokens; /reset to start over",
+                e.model.info().context
+            );
+        }
+        let stdout = std::io::stdout();
+        let out = e.generate(&prompt, a.max_tokens.min(room), &mut sampler, |p| {
+            let mut o = stdout.lock();
+            let _ = o.write_all(p.as_bytes());
+            let _ = o.flush();
+        })?;
+        println!();
+        history.push(ChatMessage::assistant(out.text));
+    }
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct TokenizeArgs {
+    #[arg(long)]
+    pub model: Option<PathBuf>,
+    #[arg(long, conflicts_with = "file")]
+    pub text: Option<String>,
+    #[arg(long)]
+    pub file: Option<PathBuf>,
+    /// Print {"tokens": [...]} (the default output is also that).
+    #[arg(long)]
+    pub json: bool,
+}
+
+fn read_text(text: &Option<String>, file: &Option<PathBuf>) -> Result<String> {
+    match (text, file) {
+        (Some(t), _) => Ok(t.clone()),
+        (None, Some(f)) => {
+            let bytes = std::fs::read(f).with_context(|| format!("reading {}", f.display()))?;
+            String::from_utf8(bytes).map_err(|e| {
+                anyhow::anyhow!("{} is not valid UTF-8 (byte {})", f.display(), e.utf8_error().valid_up_to())
+            })
+        }
+        (None, None) => bail!("give --text or --file"),
+    }
+}
+
+pub fn tokenize(a: TokenizeArgs) -> Result<()> {
+    let path = model_path::resolve(a.model.as_deref())?;
+    let f = latent_formats::gguf::GgufFile::open(&path)?;
+    let tok = latent_tokenizer::Tokenizer::from_gguf(&f)?;
+    let text = read_text(&a.text, &a.file)?;
+    let ids = tok.encode_with_bos(&text, false);
+    println!("{}", serde_json::json!({ "tokens": ids }));
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct PerplexityArgs {
+    #[command(flatten)]
+    pub m: ModelArgs,
+    #[arg(long)]
+    pub file: PathBuf,
+    /// Window length.
+    #[arg(long, default_value_t = 512)]
+    pub ctx: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn perplexity(a: PerplexityArgs) -> Result<()> {
+    let e = a.m.engine()?;
+    let text = read_text(&None, &Some(a.file.clone()))?;
+    let toks = e.tokenizer.encode(&text, false);
+    let t0 = Instant::now();
+    let p = e.perplexity(&toks, a.ctx, |done, total| {
+        let w = 30;
+        let fill = done * w / total.max(1);
+        eprint!(
+            "\r[{}{}] {done}/{total} windows, {:.1} s",
+            "#".repeat(fill),
+            " ".repeat(w - fill),
+            t0.elapsed().as_secs_f64()
+        );
+        if done == total {
+            eprintln!();
+        }
+    })?;
+    if a.json {
+        println!("{}", serde_json::json!({"tokens": p.tokens, "scored": p.scored, "nll": p.nll, "ppl": p.ppl}));
+    } else {
+        println!(
+            "perplexity {:.4} (mean NLL {:.5} over {} scored of {} tokens, ctx {})",
+            p.ppl, p.nll, p.scored, p.tokens, a.ctx
+        );
+    }
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct LogitsArgs {
+    #[command(flatten)]
+    pub m: ModelArgs,
+    #[arg(long)]
+    pub file: PathBuf,
+    /// Teacher-force the first N tokens.
+    #[arg(long, default_value_t = 128)]
+    pub n: usize,
+    /// Top K logits per position.
+    #[arg(long, default_value_t = 16)]
+    pub top: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn logits(a: LogitsArgs) -> Result<()> {
+    let e = a.m.engine()?;
+    let text = read_text(&None, &Some(a.file.clone()))?;
+    let mut toks = e.tokenizer.encode(&text, false);
+    toks.truncate(a.n);
+    if toks.is_empty() {
+        bail!("{} has no tokens", a.file.display());
+    }
+    let l = e.forced_logits(&toks)?;
+    let v = e.model.info().vocab;
+    let positions: Vec<_> = (0..toks.len())
+        .map(|i| {
+            let row = &l[i * v..(i + 1) * v];
+            let mut idx: Vec<usize> = (0..v).collect();
+            let k = a.top.min(v);
+            idx.select_nth_unstable_by(k.saturating_sub(1), |&x, &y| row[y].total_cmp(&row[x]));
+            idx.truncate(k);
+            idx.sort_by(|&x, &y| row[y].total_cmp(&row[x]));
+            serde_json::json!({
+                "logsumexp": latent_engine::logsumexp(row),
+                "top_ids": idx, "top_logits": idx.iter().map(|&j| row[j]).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    println!("{}", serde_json::json!({ "tokens": toks, "positions": positions }));
+    Ok(())
+}
+
+#[derive(clap::Args)]
+pub struct BenchGenArgs {
+    #[command(flatten)]
+    pub m: ModelArgs,
+    #[arg(long, default_value_t = 128)]
+    pub prompt_tokens: usize,
+    #[arg(long, default_value_t = 64)]
+    pub gen_tokens: usize,
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Peak resident set size of this process (VmHWM), bytes.
+pub fn peak_rss() -> Option<u64> {
+    let s = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmHWM:"))?;
+    line.split_whitespace().nth(1)?.parse::<u64>().ok().map(|kb| kb * 1024)
+}
+
+pub fn bench_generate(a: BenchGenArgs) -> Result<()> {
+    let e = a.m.engine()?;
+    if a.prompt_tokens == 0 || a.gen_tokens == 0 {
+        bail!("--prompt-tokens and --gen-tokens must be ≥ 1");
+    }
+    let v = e.model.info().vocab as u64;
+    // Random prompt tokens (fixed seed), skipping nothing: ids are drawn over the vocabulary.
+    let mut state = 0x2545_F491_4F6C_DD1Du64;
+    let prompt: Vec<u32> = (0..a.prompt_tokens)
+        .map(|_| {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            (state % v) as u32
+        })
+        .collect();
+    let run = || -> Result<(f64, f64)> {
+        let mut s = e.session(a.prompt_tokens + a.gen_tokens)?;
+        let t0 = Instant::now();
+        let mut logits = s.feed(&prompt, Logits::Last)?;
+        let prefill = t0.elapsed().as_secs_f64();
+        let t1 = Instant::now();
+        for _ in 0..a.gen_tokens {
+            let tok = latent_engine::sampling::argmax(&logits);
+            logits = s.feed(&[tok], Logits::Last)?;
+        }
+        Ok((prefill, t1.elapsed().as_secs_f64()))
+    };
+    eprintln!("warm-up…");
+    run()?;
+    let (mut best_p, mut best_d) = (f64::INFINITY, f64::INFINITY);
+    for _ in 0..3 {
+        let (p, d) = run()?;
+        best_p = best_p.min(p);
+        best_d = best_d.min(d);
+    }
+    let j = serde_json::json!({
+        "model": e.model.info().name, "prompt_tokens": a.prompt_tokens, "gen_tokens": a.gen_tokens,
+        "prefill_tok_s": a.prompt_tokens as f64 / best_p, "decode_tok_s": a.gen_tokens as f64 / best_d,
+        "peak_rss_bytes": peak_rss(), "threads": e.threads(), "exact": a.m.exact,
+        "kv_dtype": e.kv_format().dtype.name(),
+    });
+    if a.json {
+        println!("{j}");
+    } else {
+        println!(
+            "{}: prefill {:.1} tok/s ({} tokens), decode {:.1} tok/s ({} tokens), peak RSS {:.1} MiB, {} threads{}",
+            e.model.info().name,
+            a.prompt_tokens as f64 / best_p,
+            a.prompt_tokens,
+            a.gen_tokens as f64 / best_d,
+            a.gen_tokens,
+            peak_rss().unwrap_or(0) as f64 / (1 << 20) as f64,
+            e.threads(),
+            if a.m.exact { ", exact" } else { "" }
+        );
+    }
+    Ok(())
+}
