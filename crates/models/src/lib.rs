@@ -7,8 +7,10 @@
 //! D head dim, F FFN hidden size, V vocabulary.
 
 pub mod blocks;
+pub mod deepseek2;
 mod error;
 pub mod llama;
+pub mod moe;
 pub mod weights;
 
 pub use error::ModelError;
@@ -94,6 +96,7 @@ pub fn load_from(file: Arc<GgufFile>) -> Result<Arc<dyn Model>, ModelError> {
     let arch = file.architecture().map_err(|e| ModelError::Gguf(e.to_string()))?.to_string();
     match arch.as_str() {
         "llama" => Ok(Arc::new(llama::Llama::load(file)?)),
+        "deepseek2" => Ok(Arc::new(deepseek2::Deepseek2::load(file)?)),
         other => Err(ModelError::UnsupportedArchitecture(other.to_string())),
     }
 }

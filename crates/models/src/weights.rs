@@ -35,6 +35,18 @@ impl Linear {
     pub fn bytes(&self) -> usize {
         self.range.len()
     }
+    /// Rows `r` as a matrix of their own (one expert of a stacked expert tensor).
+    pub fn sub_rows(&self, r: Range<usize>) -> Linear {
+        let rb = self.range.len() / self.rows.max(1);
+        let start = self.range.start + r.start * rb;
+        Linear {
+            name: self.name.clone(),
+            wtype: self.wtype,
+            rows: r.len(),
+            cols: self.cols,
+            range: start..start + r.len() * rb,
+        }
+    }
 }
 
 fn info<'a>(f: &'a GgufFile, name: &str) -> Result<&'a TensorInfo, ModelError> {
@@ -43,8 +55,13 @@ fn info<'a>(f: &'a GgufFile, name: &str) -> Result<&'a TensorInfo, ModelError> {
 
 /// The matrix `name` with GGUF dims `[cols, rows]`.
 pub fn linear(f: &GgufFile, name: &str, rows: usize, cols: usize) -> Result<Linear, ModelError> {
+    linear_dims(f, name, rows, cols, &[cols as u64, rows as u64])
+}
+
+/// The tensor `name` with GGUF dims `dims` seen as a `[rows, cols]` matrix.
+pub fn linear_dims(f: &GgufFile, name: &str, rows: usize, cols: usize, dims: &[u64]) -> Result<Linear, ModelError> {
     let t = info(f, name)?;
-    let expected = vec![cols as u64, rows as u64];
+    let expected = dims.to_vec();
     if t.dims != expected {
         return Err(ModelError::Shape { name: name.into(), expected, found: t.dims.clone() });
     }
