@@ -58,7 +58,7 @@ pub struct SampleArgs {
     #[arg(long, default_value_t = 0.05)]
     pub min_p: f32,
     /// Penalty for tokens among the last 64 (1 = off).
-    #[arg(long, default_value_t = 1.1)]
+    #[arg(long, default_value_t = 1.0)]
     pub repeat_penalty: f32,
     /// Random seed (same seed, same output); default: from the clock.
     #[arg(long)]
