@@ -43,6 +43,9 @@ pub enum KvError {
     /// The memory budget does not hold a single block.
     #[error("budget of {budget} bytes holds no block of {block_bytes} bytes")]
     Budget { budget: usize, block_bytes: usize },
+    /// The pool's memory could not be allocated.
+    #[error("cannot allocate {bytes} bytes for the pool")]
+    Alloc { bytes: usize },
     #[error("invalid configuration: {0}")]
     Config(String),
 }

@@ -11,6 +11,9 @@
 use crate::error::KvError;
 use latent_attention::{KvDtype, RowFormat};
 
+/// Largest layer count, head count or row dim a layout accepts.
+pub const MAX_DIM: usize = 1 << 20;
+
 /// Alignment (bytes) of the pool, of every block and of every plane inside a block.
 pub const ALIGN: usize = 64;
 
@@ -68,6 +71,13 @@ impl CacheLayout {
         let bad = |m: String| Err(KvError::Config(m));
         if self.layers == 0 {
             return bad("layers must be ≥ 1".into());
+        }
+        let (heads, dim) = match self.mechanism {
+            Mechanism::Gqa { kv_heads, head_dim } => (kv_heads, head_dim),
+            Mechanism::Latent { rank, rope_dim } => (1, rank.saturating_add(rope_dim)),
+        };
+        if self.layers > MAX_DIM || heads > MAX_DIM || dim > MAX_DIM {
+            return bad(format!("layers {}, heads {heads}, row dim {dim}: each must be ≤ {MAX_DIM}", self.layers));
         }
         if self.fmt.dtype.is_8bit() && self.fmt.group == 0 {
             return bad("8-bit scale group must be ≥ 1".into());
@@ -136,6 +146,12 @@ impl CacheLayout {
     /// Bytes of one block of `block_size` tokens (all layers), a multiple of [`ALIGN`].
     pub fn block_bytes(&self, block_size: usize) -> usize {
         self.layers * self.planes() * self.plane_bytes(block_size)
+    }
+
+    /// [`CacheLayout::block_bytes`], `None` if it overflows.
+    pub fn checked_block_bytes(&self, block_size: usize) -> Option<usize> {
+        let plane = self.kv_heads().checked_mul(block_size)?.checked_mul(self.row_bytes())?.checked_add(ALIGN - 1)?;
+        (plane / ALIGN * ALIGN).checked_mul(self.layers.checked_mul(self.planes())?)
     }
 
     /// Offset of (layer, plane) inside a block.

@@ -19,5 +19,5 @@ mod pool;
 pub mod prefix;
 
 pub use error::{KvError, SeqId};
-pub use layout::{CacheLayout, Mechanism, ALIGN};
+pub use layout::{CacheLayout, Mechanism, ALIGN, MAX_DIM};
 pub use pool::{BlockPool, Capacity, PoolConfig, DEFAULT_BLOCK_SIZE, POISON};

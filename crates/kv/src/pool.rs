@@ -126,7 +126,9 @@ impl BlockPool {
         if bs == 0 {
             return Err(KvError::Config("block size must be ≥ 1".into()));
         }
-        let block_bytes = layout.block_bytes(bs);
+        let block_bytes = layout
+            .checked_block_bytes(bs)
+            .ok_or_else(|| KvError::Config(format!("a block of {bs} tokens overflows the address space")))?;
         let n = match cfg.capacity {
             Capacity::Blocks(n) => n,
             Capacity::Budget(b) => b / block_bytes,
@@ -144,7 +146,9 @@ impl BlockPool {
             .checked_mul(block_bytes)
             .and_then(|b| b.checked_add(ALIGN - 1))
             .ok_or_else(|| KvError::Config(format!("{n} blocks of {block_bytes} bytes overflow")))?;
-        let buf = vec![if cfg.poison_free_blocks { POISON } else { 0 }; bytes];
+        let mut buf = Vec::new();
+        buf.try_reserve_exact(bytes).map_err(|_| KvError::Alloc { bytes })?;
+        buf.resize(bytes, if cfg.poison_free_blocks { POISON } else { 0 });
         let base = (ALIGN - buf.as_ptr() as usize % ALIGN) % ALIGN;
         let words = (layout.layers * bs).div_ceil(64);
         Ok(BlockPool {

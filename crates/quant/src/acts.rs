@@ -47,16 +47,8 @@ impl Q8Acts {
             k,
             qs: vec![0; t * k],
             d: vec![0.0; nb],
-            s: if block == QK {
-                vec![0.0; nb]
-            } else {
-                Vec::new()
-            },
-            bsums: if block == QK_K {
-                vec![0; t * k / 16]
-            } else {
-                Vec::new()
-            },
+            s: if block == QK { vec![0.0; nb] } else { Vec::new() },
+            bsums: if block == QK_K { vec![0; t * k / 16] } else { Vec::new() },
         }
     }
 
@@ -65,16 +57,8 @@ impl Q8Acts {
         ActRow {
             qs: &self.qs[t * self.k..(t + 1) * self.k],
             d: &self.d[t * nb..(t + 1) * nb],
-            s: if self.block == QK {
-                &self.s[t * nb..(t + 1) * nb]
-            } else {
-                &[]
-            },
-            bsums: if self.block == QK_K {
-                &self.bsums[t * self.k / 16..(t + 1) * self.k / 16]
-            } else {
-                &[]
-            },
+            s: if self.block == QK { &self.s[t * nb..(t + 1) * nb] } else { &[] },
+            bsums: if self.block == QK_K { &self.bsums[t * self.k / 16..(t + 1) * self.k / 16] } else { &[] },
         }
     }
 
@@ -109,11 +93,7 @@ fn quantize_block(x: &[f32], q: &mut [i8]) -> f32 {
 #[inline(always)]
 pub(crate) fn quantize_acts_body(x: &[f32], acts: &mut Q8Acts) {
     let block = acts.block;
-    for (bi, (xb, qb)) in x
-        .chunks_exact(block)
-        .zip(acts.qs.chunks_exact_mut(block))
-        .enumerate()
-    {
+    for (bi, (xb, qb)) in x.chunks_exact(block).zip(acts.qs.chunks_exact_mut(block)).enumerate() {
         let d = quantize_block(xb, qb);
         acts.d[bi] = d;
         if block == QK {

@@ -120,8 +120,9 @@ pub(crate) fn best_kernels() -> &'static Kernels {
 pub(crate) type DequantFn = fn(WeightType, &[u8], &mut [f32]);
 /// Exact-path tile: `(w rows, nr, x rows, nt, k, out[r][t])`.
 pub(crate) type TileFn = fn(&[f32], usize, &[f32], usize, usize, &mut [[f32; MAX_TILE]; MAX_TILE]);
-/// Fast-path dot of one packed weight row with up to `MAX_TILE` quantized activation rows.
-pub(crate) type FastDotFn = fn(WeightType, &[u8], &[ActRow<'_>], &mut [f32; MAX_TILE]);
+/// Fast-path dots of packed weight rows `(w: nrows * row_bytes, row_bytes)` with up to
+/// `MAX_TILE` quantized activation rows; `out[r * MAX_TILE + t]`.
+pub(crate) type FastDotFn = fn(WeightType, &[u8], usize, &[ActRow<'_>], &mut [f32]);
 /// Activation quantizer.
 pub(crate) type QuantActsFn = fn(&[f32], &mut Q8Acts);
 
@@ -150,7 +151,12 @@ static SCALAR: Kernels = Kernels {
 fn table(v: Variant) -> &'static Kernels {
     match v {
         Variant::Scalar => &SCALAR,
-        // (SIMD tables are added below as they are written)
+        #[cfg(target_arch = "x86_64")]
+        Variant::Avx2 => &crate::x86::avx2::KERNELS,
+        #[cfg(target_arch = "x86_64")]
+        Variant::Avx512 => &crate::x86::avx512::KERNELS_BW,
+        #[cfg(target_arch = "x86_64")]
+        Variant::Avx512Vnni => &crate::x86::avx512::KERNELS_VNNI,
         #[allow(unreachable_patterns)]
         _ => &SCALAR,
     }

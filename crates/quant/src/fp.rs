@@ -2,7 +2,7 @@
 
 use half::slice::HalfFloatSliceExt;
 
-/// Exact IEEE binary16 -> binary32 (normals, subnormals, infinities, NaN payloads).
+/// Exact IEEE binary16 -> binary32 (normals, subnormals, infinities; NaNs come out quiet).
 #[inline(always)]
 pub(crate) fn f16_to_f32(h: u16) -> f32 {
     let sign = ((h as u32) & 0x8000) << 16;
@@ -14,8 +14,11 @@ pub(crate) fn f16_to_f32(h: u16) -> f32 {
         // Zero or subnormal: man * 2^-24 is exact in f32.
         let v = man as f32 * (1.0 / 16_777_216.0);
         f32::from_bits(sign | v.to_bits())
+    } else if man == 0 {
+        f32::from_bits(sign | 0x7f80_0000)
     } else {
-        f32::from_bits(sign | 0x7f80_0000 | (man << 13))
+        // NaN: payload kept, quiet bit set (what F16C/FP16 hardware conversion does).
+        f32::from_bits(sign | 0x7fc0_0000 | (man << 13))
     }
 }
 

@@ -22,16 +22,14 @@ mod reference;
 mod scalar;
 mod types;
 
-#[cfg(target_arch = "aarch64")]
-// neon later
 #[cfg(target_arch = "x86_64")]
 mod x86;
 
 pub use acts::Q8Acts;
 pub use dispatch::Variant;
 pub use matmul::{
-    matmul, matmul_isa, matmul_par, matmul_prepared_rows, matmul_rows, matmul_rows_with,
-    prepare_input, MatmulPrecision, PreparedInput, QMatrix,
+    matmul, matmul_isa, matmul_par, matmul_prepared_rows, matmul_rows, matmul_rows_with, prepare_input,
+    MatmulPrecision, PreparedInput, QMatrix,
 };
 pub use reference::{dequantize_row_q8_k, dequantize_row_ref, quantize_row, quantize_row_q8_k};
 pub use types::{QuantError, WeightType, K_SCALE_SIZE, Q8_K_BLOCK_BYTES, QK, QK_K};
@@ -50,12 +48,7 @@ pub fn dequantize_row(t: WeightType, src: &[u8], out: &mut [f32]) -> Result<(), 
 }
 
 /// [`dequantize_row`] with a forced kernel variant.
-pub fn dequantize_row_with(
-    v: Variant,
-    t: WeightType,
-    src: &[u8],
-    out: &mut [f32],
-) -> Result<(), QuantError> {
+pub fn dequantize_row_with(v: Variant, t: WeightType, src: &[u8], out: &mut [f32]) -> Result<(), QuantError> {
     let k = v.kernels()?;
     reference::check_row(t, src.len(), out.len())?;
     (k.dequant)(t, src, out);

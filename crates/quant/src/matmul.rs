@@ -23,18 +23,8 @@ pub struct QMatrix<'a> {
 
 impl<'a> QMatrix<'a> {
     /// A validated matrix.
-    pub fn new(
-        wtype: WeightType,
-        rows: usize,
-        cols: usize,
-        data: &'a [u8],
-    ) -> Result<Self, QuantError> {
-        let m = QMatrix {
-            wtype,
-            rows,
-            cols,
-            data,
-        };
+    pub fn new(wtype: WeightType, rows: usize, cols: usize, data: &'a [u8]) -> Result<Self, QuantError> {
+        let m = QMatrix { wtype, rows, cols, data };
         m.validate()?;
         Ok(m)
     }
@@ -47,10 +37,7 @@ impl<'a> QMatrix<'a> {
     /// Checks `cols` against the block size and `data` against `rows * row_bytes`.
     pub fn validate(&self) -> Result<(), QuantError> {
         let rb = self.row_bytes()?;
-        let total = self
-            .rows
-            .checked_mul(rb)
-            .ok_or(QuantError::Overflow("matrix bytes"))?;
+        let total = self.rows.checked_mul(rb).ok_or(QuantError::Overflow("matrix bytes"))?;
         check_len("weight data", self.data.len(), total)
     }
 
@@ -119,9 +106,7 @@ fn prepare_with<'a>(
     k: usize,
 ) -> Result<PreparedInput<'a>, QuantError> {
     wtype.row_bytes(k)?;
-    let n = t
-        .checked_mul(k)
-        .ok_or(QuantError::Overflow("activation size"))?;
+    let n = t.checked_mul(k).ok_or(QuantError::Overflow("activation size"))?;
     check_len("x (activations [t, k])", x.len(), n)?;
     let q8 = match (p, wtype.is_quantized()) {
         (MatmulPrecision::Fast, true) => {
@@ -137,13 +122,7 @@ fn prepare_with<'a>(
 
 /// `y[t, n] = sum_k x[t, k] * dequant(W)[n, k]` for all `n`. `x: [t, K]`, `y: [t, N]`,
 /// both row-major.
-pub fn matmul(
-    p: MatmulPrecision,
-    w: &QMatrix,
-    x: &[f32],
-    y: &mut [f32],
-    t: usize,
-) -> Result<(), QuantError> {
+pub fn matmul(p: MatmulPrecision, w: &QMatrix, x: &[f32], y: &mut [f32], t: usize) -> Result<(), QuantError> {
     matmul_rows(p, w, x, y, t, 0..w.rows)
 }
 
@@ -251,12 +230,7 @@ pub fn matmul_par(
     Ok(())
 }
 
-fn check_call(
-    w: &QMatrix,
-    input: &PreparedInput,
-    y_len: usize,
-    row_range: &Range<usize>,
-) -> Result<(), QuantError> {
+fn check_call(w: &QMatrix, input: &PreparedInput, y_len: usize, row_range: &Range<usize>) -> Result<(), QuantError> {
     w.validate()?;
     if input.wtype != w.wtype && input.q8.is_some() {
         return Err(QuantError::BufferLength {
@@ -266,17 +240,10 @@ fn check_call(
         });
     }
     check_len("prepared input columns", input.k, w.cols)?;
-    let ny = input
-        .t
-        .checked_mul(w.rows)
-        .ok_or(QuantError::Overflow("output size"))?;
+    let ny = input.t.checked_mul(w.rows).ok_or(QuantError::Overflow("output size"))?;
     check_len("y (output [t, n])", y_len, ny)?;
     if row_range.start > row_range.end || row_range.end > w.rows {
-        return Err(QuantError::RowRange {
-            start: row_range.start,
-            end: row_range.end,
-            rows: w.rows,
-        });
+        return Err(QuantError::RowRange { start: row_range.start, end: row_range.end, rows: w.rows });
     }
     Ok(())
 }
@@ -297,11 +264,7 @@ unsafe impl Sync for OutView<'_> {}
 
 impl<'a> OutView<'a> {
     fn new(y: &'a mut [f32]) -> Self {
-        OutView {
-            ptr: y.as_mut_ptr(),
-            len: y.len(),
-            _y: PhantomData,
-        }
+        OutView { ptr: y.as_mut_ptr(), len: y.len(), _y: PhantomData }
     }
 
     /// # Safety
@@ -324,13 +287,7 @@ const EXACT_PANEL_BYTES: usize = 64 * 1024;
 ///
 /// # Safety
 /// No concurrent call may write the same output rows through `out`.
-unsafe fn run_rows(
-    kern: &Kernels,
-    w: &QMatrix,
-    input: &PreparedInput,
-    out: &OutView,
-    rows: Range<usize>,
-) {
+unsafe fn run_rows(kern: &Kernels, w: &QMatrix, input: &PreparedInput, out: &OutView, rows: Range<usize>) {
     if rows.is_empty() || input.t == 0 {
         return;
     }
@@ -346,25 +303,26 @@ unsafe fn run_rows(
 /// As [`run_rows`].
 unsafe fn fast_rows(kern: &Kernels, w: &QMatrix, acts: &Q8Acts, out: &OutView, rows: Range<usize>) {
     let n_all = w.rows;
-    let rb = w.wtype.row_bytes(w.cols).unwrap_or(0);
+    let rb = w.wtype.row_bytes(w.cols).unwrap_or(0).max(1);
     let t = acts.t;
-    let panel = (FAST_PANEL_BYTES / rb.max(1)).max(1);
-    let mut res = [0f32; MAX_TILE];
+    let panel = (FAST_PANEL_BYTES / rb).clamp(1, rows.len());
+    let mut res = vec![0f32; panel * MAX_TILE];
     let mut act_rows = [ActRow::default(); MAX_TILE];
     let mut p0 = rows.start;
     while p0 < rows.end {
         let p1 = (p0 + panel).min(rows.end);
+        let np = p1 - p0;
+        let wpanel = &w.data[p0 * rb..p1 * rb];
         for t0 in (0..t).step_by(MAX_TILE) {
             let nt = (t - t0).min(MAX_TILE);
             for (i, r) in act_rows[..nt].iter_mut().enumerate() {
                 *r = acts.row(t0 + i);
             }
-            for n in p0..p1 {
-                let wrow = &w.data[n * rb..(n + 1) * rb];
-                (kern.fast_dot)(w.wtype, wrow, &act_rows[..nt], &mut res);
-                for (i, &v) in res[..nt].iter().enumerate() {
-                    // SAFETY: row `n` belongs to this call's rows (caller contract).
-                    unsafe { out.set((t0 + i) * n_all + n, v) };
+            (kern.fast_dot)(w.wtype, wpanel, rb, &act_rows[..nt], &mut res[..np * MAX_TILE]);
+            for (r, vals) in res[..np * MAX_TILE].chunks_exact(MAX_TILE).enumerate() {
+                for (i, &v) in vals[..nt].iter().enumerate() {
+                    // SAFETY: row `p0 + r` belongs to this call's rows (caller contract).
+                    unsafe { out.set((t0 + i) * n_all + p0 + r, v) };
                 }
             }
         }
@@ -374,14 +332,7 @@ unsafe fn fast_rows(kern: &Kernels, w: &QMatrix, acts: &Q8Acts, out: &OutView, r
 
 /// # Safety
 /// As [`run_rows`].
-unsafe fn exact_rows(
-    kern: &Kernels,
-    w: &QMatrix,
-    x: &[f32],
-    t: usize,
-    out: &OutView,
-    rows: Range<usize>,
-) {
+unsafe fn exact_rows(kern: &Kernels, w: &QMatrix, x: &[f32], t: usize, out: &OutView, rows: Range<usize>) {
     let n_all = w.rows;
     let k = w.cols;
     let rb = w.wtype.row_bytes(k).unwrap_or(0);

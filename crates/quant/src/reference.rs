@@ -21,10 +21,7 @@ pub(crate) fn scale_min_k4(j: usize, q: &[u8]) -> (u8, u8) {
     if j < 4 {
         (q[j] & 63, q[j + 4] & 63)
     } else {
-        (
-            (q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4),
-            (q[j + 4] >> 4) | ((q[j] >> 6) << 4),
-        )
+        ((q[j + 4] & 0x0f) | ((q[j - 4] >> 6) << 4), (q[j + 4] >> 4) | ((q[j] >> 6) << 4))
     }
 }
 
@@ -288,11 +285,7 @@ fn encode_kx_scales(x: &[f32], nmax: u8, head: &mut [u8]) -> [u8; QK_K] {
     }
     let max_scale = scales.iter().fold(0f32, |a, &v| a.max(v));
     let max_min = mins.iter().fold(0f32, |a, &v| a.max(v));
-    let inv_scale = if max_scale > 0.0 {
-        63.0 / max_scale
-    } else {
-        0.0
-    };
+    let inv_scale = if max_scale > 0.0 { 63.0 / max_scale } else { 0.0 };
     let inv_min = if max_min > 0.0 { 63.0 / max_min } else { 0.0 };
     let packed = &mut head[4..16];
     packed.fill(0);
@@ -379,8 +372,7 @@ fn encode_q6_k(x: &[f32], b: &mut [u8]) {
             let (q1, q2, q3, q4) = (lh[i], lh[i + 32], lh[i + 64], lh[i + 96]);
             b[64 * h + i] = (q1 & 15) | ((q3 & 15) << 4);
             b[64 * h + 32 + i] = (q2 & 15) | ((q4 & 15) << 4);
-            b[128 + 32 * h + i] =
-                (q1 >> 4) | ((q2 >> 4) << 2) | ((q3 >> 4) << 4) | ((q4 >> 4) << 6);
+            b[128 + 32 * h + i] = (q1 >> 4) | ((q2 >> 4) << 2) | ((q3 >> 4) << 4) | ((q4 >> 4) << 6);
         }
     }
 }
@@ -390,17 +382,10 @@ fn encode_q6_k(x: &[f32], b: &mut [u8]) {
 /// signed element of largest magnitude, `d = 1 / (-127 / max)`.
 pub fn quantize_row_q8_k(src: &[f32], out: &mut [u8]) -> Result<(), QuantError> {
     if !src.len().is_multiple_of(QK_K) {
-        return Err(QuantError::NotBlockMultiple {
-            what: "q8_K",
-            n: src.len(),
-            block: QK_K,
-        });
+        return Err(QuantError::NotBlockMultiple { what: "q8_K", n: src.len(), block: QK_K });
     }
     check_len("q8_K bytes", out.len(), src.len() / QK_K * Q8_K_BLOCK_BYTES)?;
-    for (x, b) in src
-        .chunks_exact(QK_K)
-        .zip(out.chunks_exact_mut(Q8_K_BLOCK_BYTES))
-    {
+    for (x, b) in src.chunks_exact(QK_K).zip(out.chunks_exact_mut(Q8_K_BLOCK_BYTES)) {
         let (mut amax, mut max) = (0f32, 0f32);
         for &v in x {
             if v.abs() > amax {
@@ -432,17 +417,10 @@ pub fn quantize_row_q8_k(src: &[f32], out: &mut [u8]) -> Result<(), QuantError> 
 /// Dequantizes ggml Q8_K bytes (`x = q * d`).
 pub fn dequantize_row_q8_k(src: &[u8], out: &mut [f32]) -> Result<(), QuantError> {
     if !out.len().is_multiple_of(QK_K) {
-        return Err(QuantError::NotBlockMultiple {
-            what: "q8_K",
-            n: out.len(),
-            block: QK_K,
-        });
+        return Err(QuantError::NotBlockMultiple { what: "q8_K", n: out.len(), block: QK_K });
     }
     check_len("q8_K bytes", src.len(), out.len() / QK_K * Q8_K_BLOCK_BYTES)?;
-    for (b, o) in src
-        .chunks_exact(Q8_K_BLOCK_BYTES)
-        .zip(out.chunks_exact_mut(QK_K))
-    {
+    for (b, o) in src.chunks_exact(Q8_K_BLOCK_BYTES).zip(out.chunks_exact_mut(QK_K)) {
         let d = f32::from_le_bytes([b[0], b[1], b[2], b[3]]);
         for (o, &q) in o.iter_mut().zip(&b[4..4 + QK_K]) {
             *o = (q as i8) as f32 * d;

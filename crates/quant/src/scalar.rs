@@ -38,14 +38,7 @@ pub(crate) fn dot_f32(a: &[f32], b: &[f32]) -> f32 {
 
 /// Exact-path tile: `out[r][t] = dot(w row r, x row t)` for `r < nr`, `t < nt`; rows of
 /// both operands have stride `k`.
-pub(crate) fn tile(
-    w: &[f32],
-    nr: usize,
-    x: &[f32],
-    nt: usize,
-    k: usize,
-    out: &mut [[f32; MAX_TILE]; MAX_TILE],
-) {
+pub(crate) fn tile(w: &[f32], nr: usize, x: &[f32], nt: usize, k: usize, out: &mut [[f32; MAX_TILE]; MAX_TILE]) {
     for r in 0..nr {
         for t in 0..nt {
             out[r][t] = dot_f32(&w[r * k..(r + 1) * k], &x[t * k..(t + 1) * k]);
@@ -112,11 +105,7 @@ fn dot_row(t: WeightType, w: &[u8], r: &ActRow<'_>) -> f32 {
                 let d = rd_f16(blk, 0);
                 let dmin = rd_f16(blk, 2);
                 let scales = &blk[4..16];
-                let (qh, qs) = if five {
-                    (&blk[16..48], &blk[48..176])
-                } else {
-                    (&blk[0..0], &blk[16..144])
-                };
+                let (qh, qs) = if five { (&blk[16..48], &blk[48..176]) } else { (&blk[0..0], &blk[16..144]) };
                 let a = &r.qs[256 * sb..256 * sb + 256];
                 let bs = &r.bsums[16 * sb..16 * sb + 16];
                 let (mut sumi, mut summ) = (0i32, 0i32);
@@ -179,9 +168,12 @@ fn dot_row(t: WeightType, w: &[u8], r: &ActRow<'_>) -> f32 {
     acc
 }
 
-/// Fast-path dot of one weight row with up to [`MAX_TILE`] activation rows.
-pub(crate) fn fast_dot(t: WeightType, w: &[u8], rows: &[ActRow<'_>], out: &mut [f32; MAX_TILE]) {
-    for (o, r) in out.iter_mut().zip(rows) {
-        *o = dot_row(t, w, r);
+/// Fast-path dots of weight rows (`rb` bytes each) with up to [`MAX_TILE`] activation rows;
+/// `out[row * MAX_TILE + t]`.
+pub(crate) fn fast_dot(t: WeightType, w: &[u8], rb: usize, rows: &[ActRow<'_>], out: &mut [f32]) {
+    for (wr, o) in w.chunks_exact(rb).zip(out.chunks_exact_mut(MAX_TILE)) {
+        for (o, r) in o.iter_mut().zip(rows) {
+            *o = dot_row(t, wr, r);
+        }
     }
 }

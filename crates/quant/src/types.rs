@@ -110,15 +110,9 @@ impl WeightType {
     pub fn row_bytes(self, n: usize) -> Result<usize, QuantError> {
         let bs = self.block_size();
         if !n.is_multiple_of(bs) {
-            return Err(QuantError::NotBlockMultiple {
-                what: self.name(),
-                n,
-                block: bs,
-            });
+            return Err(QuantError::NotBlockMultiple { what: self.name(), n, block: bs });
         }
-        (n / bs)
-            .checked_mul(self.type_size())
-            .ok_or(QuantError::Overflow("row bytes"))
+        (n / bs).checked_mul(self.type_size()).ok_or(QuantError::Overflow("row bytes"))
     }
 
     /// ggml's name of the type (`"q4_K"` etc.).
@@ -158,25 +152,13 @@ impl fmt::Display for WeightType {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum QuantError {
     #[error("{what}: {n} elements is not a multiple of the block size {block}")]
-    NotBlockMultiple {
-        what: &'static str,
-        n: usize,
-        block: usize,
-    },
+    NotBlockMultiple { what: &'static str, n: usize, block: usize },
     #[error("{what}: length {got}, expected {expected}")]
-    BufferLength {
-        what: &'static str,
-        expected: usize,
-        got: usize,
-    },
+    BufferLength { what: &'static str, expected: usize, got: usize },
     #[error("size overflow computing {0}")]
     Overflow(&'static str),
     #[error("row range {start}..{end} is out of bounds for {rows} rows")]
-    RowRange {
-        start: usize,
-        end: usize,
-        rows: usize,
-    },
+    RowRange { start: usize, end: usize, rows: usize },
     #[error("kernel variant {0} is not available on this CPU")]
     VariantUnavailable(&'static str),
 }
@@ -185,10 +167,6 @@ pub(crate) fn check_len(what: &'static str, got: usize, expected: usize) -> Resu
     if got == expected {
         Ok(())
     } else {
-        Err(QuantError::BufferLength {
-            what,
-            expected,
-            got,
-        })
+        Err(QuantError::BufferLength { what, expected, got })
     }
 }

@@ -5,8 +5,8 @@ mod common;
 
 use common::{random_row, Rng};
 use latent_quant::{
-    dequantize_row, dequantize_row_q8_k, dequantize_row_ref, dequantize_row_with, quantize_row,
-    quantize_row_q8_k, Variant, WeightType, Q8_K_BLOCK_BYTES,
+    dequantize_row, dequantize_row_q8_k, dequantize_row_ref, dequantize_row_with, quantize_row, quantize_row_q8_k,
+    Variant, WeightType, Q8_K_BLOCK_BYTES,
 };
 
 #[test]
@@ -27,10 +27,7 @@ fn fast_equals_reference_bitwise() {
                 let row = random_row(t, k, &mut rng);
                 let mut want = vec![f32::NAN; k];
                 dequantize_row_ref(t, &row, &mut want).unwrap();
-                assert!(
-                    want.iter().all(|v| v.is_finite()),
-                    "{t}: reference not finite"
-                );
+                assert!(want.iter().all(|v| v.is_finite()), "{t}: reference not finite");
                 for v in Variant::available() {
                     let mut got = vec![f32::NAN; k];
                     dequantize_row_with(v, t, &row, &mut got).unwrap();
@@ -143,10 +140,7 @@ fn q8_k_encoder() {
         let bb = &b[blk * Q8_K_BLOCK_BYTES..(blk + 1) * Q8_K_BLOCK_BYTES];
         let d = f32::from_le_bytes(bb[0..4].try_into().unwrap());
         for j in 0..16 {
-            let want: i16 = bb[4 + 16 * j..4 + 16 * j + 16]
-                .iter()
-                .map(|&q| q as i8 as i16)
-                .sum();
+            let want: i16 = bb[4 + 16 * j..4 + 16 * j + 16].iter().map(|&q| q as i8 as i16).sum();
             let got = i16::from_le_bytes([bb[260 + 2 * j], bb[261 + 2 * j]]);
             assert_eq!(got, want, "bsums[{j}]");
         }

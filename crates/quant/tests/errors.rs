@@ -4,8 +4,8 @@ mod common;
 
 use common::{random_matrix, Rng};
 use latent_quant::{
-    dequantize_row, dequantize_row_ref, matmul, matmul_rows, prepare_input, quantize_row,
-    quantize_row_q8_k, MatmulPrecision, QMatrix, QuantError, WeightType,
+    dequantize_row, dequantize_row_ref, matmul, matmul_rows, prepare_input, quantize_row, quantize_row_q8_k,
+    MatmulPrecision, QMatrix, QuantError, WeightType,
 };
 
 #[test]
@@ -17,53 +17,32 @@ fn dequantize_bad_lengths() {
     let mut out48 = vec![0f32; 48];
     assert!(matches!(
         dequantize_row(WeightType::Q4_0, &src, &mut out48),
-        Err(QuantError::NotBlockMultiple {
-            block: 32,
-            n: 48,
-            ..
-        })
+        Err(QuantError::NotBlockMultiple { block: 32, n: 48, .. })
     ));
     // Source too short / too long.
     assert!(matches!(
         dequantize_row(WeightType::Q4_0, &src[..17], &mut out),
-        Err(QuantError::BufferLength {
-            expected: 18,
-            got: 17,
-            ..
-        })
+        Err(QuantError::BufferLength { expected: 18, got: 17, .. })
     ));
     let long = vec![0u8; 19];
-    assert!(matches!(
-        dequantize_row_ref(WeightType::Q4_0, &long, &mut out),
-        Err(QuantError::BufferLength { .. })
-    ));
+    assert!(matches!(dequantize_row_ref(WeightType::Q4_0, &long, &mut out), Err(QuantError::BufferLength { .. })));
     let mut out100 = vec![0f32; 100];
     assert!(matches!(
         dequantize_row(WeightType::Q6_K, &[0u8; 210], &mut out100),
         Err(QuantError::NotBlockMultiple { block: 256, .. })
     ));
-    assert!(matches!(
-        dequantize_row(WeightType::F16, &[0u8; 3], &mut [0f32; 2]),
-        Err(QuantError::BufferLength { .. })
-    ));
+    assert!(matches!(dequantize_row(WeightType::F16, &[0u8; 3], &mut [0f32; 2]), Err(QuantError::BufferLength { .. })));
 }
 
 #[test]
 fn quantize_bad_lengths() {
     let x = vec![0f32; 40];
     let mut out = vec![0u8; 64];
-    assert!(matches!(
-        quantize_row(WeightType::Q8_0, &x, &mut out),
-        Err(QuantError::NotBlockMultiple { .. })
-    ));
+    assert!(matches!(quantize_row(WeightType::Q8_0, &x, &mut out), Err(QuantError::NotBlockMultiple { .. })));
     let x = vec![0f32; 64];
     assert!(matches!(
         quantize_row(WeightType::Q8_0, &x, &mut out),
-        Err(QuantError::BufferLength {
-            expected: 68,
-            got: 64,
-            ..
-        })
+        Err(QuantError::BufferLength { expected: 68, got: 64, .. })
     ));
     assert!(quantize_row_q8_k(&x, &mut out).is_err());
     let x = vec![0f32; 256];
@@ -81,63 +60,27 @@ fn matmul_bad_shapes() {
     for p in [MatmulPrecision::Exact, MatmulPrecision::Fast] {
         assert!(matmul(p, &w, &x, &mut y, t).is_ok());
         // Wrong x length.
-        assert!(matches!(
-            matmul(p, &w, &x[1..], &mut y, t),
-            Err(QuantError::BufferLength { .. })
-        ));
+        assert!(matches!(matmul(p, &w, &x[1..], &mut y, t), Err(QuantError::BufferLength { .. })));
         // Wrong y length.
-        assert!(matches!(
-            matmul(p, &w, &x, &mut y[1..], t),
-            Err(QuantError::BufferLength { .. })
-        ));
+        assert!(matches!(matmul(p, &w, &x, &mut y[1..], t), Err(QuantError::BufferLength { .. })));
         // t inconsistent with x.
         assert!(matmul(p, &w, &x, &mut y, t + 1).is_err());
         // Row range out of bounds or reversed.
-        assert!(matches!(
-            matmul_rows(p, &w, &x, &mut y, t, 2..6),
-            Err(QuantError::RowRange { .. })
-        ));
+        assert!(matches!(matmul_rows(p, &w, &x, &mut y, t, 2..6), Err(QuantError::RowRange { .. })));
         #[allow(clippy::reversed_empty_ranges)]
         let rev = 3..2;
-        assert!(matches!(
-            matmul_rows(p, &w, &x, &mut y, t, rev),
-            Err(QuantError::RowRange { .. })
-        ));
+        assert!(matches!(matmul_rows(p, &w, &x, &mut y, t, rev), Err(QuantError::RowRange { .. })));
         // Weight data of the wrong size (unvalidated struct literal).
-        let bad = QMatrix {
-            wtype: WeightType::Q4_1,
-            rows: n,
-            cols: k,
-            data: &data[..data.len() - 1],
-        };
-        assert!(matches!(
-            matmul(p, &bad, &x, &mut y, t),
-            Err(QuantError::BufferLength { .. })
-        ));
+        let bad = QMatrix { wtype: WeightType::Q4_1, rows: n, cols: k, data: &data[..data.len() - 1] };
+        assert!(matches!(matmul(p, &bad, &x, &mut y, t), Err(QuantError::BufferLength { .. })));
         // K not a multiple of the block size.
-        let bad = QMatrix {
-            wtype: WeightType::Q4_1,
-            rows: n,
-            cols: 48,
-            data: &data,
-        };
-        assert!(matches!(
-            matmul(p, &bad, &x, &mut y, t),
-            Err(QuantError::NotBlockMultiple { .. })
-        ));
+        let bad = QMatrix { wtype: WeightType::Q4_1, rows: n, cols: 48, data: &data };
+        assert!(matches!(matmul(p, &bad, &x, &mut y, t), Err(QuantError::NotBlockMultiple { .. })));
         // K-quant with K = 576 (not a multiple of 256).
-        let bad = QMatrix {
-            wtype: WeightType::Q4_K,
-            rows: 1,
-            cols: 576,
-            data: &data[..1],
-        };
+        let bad = QMatrix { wtype: WeightType::Q4_K, rows: 1, cols: 576, data: &data[..1] };
         let x576 = vec![0f32; 576];
         let mut y1 = [0f32; 1];
-        assert!(matches!(
-            matmul(p, &bad, &x576, &mut y1, 1),
-            Err(QuantError::NotBlockMultiple { block: 256, .. })
-        ));
+        assert!(matches!(matmul(p, &bad, &x576, &mut y1, 1), Err(QuantError::NotBlockMultiple { block: 256, .. })));
         assert!(prepare_input(p, WeightType::Q4_K, &x576, 1, 576).is_err());
     }
     // Constructor validation.

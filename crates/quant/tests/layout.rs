@@ -7,21 +7,13 @@ fn check(t: WeightType, block: &[u8], want: &[f32]) {
     let mut got = vec![f32::NAN; want.len()];
     dequantize_row_ref(t, block, &mut got).unwrap();
     for (i, (g, w)) in got.iter().zip(want).enumerate() {
-        assert_eq!(
-            g.to_bits(),
-            w.to_bits(),
-            "{t} ref element {i}: got {g}, want {w}"
-        );
+        assert_eq!(g.to_bits(), w.to_bits(), "{t} ref element {i}: got {g}, want {w}");
     }
     for v in Variant::available() {
         let mut got = vec![f32::NAN; want.len()];
         dequantize_row_with(v, t, block, &mut got).unwrap();
         for (i, (g, w)) in got.iter().zip(want).enumerate() {
-            assert_eq!(
-                g.to_bits(),
-                w.to_bits(),
-                "{t} {v:?} element {i}: got {g}, want {w}"
-            );
+            assert_eq!(g.to_bits(), w.to_bits(), "{t} {v:?} element {i}: got {g}, want {w}");
         }
     }
     let mut got = vec![f32::NAN; want.len()];
@@ -72,21 +64,9 @@ fn float_types() {
     // F16: 0x3c00 = 1, 0xc000 = -2, 0x0001 = 2^-24 (smallest subnormal), 0x7bff = 65504,
     // 0x8000 = -0, 0x3555 = 0.333251953125, 0x7c00 = +inf; nine of them to cross a SIMD
     // width of 8 into the scalar tail.
-    let h: [u16; 9] = [
-        0x3c00, 0xc000, 0x0001, 0x7bff, 0x8000, 0x3555, 0x7c00, 0x3c00, 0xc000,
-    ];
+    let h: [u16; 9] = [0x3c00, 0xc000, 0x0001, 0x7bff, 0x8000, 0x3555, 0x7c00, 0x3c00, 0xc000];
     let b: Vec<u8> = h.iter().flat_map(|v| v.to_le_bytes()).collect();
-    let want = [
-        1.0,
-        -2.0,
-        5.960_464_5e-8,
-        65504.0,
-        -0.0,
-        0.333_251_95,
-        f32::INFINITY,
-        1.0,
-        -2.0,
-    ];
+    let want = [1.0, -2.0, 5.960_464_5e-8, 65504.0, -0.0, 0.333_251_95, f32::INFINITY, 1.0, -2.0];
     check(WeightType::F16, &b, &want);
     // BF16: 0x3f80 = 1.0, 0xc2f7 = -123.5 (f32 0xc2f70000), 0x0000 = 0.
     let h: [u16; 3] = [0x3f80, 0xc2f7, 0x0000];

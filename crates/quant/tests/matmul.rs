@@ -15,8 +15,8 @@ mod common;
 
 use common::{dequant_matrix, ks_for, max_rel_err, random_acts, random_matrix, ref_matmul, Rng};
 use latent_quant::{
-    matmul, matmul_isa, matmul_par, matmul_prepared_rows, matmul_rows, matmul_rows_with,
-    prepare_input, Isa, MatmulPrecision, QMatrix, Variant, WeightType,
+    matmul, matmul_isa, matmul_par, matmul_prepared_rows, matmul_rows, matmul_rows_with, prepare_input, Isa,
+    MatmulPrecision, QMatrix, Variant, WeightType,
 };
 
 const TS: [usize; 6] = [1, 2, 3, 7, 64, 65];
@@ -59,10 +59,7 @@ fn check_fast(
             );
             if !outlier {
                 let rel = err / (scale[i] + 1e-30);
-                assert!(
-                    rel <= FAST_TOL,
-                    "{what}: y[{ti},{ni}] relative error {rel:e}"
-                );
+                assert!(rel <= FAST_TOL, "{what}: y[{ti},{ni}] relative error {rel:e}");
             }
         }
     }
@@ -97,10 +94,7 @@ fn run_type(t: WeightType) {
                                 Some(s) => {
                                     let s64: Vec<f64> = s.iter().map(|&v| v as f64).collect();
                                     let e = max_rel_err(&y, &s64, &scale, &what);
-                                    assert!(
-                                        e <= FAST_TWIN_TOL,
-                                        "{what}: differs from scalar fast path by {e:e}"
-                                    );
+                                    assert!(e <= FAST_TWIN_TOL, "{what}: differs from scalar fast path by {e:e}");
                                 }
                             }
                         }
@@ -178,16 +172,8 @@ fn float_weights_odd_k() {
 #[test]
 fn row_ranges_threads_and_prepared() {
     let mut rng = Rng(4242);
-    let pool = rayon::ThreadPoolBuilder::new()
-        .num_threads(3)
-        .build()
-        .unwrap();
-    for t in [
-        WeightType::Q4_1,
-        WeightType::Q8_0,
-        WeightType::Q6_K,
-        WeightType::F16,
-    ] {
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+    for t in [WeightType::Q4_1, WeightType::Q8_0, WeightType::Q6_K, WeightType::F16] {
         let (n, k) = (203usize, 512usize);
         let data = random_matrix(t, n, k, &mut rng);
         let w = QMatrix::new(t, n, k, &data).unwrap();

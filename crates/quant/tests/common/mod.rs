@@ -159,8 +159,5 @@ pub fn max_rel_err(got: &[f32], want: &[f64], scale: &[f64], what: &str) -> f64 
 
 /// K values from {32, 576, 256, 1536} that the type's block size allows.
 pub fn ks_for(t: WeightType) -> Vec<usize> {
-    [32usize, 576, 256, 1536]
-        .into_iter()
-        .filter(|k| k % t.block_size() == 0)
-        .collect()
+    [32usize, 576, 256, 1536].into_iter().filter(|k| k % t.block_size() == 0).collect()
 }
