@@ -10,6 +10,27 @@
 //!
 //! The byte layout, sharing rules and error semantics are specified in `docs/KV_CACHE.md`.
 //!
+//! ```
+//! use latent_attention::KvDtype;
+//! use latent_kv::{BlockPool, CacheLayout, DEFAULT_BLOCK_SIZE};
+//!
+//! // DeepSeek-V2-Lite-like MLA cache: 27 layers of [c_KV (512) | k_rope (64)], FP8 latent.
+//! let layout = CacheLayout::latent(27, 512, 64, KvDtype::Fp8);
+//! let mut pool = BlockPool::with_budget(layout, DEFAULT_BLOCK_SIZE, 64 << 20)?;
+//! let prompt = [1u32, 2, 3];
+//! let (seq, cached) = pool.create_with_prefix(&prompt);
+//! let new = pool.append_tokens(seq, &prompt[cached..])?;
+//! for layer in 0..27 {
+//!     for pos in new.clone() {
+//!         pool.write_latent(seq, layer, pos, &[0.5; 576])?; // computed by the model
+//!     }
+//! }
+//! let view = pool.view(seq, 0)?; // what latent_attention::decode reads
+//! assert_eq!((view.len, pool.bytes_per_token()), (3, 27 * 656));
+//! pool.free(seq)?;
+//! # Ok::<(), latent_kv::KvError>(())
+//! ```
+//!
 //! Dimension legend: L layers, B block size, T tokens, Hkv KV heads, D head dim,
 //! R kv_lora_rank, P rope dim.
 

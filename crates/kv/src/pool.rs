@@ -506,8 +506,9 @@ impl BlockPool {
     ) -> Result<(), KvError> {
         self.check_layer(layer)?;
         let s = self.seq(seq)?;
-        if start.saturating_add(n) > s.len || (n == 0 && start > s.len) {
-            return Err(KvError::PositionOutOfRange { seq, pos: start + n.saturating_sub(1), len: s.len });
+        if start.saturating_add(n) > s.len {
+            let pos = start.saturating_add(n.saturating_sub(1));
+            return Err(KvError::PositionOutOfRange { seq, pos, len: s.len });
         }
         if n == 0 {
             return Ok(());
