@@ -1,0 +1,413 @@
+//! AVX-512 (F/BW/VL) kernels, with a VNNI flavour of the integer dots. 512-bit paths for the
+//! float conversions, the 32-element block formats and the f32 tiles; the K-quants use the
+//! AVX2 kernels (their 32-element sub-blocks map naturally onto 256-bit registers).
+
+use std::arch::x86_64::*;
+
+use crate::dispatch::{Kernels, Variant};
+use crate::types::WeightType;
+use crate::x86::avx2::{self, ld128, ld256, rd_f16};
+use crate::MAX_TILE;
+
+pub(crate) static KERNELS_BW: Kernels = Kernels {
+    variant: Variant::Avx512,
+    dequant,
+    tile,
+    tile_nt: MAX_TILE,
+    fast_dot: bw::fast_dot,
+    quant_acts: avx2::quant_acts,
+};
+
+pub(crate) static KERNELS_VNNI: Kernels = Kernels {
+    variant: Variant::Avx512Vnni,
+    dequant,
+    tile,
+    tile_nt: MAX_TILE,
+    fast_dot: vnni::fast_dot,
+    quant_acts: avx2::quant_acts,
+};
+
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn ld512i8(s: &[i8]) -> __m512i {
+    assert!(s.len() >= 64);
+    // SAFETY: 64 readable bytes (checked); unaligned load.
+    unsafe { _mm512_loadu_si512(s.as_ptr().cast()) }
+}
+
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn ld_ps(s: &[f32]) -> __m512 {
+    assert!(s.len() >= 16);
+    // SAFETY: 16 readable floats (checked); unaligned load.
+    unsafe { _mm512_loadu_ps(s.as_ptr()) }
+}
+
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn st_ps(o: &mut [f32], v: __m512) {
+    assert!(o.len() >= 16);
+    // SAFETY: 16 writable floats (checked); unaligned store.
+    unsafe { _mm512_storeu_ps(o.as_mut_ptr(), v) }
+}
+
+/// 16 unsigned bytes as f32.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn u8x16_ps(v: __m128i) -> __m512 {
+    _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(v))
+}
+
+// ---------------------------------------------------------------------------------------
+// Dequantization (bit-identical to the reference).
+
+fn dequant(t: WeightType, src: &[u8], out: &mut [f32]) {
+    // SAFETY: this table entry is only reachable after AVX-512 F/BW/VL (and AVX2/FMA/F16C,
+    // which the AVX-512 level implies in `Isa::available`) were detected.
+    unsafe { dequant_impl(t, src, out) }
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+fn dequant_impl(t: WeightType, src: &[u8], out: &mut [f32]) {
+    let m4 = _mm_set1_epi8(0x0f);
+    match t {
+        WeightType::F16 => {
+            let mut oc = out.chunks_exact_mut(16);
+            let mut sc = src.chunks_exact(32);
+            for (o, s) in (&mut oc).zip(&mut sc) {
+                st_ps(o, _mm512_cvtph_ps(ld256(s)));
+            }
+            avx2::dequant_impl(t, sc.remainder(), oc.into_remainder());
+        }
+        WeightType::BF16 => {
+            let mut oc = out.chunks_exact_mut(16);
+            let mut sc = src.chunks_exact(32);
+            for (o, s) in (&mut oc).zip(&mut sc) {
+                let v = _mm512_slli_epi32(_mm512_cvtepu16_epi32(ld256(s)), 16);
+                st_ps(o, _mm512_castsi512_ps(v));
+            }
+            avx2::dequant_impl(t, sc.remainder(), oc.into_remainder());
+        }
+        WeightType::Q4_0 => {
+            let eight = _mm512_set1_ps(8.0);
+            for (b, o) in src.chunks_exact(18).zip(out.chunks_exact_mut(32)) {
+                let d = _mm512_set1_ps(rd_f16(b, 0));
+                let q = ld128(&b[2..18]);
+                let lo = _mm_and_si128(q, m4);
+                let hi = _mm_and_si128(_mm_srli_epi16(q, 4), m4);
+                st_ps(&mut o[0..16], _mm512_mul_ps(_mm512_sub_ps(u8x16_ps(lo), eight), d));
+                st_ps(&mut o[16..32], _mm512_mul_ps(_mm512_sub_ps(u8x16_ps(hi), eight), d));
+            }
+        }
+        WeightType::Q4_1 => {
+            for (b, o) in src.chunks_exact(20).zip(out.chunks_exact_mut(32)) {
+                let d = _mm512_set1_ps(rd_f16(b, 0));
+                let m = _mm512_set1_ps(rd_f16(b, 2));
+                let q = ld128(&b[4..20]);
+                let lo = _mm_and_si128(q, m4);
+                let hi = _mm_and_si128(_mm_srli_epi16(q, 4), m4);
+                st_ps(&mut o[0..16], _mm512_add_ps(_mm512_mul_ps(u8x16_ps(lo), d), m));
+                st_ps(&mut o[16..32], _mm512_add_ps(_mm512_mul_ps(u8x16_ps(hi), d), m));
+            }
+        }
+        WeightType::Q8_0 => {
+            for (b, o) in src.chunks_exact(34).zip(out.chunks_exact_mut(32)) {
+                let d = _mm512_set1_ps(rd_f16(b, 0));
+                let q0 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(ld128(&b[2..18])));
+                let q1 = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(ld128(&b[18..34])));
+                st_ps(&mut o[0..16], _mm512_mul_ps(q0, d));
+                st_ps(&mut o[16..32], _mm512_mul_ps(q1, d));
+            }
+        }
+        _ => avx2::dequant_impl(t, src, out),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Exact path: f32 register tiles of up to 4 weight rows x 4 activation rows.
+
+fn tile(w: &[f32], nr: usize, x: &[f32], nt: usize, k: usize, out: &mut [[f32; MAX_TILE]; MAX_TILE]) {
+    // SAFETY: this table entry is only reachable after AVX-512 F was detected.
+    unsafe { tile_impl(w, nr, x, nt, k, out) }
+}
+
+macro_rules! tile_shapes {
+    ($w:expr, $x:expr, $k:expr, $out:expr, $nr:expr, $nt:expr; $(($r:literal, $t:literal)),*) => {
+        match ($nr, $nt) {
+            $(($r, $t) => tile_rt::<$r, $t>($w, $x, $k, $out),)*
+            (r, t) => unreachable!("tile shape {r}x{t}"),
+        }
+    };
+}
+
+#[target_feature(enable = "avx512f,avx2,fma")]
+fn tile_impl(w: &[f32], nr: usize, x: &[f32], nt: usize, k: usize, out: &mut [[f32; MAX_TILE]; MAX_TILE]) {
+    tile_shapes!(w, x, k, out, nr, nt;
+        (1, 1), (1, 2), (1, 3), (1, 4), (2, 1), (2, 2), (2, 3), (2, 4),
+        (3, 1), (3, 2), (3, 3), (3, 4), (4, 1), (4, 2), (4, 3), (4, 4))
+}
+
+#[inline]
+#[target_feature(enable = "avx512f,avx2,fma")]
+fn tile_rt<const R: usize, const T: usize>(w: &[f32], x: &[f32], k: usize, out: &mut [[f32; MAX_TILE]; MAX_TILE]) {
+    let wr: [&[f32]; R] = std::array::from_fn(|r| &w[r * k..(r + 1) * k]);
+    let xr: [&[f32]; T] = std::array::from_fn(|t| &x[t * k..(t + 1) * k]);
+    let mut acc = [[_mm512_setzero_ps(); T]; R];
+    let k16 = k / 16 * 16;
+    let mut i = 0;
+    while i < k16 {
+        let mut wv = [_mm512_setzero_ps(); R];
+        for r in 0..R {
+            wv[r] = ld_ps(&wr[r][i..i + 16]);
+        }
+        for t in 0..T {
+            let xv = ld_ps(&xr[t][i..i + 16]);
+            for r in 0..R {
+                acc[r][t] = _mm512_fmadd_ps(wv[r], xv, acc[r][t]);
+            }
+        }
+        i += 16;
+    }
+    for r in 0..R {
+        for t in 0..T {
+            let mut s = _mm512_reduce_add_ps(acc[r][t]);
+            for j in k16..k {
+                s += wr[r][j] * xr[t][j];
+            }
+            out[r][t] = s;
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Fast path: two 32-element blocks per 512-bit register. The dot of unsigned weight bytes
+// with signed activation bytes is `vpmaddubsw + vpmaddwd` (BW) or `vpdpbusd` (VNNI).
+
+/// Two Q4 blocks' 16 quant bytes as one register of 64 nibbles in element order:
+/// `[lo(q0) | hi(q0) | lo(q1) | hi(q1)]`.
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx2")]
+fn nibbles2(q0: __m128i, q1: __m128i) -> __m512i {
+    let x = _mm512_castsi256_si512(_mm256_inserti128_si256(_mm256_castsi128_si256(q0), q1, 1));
+    let y = _mm512_shuffle_i64x2(x, x, 0b01_01_00_00);
+    let y = _mm512_mask_srli_epi16(y, 0xff00_ff00, y, 4);
+    _mm512_and_si512(y, _mm512_set1_epi8(0x0f))
+}
+
+/// Two little-endian f16 (at `b0[off]`, `b1[off]`) as `[f0, f1, 0, 0]`.
+#[inline]
+#[target_feature(enable = "avx2,f16c")]
+fn f16_pair(b0: &[u8], b1: &[u8], off: usize) -> __m128 {
+    let h0 = u16::from_le_bytes([b0[off], b0[off + 1]]) as i32;
+    let h1 = u16::from_le_bytes([b1[off], b1[off + 1]]) as i32;
+    _mm_cvtph_ps(_mm_cvtsi32_si128(h0 | (h1 << 16)))
+}
+
+/// Two consecutive floats as `[s[0], s[1], 0, 0]`.
+#[inline]
+#[target_feature(enable = "avx2")]
+fn f32_pair(s: &[f32]) -> __m128 {
+    assert!(s.len() >= 2);
+    // SAFETY: 8 readable bytes (checked); `movq` has no alignment requirement.
+    unsafe { _mm_castsi128_ps(_mm_loadl_epi64(s.as_ptr().cast())) }
+}
+
+/// `[v0 x 8 | v1 x 8]` from `[v0, v1, ..]`: a per-block value for the i32 lanes of two blocks.
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn spread_pair(v: __m128) -> __m512 {
+    let idx = _mm512_set_epi32(1, 1, 1, 1, 1, 1, 1, 1, 0, 0, 0, 0, 0, 0, 0, 0);
+    _mm512_permutexvar_ps(idx, _mm512_castps128_ps512(v))
+}
+
+macro_rules! int_dots {
+    ($feat:literal, $dot:item) => {
+        use std::arch::x86_64::*;
+
+        use super::{f16_pair, f32_pair, ld512i8, nibbles2, spread_pair};
+        use crate::acts::ActRow;
+        use crate::scalar::{q4_0_block, q4_1_block, q8_0_block};
+        use crate::types::WeightType;
+        use crate::x86::avx2::{self, by_rows, ld128, ld256};
+        use crate::MAX_TILE;
+
+        /// Per 32-bit lane: sum of 4 products of unsigned `u` bytes with signed `s` bytes.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        $dot
+
+        pub(super) fn fast_dot(t: WeightType, w: &[u8], rb: usize, rows: &[ActRow<'_>], out: &mut [f32]) {
+            // SAFETY: this table entry is only reachable after the features of this
+            // flavour (and AVX2/FMA/F16C, implied by the AVX-512 level) were detected.
+            unsafe { fast_dot_impl(t, w, rb, rows, out) }
+        }
+
+        #[target_feature(enable = $feat)]
+        fn fast_dot_impl(t: WeightType, w: &[u8], rb: usize, rows: &[ActRow<'_>], out: &mut [f32]) {
+            match t {
+                WeightType::Q4_0 => by_rows!(dot_q4_0, w, rb, rows, out),
+                WeightType::Q4_1 => by_rows!(dot_q4_1, w, rb, rows, out),
+                WeightType::Q8_0 => by_rows!(dot_q8_0, w, rb, rows, out),
+                _ => avx2::fast_dot_impl(t, w, rb, rows, out),
+            }
+        }
+
+        /// Q4_0 and Q8_0 share this: signed weights as `|w|` with the sign moved onto the
+        /// activations (`0 - a` where `w < 0`).
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn signed_dot(wsigned: __m512i, a: __m512i) -> __m512i {
+            let neg = _mm512_movepi8_mask(wsigned);
+            let sa = _mm512_mask_sub_epi8(a, neg, _mm512_setzero_si512(), a);
+            dot(_mm512_abs_epi8(wsigned), sa)
+        }
+
+        /// Drives a pair kernel (two blocks per 512-bit register) over a row of `$bs`-byte
+        /// blocks with two accumulator sets (alternating pairs) to hide the FMA latency;
+        /// evaluates to the trailing odd block, if any.
+        macro_rules! pair_chains {
+            ($pair:ident, $w:expr, $bs:literal, $rows:expr, $acc0:expr, $acc1:expr) => {{
+                let mut quads = $w.chunks_exact(4 * $bs);
+                let mut p = 0;
+                for qd in &mut quads {
+                    let (x0, x1) = qd.split_at(2 * $bs);
+                    $pair!(x0, p, $rows, $acc0);
+                    $pair!(x1, p + 1, $rows, $acc1);
+                    p += 2;
+                }
+                let rem = quads.remainder();
+                let (two, one) = rem.split_at(rem.len() / (2 * $bs) * (2 * $bs));
+                if !two.is_empty() {
+                    $pair!(two, p, $rows, $acc0);
+                }
+                one
+            }};
+        }
+
+        macro_rules! q4_0_pair {
+            ($pr:expr, $p:expr, $rows:expr, $acc:expr) => {{
+                let pr: &[u8; 36] = $pr.try_into().unwrap();
+                let p: usize = $p;
+                let rows = $rows;
+                let acc = &mut $acc;
+                let (b0, b1) = pr.split_at(18);
+                let ws = _mm512_sub_epi8(nibbles2(ld128(&b0[2..18]), ld128(&b1[2..18])), _mm512_set1_epi8(8));
+                let dw = f16_pair(b0, b1, 0);
+                for t in 0..N {
+                    let r = &rows[t];
+                    let v = signed_dot(ws, ld512i8(&r.qs[64 * p..64 * p + 64]));
+                    let s = spread_pair(_mm_mul_ps(dw, f32_pair(&r.d[2 * p..])));
+                    acc[t] = _mm512_fmadd_ps(s, _mm512_cvtepi32_ps(v), acc[t]);
+                }
+            }};
+        }
+
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn dot_q4_0<const N: usize>(w: &[u8], rows: &[ActRow<'_>; N], out: &mut [f32; MAX_TILE]) {
+            let mut acc0 = [_mm512_setzero_ps(); N];
+            let mut acc1 = [_mm512_setzero_ps(); N];
+            let one = pair_chains!(q4_0_pair, w, 18, rows, acc0, acc1);
+            let b = (w.len() / 18).saturating_sub(1);
+            for t in 0..N {
+                out[t] = _mm512_reduce_add_ps(_mm512_add_ps(acc0[t], acc1[t]));
+                if !one.is_empty() {
+                    let r = &rows[t];
+                    out[t] += q4_0_block(one, &r.qs[32 * b..32 * b + 32], r.d[b]);
+                }
+            }
+        }
+
+        macro_rules! q4_1_pair {
+            ($pr:expr, $p:expr, $rows:expr, $acc:expr) => {{
+                let pr: &[u8; 40] = $pr.try_into().unwrap();
+                let p: usize = $p;
+                let rows = $rows;
+                let acc = &mut $acc;
+                let (b0, b1) = pr.split_at(20);
+                let wq = nibbles2(ld128(&b0[4..20]), ld128(&b1[4..20]));
+                let dw = f16_pair(b0, b1, 0);
+                let mw = f16_pair(b0, b1, 2);
+                for t in 0..N {
+                    let r = &rows[t];
+                    let v = dot(wq, ld512i8(&r.qs[64 * p..64 * p + 64]));
+                    let s = spread_pair(_mm_mul_ps(dw, f32_pair(&r.d[2 * p..])));
+                    acc.0[t] = _mm512_fmadd_ps(s, _mm512_cvtepi32_ps(v), acc.0[t]);
+                    acc.1[t] = _mm_fmadd_ps(mw, f32_pair(&r.s[2 * p..]), acc.1[t]);
+                }
+            }};
+        }
+
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn dot_q4_1<const N: usize>(w: &[u8], rows: &[ActRow<'_>; N], out: &mut [f32; MAX_TILE]) {
+            let mut acc0 = ([_mm512_setzero_ps(); N], [_mm_setzero_ps(); N]);
+            let mut acc1 = ([_mm512_setzero_ps(); N], [_mm_setzero_ps(); N]);
+            let one = pair_chains!(q4_1_pair, w, 20, rows, acc0, acc1);
+            let b = (w.len() / 20).saturating_sub(1);
+            for t in 0..N {
+                let m = _mm_add_ps(acc0.1[t], acc1.1[t]);
+                let m = _mm_cvtss_f32(_mm_add_ss(m, _mm_movehdup_ps(m)));
+                out[t] = _mm512_reduce_add_ps(_mm512_add_ps(acc0.0[t], acc1.0[t])) + m;
+                if !one.is_empty() {
+                    let r = &rows[t];
+                    out[t] += q4_1_block(one, &r.qs[32 * b..32 * b + 32], r.d[b], r.s[b]);
+                }
+            }
+        }
+
+        macro_rules! q8_0_pair {
+            ($pr:expr, $p:expr, $rows:expr, $acc:expr) => {{
+                let pr: &[u8; 68] = $pr.try_into().unwrap();
+                let p: usize = $p;
+                let rows = $rows;
+                let acc = &mut $acc;
+                let (b0, b1) = pr.split_at(34);
+                let wv = _mm512_inserti64x4(_mm512_castsi256_si512(ld256(&b0[2..34])), ld256(&b1[2..34]), 1);
+                let dw = f16_pair(b0, b1, 0);
+                for t in 0..N {
+                    let r = &rows[t];
+                    let v = signed_dot(wv, ld512i8(&r.qs[64 * p..64 * p + 64]));
+                    let s = spread_pair(_mm_mul_ps(dw, f32_pair(&r.d[2 * p..])));
+                    acc[t] = _mm512_fmadd_ps(s, _mm512_cvtepi32_ps(v), acc[t]);
+                }
+            }};
+        }
+
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn dot_q8_0<const N: usize>(w: &[u8], rows: &[ActRow<'_>; N], out: &mut [f32; MAX_TILE]) {
+            let mut acc0 = [_mm512_setzero_ps(); N];
+            let mut acc1 = [_mm512_setzero_ps(); N];
+            let one = pair_chains!(q8_0_pair, w, 34, rows, acc0, acc1);
+            let b = (w.len() / 34).saturating_sub(1);
+            for t in 0..N {
+                out[t] = _mm512_reduce_add_ps(_mm512_add_ps(acc0[t], acc1[t]));
+                if !one.is_empty() {
+                    let r = &rows[t];
+                    out[t] += q8_0_block(one, &r.qs[32 * b..32 * b + 32], r.d[b]);
+                }
+            }
+        }
+    };
+}
+
+/// `vpmaddubsw` + `vpmaddwd` flavour.
+mod bw {
+    int_dots!(
+        "avx512f,avx512bw,avx512vl,avx2,fma,f16c",
+        fn dot(u: __m512i, s: __m512i) -> __m512i {
+            _mm512_madd_epi16(_mm512_maddubs_epi16(u, s), _mm512_set1_epi16(1))
+        }
+    );
+}
+
+/// `vpdpbusd` flavour.
+mod vnni {
+    int_dots!(
+        "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c",
+        fn dot(u: __m512i, s: __m512i) -> __m512i {
+            _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, s)
+        }
+    );
+}
