@@ -123,6 +123,10 @@ pub(crate) type TileFn = fn(&[f32], usize, &[f32], usize, usize, &mut [[f32; MAX
 /// Fast-path dots of packed weight rows `(w: nrows * row_bytes, row_bytes)` with up to
 /// `MAX_TILE` quantized activation rows; `out[r * MAX_TILE + t]`.
 pub(crate) type FastDotFn = fn(WeightType, &[u8], usize, &[ActRow<'_>], &mut [f32]);
+/// Exact path for a few activation rows with the weights decoded in registers (no
+/// dequantized copy): `(type, w rows, row_bytes, x: nt * k, nt <= MAX_TILE, k,
+/// out[r * MAX_TILE + t])`. Returns `false`, touching nothing, for types it does not cover.
+pub(crate) type ExactFusedFn = fn(WeightType, &[u8], usize, &[f32], usize, usize, &mut [f32]) -> bool;
 /// Activation quantizer.
 pub(crate) type QuantActsFn = fn(&[f32], &mut Q8Acts);
 
@@ -135,6 +139,7 @@ pub(crate) struct Kernels {
     pub tile: TileFn,
     /// Activation rows per exact tile (weight rows per tile are always `MAX_TILE`).
     pub tile_nt: usize,
+    pub exact_fused: Option<ExactFusedFn>,
     pub fast_dot: FastDotFn,
     pub quant_acts: QuantActsFn,
 }
@@ -144,6 +149,7 @@ static SCALAR: Kernels = Kernels {
     dequant: crate::scalar::dequant,
     tile: crate::scalar::tile,
     tile_nt: MAX_TILE,
+    exact_fused: None,
     fast_dot: crate::scalar::fast_dot,
     quant_acts: crate::acts::quantize_acts_scalar,
 };

@@ -291,6 +291,15 @@ unsafe fn run_rows(kern: &Kernels, w: &QMatrix, input: &PreparedInput, out: &Out
     if rows.is_empty() || input.t == 0 {
         return;
     }
+    if w.cols == 0 {
+        for t in 0..input.t {
+            for n in rows.clone() {
+                // SAFETY: row `n` belongs to this call's rows (caller contract).
+                unsafe { out.set(t * w.rows + n, 0.0) };
+            }
+        }
+        return;
+    }
     match &input.q8 {
         // SAFETY: forwarded caller contract.
         Some(acts) => unsafe { fast_rows(kern, w, acts, out, rows) },
@@ -336,6 +345,31 @@ unsafe fn exact_rows(kern: &Kernels, w: &QMatrix, x: &[f32], t: usize, out: &Out
     let n_all = w.rows;
     let k = w.cols;
     let rb = w.wtype.row_bytes(k).unwrap_or(0);
+    if t <= MAX_TILE {
+        if let Some(fused) = kern.exact_fused {
+            let rb = w.wtype.row_bytes(k).unwrap_or(0).max(1);
+            let panel = (FAST_PANEL_BYTES / rb).clamp(1, rows.len());
+            let mut res = vec![0f32; panel * MAX_TILE];
+            let mut p0 = rows.start;
+            while p0 < rows.end {
+                let p1 = (p0 + panel).min(rows.end);
+                let np = p1 - p0;
+                if !fused(w.wtype, &w.data[p0 * rb..p1 * rb], rb, x, t, k, &mut res[..np * MAX_TILE]) {
+                    break;
+                }
+                for (r, vals) in res[..np * MAX_TILE].chunks_exact(MAX_TILE).enumerate() {
+                    for (i, &v) in vals[..t].iter().enumerate() {
+                        // SAFETY: row `p0 + r` belongs to this call's rows (caller contract).
+                        unsafe { out.set(i * n_all + p0 + r, v) };
+                    }
+                }
+                p0 = p1;
+            }
+            if p0 == rows.end {
+                return;
+            }
+        }
+    }
     let panel = if t <= 1 {
         MAX_TILE
     } else {

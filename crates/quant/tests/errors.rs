@@ -86,6 +86,13 @@ fn matmul_bad_shapes() {
     // Constructor validation.
     assert!(QMatrix::new(WeightType::Q4_1, n, k, &data[1..]).is_err());
     assert!(QMatrix::new(WeightType::Q4_1, usize::MAX, k, &data).is_err());
+    // K = 0: every output is an empty sum.
+    for p in [MatmulPrecision::Exact, MatmulPrecision::Fast] {
+        let w0 = QMatrix::new(WeightType::Q4_0, 3, 0, &[]).unwrap();
+        let mut y0 = [f32::NAN; 6];
+        matmul(p, &w0, &[], &mut y0, 2).unwrap();
+        assert_eq!(y0, [0.0; 6]);
+    }
     // Empty shapes are fine.
     let mut empty: [f32; 0] = [];
     assert!(matmul(MatmulPrecision::Fast, &w, &[], &mut empty, 0).is_ok());

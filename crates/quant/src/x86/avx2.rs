@@ -11,7 +11,7 @@ use crate::types::WeightType;
 use crate::MAX_TILE;
 
 pub(crate) static KERNELS: Kernels =
-    Kernels { variant: Variant::Avx2, dequant, tile, tile_nt: 2, fast_dot, quant_acts };
+    Kernels { variant: Variant::Avx2, dequant, tile, tile_nt: 2, exact_fused: None, fast_dot, quant_acts };
 
 // ---------------------------------------------------------------------------------------
 // Bounds-checked loads and stores.

@@ -14,6 +14,7 @@ pub(crate) static KERNELS_BW: Kernels = Kernels {
     dequant,
     tile,
     tile_nt: MAX_TILE,
+    exact_fused: Some(exact_fused),
     fast_dot: bw::fast_dot,
     quant_acts: avx2::quant_acts,
 };
@@ -23,6 +24,7 @@ pub(crate) static KERNELS_VNNI: Kernels = Kernels {
     dequant,
     tile,
     tile_nt: MAX_TILE,
+    exact_fused: Some(exact_fused),
     fast_dot: vnni::fast_dot,
     quant_acts: avx2::quant_acts,
 };
@@ -176,6 +178,148 @@ fn tile_rt<const R: usize, const T: usize>(w: &[f32], x: &[f32], k: usize, out: 
             }
             out[r][t] = s;
         }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Exact path for up to 4 activation rows: each 32-element chunk of a weight row is decoded
+// into two registers (bit-identical to the dequantizer) and multiplied straight into the
+// accumulators, so no dequantized copy goes through memory.
+
+fn exact_fused(t: WeightType, w: &[u8], rb: usize, x: &[f32], nt: usize, k: usize, out: &mut [f32]) -> bool {
+    if !matches!(
+        t,
+        WeightType::F32 | WeightType::F16 | WeightType::BF16 | WeightType::Q4_0 | WeightType::Q4_1 | WeightType::Q8_0
+    ) {
+        return false;
+    }
+    // SAFETY: this table entry is only reachable after AVX-512 F/BW/VL and AVX2/FMA/F16C
+    // were detected.
+    unsafe { exact_fused_impl(t, w, rb, x, nt, k, out) };
+    true
+}
+
+/// Decodes 32 consecutive weights starting at element `e` of a row into two registers.
+macro_rules! decode32 {
+    (F32, $w:expr, $e:expr) => {{
+        let s = &$w[4 * $e..4 * $e + 128];
+        (_mm512_castsi512_ps(ld512(&s[..64])), _mm512_castsi512_ps(ld512(&s[64..])))
+    }};
+    (F16, $w:expr, $e:expr) => {{
+        let s = &$w[2 * $e..2 * $e + 64];
+        (_mm512_cvtph_ps(ld256(&s[..32])), _mm512_cvtph_ps(ld256(&s[32..])))
+    }};
+    (BF16, $w:expr, $e:expr) => {{
+        let s = &$w[2 * $e..2 * $e + 64];
+        let a = _mm512_slli_epi32(_mm512_cvtepu16_epi32(ld256(&s[..32])), 16);
+        let b = _mm512_slli_epi32(_mm512_cvtepu16_epi32(ld256(&s[32..])), 16);
+        (_mm512_castsi512_ps(a), _mm512_castsi512_ps(b))
+    }};
+    (Q4_0, $w:expr, $e:expr) => {{
+        let blk: &[u8; 18] = $w[18 * ($e / 32)..18 * ($e / 32) + 18].try_into().unwrap();
+        let d = _mm512_set1_ps(rd_f16(blk, 0));
+        let q = ld128(&blk[2..18]);
+        let m4 = _mm_set1_epi8(0x0f);
+        let eight = _mm512_set1_ps(8.0);
+        let lo = _mm512_sub_ps(u8x16_ps(_mm_and_si128(q, m4)), eight);
+        let hi = _mm512_sub_ps(u8x16_ps(_mm_and_si128(_mm_srli_epi16(q, 4), m4)), eight);
+        (_mm512_mul_ps(lo, d), _mm512_mul_ps(hi, d))
+    }};
+    (Q4_1, $w:expr, $e:expr) => {{
+        let blk: &[u8; 20] = $w[20 * ($e / 32)..20 * ($e / 32) + 20].try_into().unwrap();
+        let d = _mm512_set1_ps(rd_f16(blk, 0));
+        let m = _mm512_set1_ps(rd_f16(blk, 2));
+        let q = ld128(&blk[4..20]);
+        let m4 = _mm_set1_epi8(0x0f);
+        let lo = u8x16_ps(_mm_and_si128(q, m4));
+        let hi = u8x16_ps(_mm_and_si128(_mm_srli_epi16(q, 4), m4));
+        (_mm512_add_ps(_mm512_mul_ps(lo, d), m), _mm512_add_ps(_mm512_mul_ps(hi, d), m))
+    }};
+    (Q8_0, $w:expr, $e:expr) => {{
+        let blk: &[u8; 34] = $w[34 * ($e / 32)..34 * ($e / 32) + 34].try_into().unwrap();
+        let d = _mm512_set1_ps(rd_f16(blk, 0));
+        let a = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(ld128(&blk[2..18])));
+        let b = _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(ld128(&blk[18..34])));
+        (_mm512_mul_ps(a, d), _mm512_mul_ps(b, d))
+    }};
+}
+
+#[inline]
+#[target_feature(enable = "avx512f")]
+fn ld512(s: &[u8]) -> __m512i {
+    assert!(s.len() >= 64);
+    // SAFETY: 64 readable bytes (checked); unaligned load.
+    unsafe { _mm512_loadu_si512(s.as_ptr().cast()) }
+}
+
+/// One weight row (`k` elements of kind `$kind`) against `N` activation rows; chunks of 32
+/// alternate between two accumulator sets to hide the FMA latency.
+macro_rules! fused_row {
+    ($kind:ident, $n:literal, $w:expr, $x:expr, $k:expr, $out:expr) => {{
+        let (w, x, k, out): (&[u8], &[&[f32]; $n], usize, &mut [f32]) = ($w, $x, $k, $out);
+        let mut acc = [[[_mm512_setzero_ps(); 2]; $n]; 2];
+        let k32 = k / 32 * 32;
+        let mut e = 0;
+        while e < k32 {
+            for u in 0..2 {
+                let e = e + 32 * u;
+                if e >= k32 {
+                    break;
+                }
+                let (w0, w1) = decode32!($kind, w, e);
+                for t in 0..$n {
+                    let xr = &x[t][e..e + 32];
+                    acc[u][t][0] = _mm512_fmadd_ps(w0, ld_ps(&xr[..16]), acc[u][t][0]);
+                    acc[u][t][1] = _mm512_fmadd_ps(w1, ld_ps(&xr[16..]), acc[u][t][1]);
+                }
+            }
+            e += 64;
+        }
+        for t in 0..$n {
+            let v = _mm512_add_ps(_mm512_add_ps(acc[0][t][0], acc[0][t][1]), _mm512_add_ps(acc[1][t][0], acc[1][t][1]));
+            let mut s = _mm512_reduce_add_ps(v);
+            if k32 < k {
+                // Float rows only (quantized rows are whole blocks): a short scalar tail.
+                let mut tail = [0f32; 32];
+                crate::scalar::dequant(WeightType::$kind, &w[w.len() / k * k32..], &mut tail[..k - k32]);
+                for j in k32..k {
+                    s += tail[j - k32] * x[t][j];
+                }
+            }
+            out[t] = s;
+        }
+    }};
+}
+
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+fn exact_fused_impl(t: WeightType, w: &[u8], rb: usize, x: &[f32], nt: usize, k: usize, out: &mut [f32]) {
+    macro_rules! rows {
+        ($kind:ident, $n:literal) => {{
+            let xs: [&[f32]; $n] = std::array::from_fn(|i| &x[i * k..(i + 1) * k]);
+            for (wr, o) in w.chunks_exact(rb).zip(out.chunks_exact_mut(MAX_TILE)) {
+                fused_row!($kind, $n, wr, &xs, k, o);
+            }
+        }};
+    }
+    macro_rules! kinds {
+        ($n:literal) => {
+            match t {
+                WeightType::F32 => rows!(F32, $n),
+                WeightType::F16 => rows!(F16, $n),
+                WeightType::BF16 => rows!(BF16, $n),
+                WeightType::Q4_0 => rows!(Q4_0, $n),
+                WeightType::Q4_1 => rows!(Q4_1, $n),
+                WeightType::Q8_0 => rows!(Q8_0, $n),
+                _ => unreachable!("checked by exact_fused"),
+            }
+        };
+    }
+    match nt {
+        1 => kinds!(1),
+        2 => kinds!(2),
+        3 => kinds!(3),
+        4 => kinds!(4),
+        n => unreachable!("{n} activation rows"),
     }
 }
 
