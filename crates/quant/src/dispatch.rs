@@ -20,7 +20,8 @@ pub enum Variant {
     Avx512,
     /// AVX-512 F/BW/VL + VNNI (integer dots through `vpdpbusd`).
     Avx512Vnni,
-    /// AArch64 NEON (f32 tiles; integer dots use the portable code).
+    /// AArch64 NEON (f32 tiles for the exact path; dequantization and integer dots use the
+    /// portable code, vectorized by the compiler).
     Neon,
 }
 
@@ -163,6 +164,8 @@ fn table(v: Variant) -> &'static Kernels {
         Variant::Avx512 => &crate::x86::avx512::KERNELS_BW,
         #[cfg(target_arch = "x86_64")]
         Variant::Avx512Vnni => &crate::x86::avx512::KERNELS_VNNI,
+        #[cfg(target_arch = "aarch64")]
+        Variant::Neon => &crate::neon::KERNELS,
         #[allow(unreachable_patterns)]
         _ => &SCALAR,
     }
