@@ -67,7 +67,8 @@ pub struct SampleArgs {
 
 impl SampleArgs {
     pub fn params(&self) -> Result<SamplingParams> {
-        if !(self.temperature >= 0.0)
+        if self.temperature.is_nan()
+            || self.temperature < 0.0
             || !(0.0..=1.0).contains(&self.top_p)
             || !(0.0..=1.0).contains(&self.min_p)
             || self.repeat_penalty <= 0.0

@@ -1,46 +1,56 @@
-//! A sequence's KV cache as the model sees it: fixed-capacity per-layer planes, head-major
-//! (`[Hkv, capacity]` rows), read by the kernels as a one-block paged view.
+//! A sequence's KV cache as the model sees it: a sequence in a paged [`BlockPool`], lent to
+//! the model through [`CacheAccess`]. Slots are reserved as the model writes positions; the
+//! kernels read the block-table view.
 
-use latent_attention::kv_view::ONE_BLOCK;
-use latent_attention::{KvPlane, KvSeq, RowFormat, ValueSource};
-use latent_kernels::Kernels;
+use latent_attention::{KvSeq, RowFormat};
+use latent_kv::{BlockPool, CacheLayout, KvError, SeqId, DEFAULT_BLOCK_SIZE};
 use latent_models::{CacheAccess, CacheSpec, ModelError};
 
 pub struct SeqCache {
-    spec: CacheSpec,
-    fmt: RowFormat,
+    pool: BlockPool,
+    seq: SeqId,
     capacity: usize,
-    /// Per layer: K plane (or latent rows) and V plane (empty for latent caches).
-    planes: Vec<(Vec<u8>, Vec<u8>)>,
+}
+
+fn kv_err(e: KvError) -> ModelError {
+    ModelError::Cache(e.to_string())
 }
 
 impl SeqCache {
-    pub fn new(spec: CacheSpec, fmt: RowFormat, capacity: usize) -> SeqCache {
-        let planes = match spec {
-            CacheSpec::Gqa { layers, kv_heads, head_dim } => {
-                let n = kv_heads * capacity * fmt.row_bytes(head_dim);
-                (0..layers).map(|_| (vec![0u8; n], vec![0u8; n])).collect()
-            }
-            CacheSpec::Latent { layers, rank, rope } => {
-                let n = capacity * fmt.row_bytes(rank + rope);
-                (0..layers).map(|_| (vec![0u8; n], Vec::new())).collect()
-            }
+    /// A pool holding `capacity` tokens of `spec` in `fmt`, with one sequence.
+    pub fn new(spec: CacheSpec, fmt: RowFormat, capacity: usize) -> Result<SeqCache, KvError> {
+        let layout = match spec {
+            CacheSpec::Gqa { layers, kv_heads, head_dim } => CacheLayout::gqa(layers, kv_heads, head_dim, fmt),
+            CacheSpec::Latent { layers, rank, rope } => CacheLayout::latent(layers, rank, rope, fmt.dtype),
         };
-        SeqCache { spec, fmt, capacity, planes }
+        let blocks = capacity.div_ceil(DEFAULT_BLOCK_SIZE).max(1);
+        let mut pool = BlockPool::with_blocks(layout, DEFAULT_BLOCK_SIZE, blocks)?;
+        let seq = pool.create_limited(capacity);
+        Ok(SeqCache { pool, seq, capacity })
     }
 
     pub fn capacity(&self) -> usize {
         self.capacity
     }
 
-    /// Bytes held.
-    pub fn bytes(&self) -> usize {
-        self.planes.iter().map(|(k, v)| k.len() + v.len()).sum()
+    /// Bytes the cache holds per token (all layers, scales included).
+    pub fn bytes_per_token(&self) -> usize {
+        self.pool.bytes_per_token()
     }
 
-    fn check(&self, pos: usize) -> Result<(), ModelError> {
-        if pos >= self.capacity {
-            return Err(ModelError::Cache(format!("position {pos} beyond the cache capacity {}", self.capacity)));
+    /// Bytes of the blocks in use.
+    pub fn bytes_used(&self) -> usize {
+        self.pool.bytes_used()
+    }
+
+    pub fn layout(&self) -> &CacheLayout {
+        self.pool.layout()
+    }
+
+    fn reserve(&mut self, pos: usize) -> Result<(), ModelError> {
+        let len = self.pool.len(self.seq).map_err(kv_err)?;
+        if pos >= len {
+            self.pool.append(self.seq, pos + 1 - len).map_err(kv_err)?;
         }
         Ok(())
     }
@@ -48,77 +58,21 @@ impl SeqCache {
 
 impl CacheAccess for SeqCache {
     fn write_kv(&mut self, layer: usize, pos: usize, k: &[f32], v: &[f32]) -> Result<(), ModelError> {
-        self.check(pos)?;
-        let CacheSpec::Gqa { kv_heads, head_dim, .. } = self.spec else {
-            return Err(ModelError::Cache("K/V written to a latent cache".into()));
-        };
-        let rb = self.fmt.row_bytes(head_dim);
-        let kern = Kernels::best();
-        let (kp, vp) = &mut self.planes[layer];
-        for h in 0..kv_heads {
-            let off = (h * self.capacity + pos) * rb;
-            self.fmt.encode(kern, &k[h * head_dim..(h + 1) * head_dim], &mut kp[off..off + rb]);
-            self.fmt.encode(kern, &v[h * head_dim..(h + 1) * head_dim], &mut vp[off..off + rb]);
-        }
-        Ok(())
+        self.reserve(pos)?;
+        self.pool.write_kv(self.seq, layer, pos, k, v).map_err(kv_err)
     }
 
     fn write_latent(&mut self, layer: usize, pos: usize, row: &[f32]) -> Result<(), ModelError> {
-        self.check(pos)?;
-        let CacheSpec::Latent { rank, rope, .. } = self.spec else {
-            return Err(ModelError::Cache("latent written to a K/V cache".into()));
-        };
-        let rb = self.fmt.row_bytes(rank + rope);
-        let off = pos * rb;
-        self.fmt.encode(Kernels::best(), row, &mut self.planes[layer].0[off..off + rb]);
-        Ok(())
+        self.reserve(pos)?;
+        self.pool.write_latent(self.seq, layer, pos, row).map_err(kv_err)
     }
 
     fn view(&self, layer: usize, len: usize) -> Result<KvSeq<'_>, ModelError> {
-        if len > self.capacity {
-            return Err(ModelError::Cache(format!("{len} tokens beyond the cache capacity {}", self.capacity)));
+        let mut v = self.pool.view(self.seq, layer).map_err(kv_err)?;
+        if len > v.len {
+            return Err(ModelError::Cache(format!("{len} tokens requested, {} written", v.len)));
         }
-        let (kp, vp) = &self.planes[layer];
-        Ok(match self.spec {
-            CacheSpec::Gqa { kv_heads, head_dim, .. } => {
-                let rb = self.fmt.row_bytes(head_dim);
-                let plane = |pool| KvPlane {
-                    pool,
-                    fmt: self.fmt,
-                    block_bytes: 0,
-                    token_bytes: rb,
-                    head_bytes: self.capacity * rb,
-                    offset_bytes: 0,
-                    dim: head_dim,
-                };
-                KvSeq {
-                    k: plane(kp.as_slice()),
-                    v: ValueSource::Plane(plane(vp.as_slice())),
-                    kv_heads,
-                    block_size: self.capacity.max(1),
-                    table: &ONE_BLOCK,
-                    len,
-                }
-            }
-            CacheSpec::Latent { rank, rope, .. } => {
-                let rb = self.fmt.row_bytes(rank + rope);
-                KvSeq {
-                    k: KvPlane {
-                        pool: kp.as_slice(),
-                        fmt: self.fmt,
-                        block_bytes: 0,
-                        token_bytes: rb,
-                        head_bytes: 0,
-                        offset_bytes: 0,
-                        dim: rank + rope,
-                    },
-                    v: ValueSource::KeyPrefix { dim: rank },
-                    kv_heads: 1,
-                    block_size: self.capacity.max(1),
-                    table: &ONE_BLOCK,
-                    len,
-                }
-            }
-        })
+        v.len = len;
+        Ok(v)
     }
 }

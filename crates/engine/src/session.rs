@@ -114,11 +114,9 @@ impl Engine {
         if capacity > ctx {
             return Err(EngineError::ContextFull { prompt: capacity, gen: 0, ctx });
         }
-        Ok(Session {
-            engine: self,
-            cache: SeqCache::new(self.model.info().cache, self.kv_format(), capacity),
-            history: Vec::new(),
-        })
+        let cache = SeqCache::new(self.model.info().cache, self.kv_format(), capacity)
+            .map_err(|e| EngineError::CacheFull(e.to_string()))?;
+        Ok(Session { engine: self, cache, history: Vec::new() })
     }
 
     fn exec(&self) -> Exec<'_> {

@@ -91,8 +91,9 @@ fn absorbed_and_naive_paths_agree() {
 fn cache_holds_only_the_latent() {
     let Some(e) = engine("v2", MlaPath::Absorbed) else { return };
     let s = e.session(100).unwrap();
-    // 3 layers × 100 tokens × (kv_lora 32 + rope 8) f32 elements.
-    assert_eq!(s.cache.bytes(), 3 * 100 * (32 + 8) * 4);
+    // 3 layers × (kv_lora 32 + rope 8) f32 elements per token: the latent and nothing else.
+    assert_eq!(s.cache.bytes_per_token(), 3 * (32 + 8) * 4);
+    assert!(matches!(s.cache.layout().mechanism, latent_kv::Mechanism::Latent { rank: 32, rope_dim: 8 }));
     let info = e.model.info();
     assert_eq!(info.cache, latent_models::CacheSpec::Latent { layers: 3, rank: 32, rope: 8 });
 }

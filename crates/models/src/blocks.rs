@@ -57,8 +57,62 @@ pub fn matmul(ex: &Exec, file: &GgufFile, w: &Linear, x: &[f32], t: usize) -> Re
     Ok(y)
 }
 
-fn effective_precision(p: MatmulPrecision, _w: WeightType) -> MatmulPrecision {
-    p
+/// Several products of the same input `x` `[T, K]` (e.g. Q, K and V) in one parallel region:
+/// for a single row the weight rows of all matrices are cut into one pool of chunks balanced
+/// by bytes, so a decode step pays one fork/join for the group instead of one per matrix.
+pub fn matmuls(ex: &Exec, file: &GgufFile, ws: &[&Linear], x: &[f32], t: usize) -> Result<Vec<Vec<f32>>, ModelError> {
+    let threads = ex.pool.current_num_threads();
+    if t != 1 || threads <= 1 {
+        return ws.iter().map(|w| matmul(ex, file, w, x, t)).collect();
+    }
+    let total: usize = ws.iter().map(|w| w.bytes()).sum();
+    let target = total.div_ceil(threads * 2).max(16 * 1024);
+    // (matrix, row range) chunks.
+    let mut chunks = Vec::new();
+    for (mi, w) in ws.iter().enumerate() {
+        let rb = (w.bytes() / w.rows.max(1)).max(1);
+        let rows = (target / rb).max(4).next_multiple_of(4);
+        let mut r = 0;
+        while r < w.rows {
+            let e = (r + rows).min(w.rows);
+            chunks.push((mi, r..e));
+            r = e;
+        }
+    }
+    let results: Vec<Result<Vec<f32>, latent_quant::QuantError>> = ex.pool.install(|| {
+        use rayon::prelude::*;
+        chunks
+            .par_iter()
+            .map(|(mi, r)| {
+                let w = ws[*mi];
+                let mut y = vec![0f32; r.len()];
+                latent_quant::matmul(
+                    effective_precision(ex.precision, w.wtype),
+                    &w.rows_of(file, r.clone()),
+                    x,
+                    &mut y,
+                    1,
+                )?;
+                Ok(y)
+            })
+            .collect()
+    });
+    let mut out: Vec<Vec<f32>> = ws.iter().map(|w| Vec::with_capacity(w.rows)).collect();
+    for ((mi, _), y) in chunks.iter().zip(results) {
+        out[*mi].extend(y?);
+    }
+    Ok(out)
+}
+
+/// The precision a matrix actually runs at. Weights stored with 8 or more bits (Q8_0, and
+/// the float types) keep f32 activations even in `Fast` mode: rounding activations to 8 bits
+/// would be their dominant error, and these matrices (typically the output embedding) are
+/// memory-bound either way.
+fn effective_precision(p: MatmulPrecision, w: WeightType) -> MatmulPrecision {
+    match w {
+        WeightType::Q8_0 | WeightType::F16 | WeightType::BF16 | WeightType::F32 => MatmulPrecision::Exact,
+        _ => p,
+    }
 }
 
 /// Applies RoPE to the first `rot` dims of each of the `heads` heads (`dim` each) of every

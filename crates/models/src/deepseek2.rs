@@ -80,7 +80,7 @@ impl Deepseek2Config {
         let scaling = f.get_str(&k("rope.scaling.type")).unwrap_or("none");
         let (yarn, mscale) = if scaling == "yarn" {
             let factor = meta_f32(f, &k("rope.scaling.factor"))?;
-            if !(factor > 0.0) {
+            if factor.is_nan() || factor <= 0.0 {
                 return Err(ModelError::Metadata { key: k("rope.scaling.factor"), msg: format!("{factor}") });
             }
             let fs = 1.0 / factor;
@@ -148,7 +148,7 @@ enum QProj {
 
 enum Ffn {
     Dense { gate: Linear, up: Linear, down: Linear },
-    Moe(MoeLayer),
+    Moe(Box<MoeLayer>),
 }
 
 struct Layer {
@@ -242,7 +242,7 @@ impl Deepseek2 {
                     down: linear(f, &nm("ffn_down"), c, cfg.ffn)?,
                 }
             } else {
-                Ffn::Moe(MoeLayer::load(f, l, c, &cfg.moe)?)
+                Ffn::Moe(Box::new(MoeLayer::load(f, l, c, &cfg.moe)?))
             };
             layers.push(Layer {
                 attn_norm: vector(f, &nm("attn_norm"), c)?,

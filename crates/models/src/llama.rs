@@ -3,7 +3,7 @@
 //! Covers SmolLM2, Llama 2/3 and most Llama-family GGUFs. RoPE pairs dims (2i, 2i+1)
 //! (llama.cpp's "normal" mode; the GGUF converter permutes Q/K rows to match).
 
-use crate::blocks::{add_into, embed, gqa_attention, matmul, rms_norm, rope_heads, swiglu};
+use crate::blocks::{add_into, embed, gqa_attention, matmul, matmuls, rms_norm, rope_heads, swiglu};
 use crate::weights::{linear, meta_f32, meta_u32, vector, Linear};
 use crate::{CacheAccess, CacheSpec, Exec, Logits, Model, ModelError, ModelInfo};
 use latent_attention::{AttnShape, Rope, RopeStyle};
@@ -149,17 +149,18 @@ impl Model for Llama {
         for (l, ly) in self.layers.iter().enumerate() {
             // Attention block.
             let xn = rms_norm(&x, &ly.attn_norm, cfg.eps);
-            let mut q = matmul(ex, f, &ly.wq, &xn, t)?; // [T, H, D]
-            let mut k = matmul(ex, f, &ly.wk, &xn, t)?; // [T, Hkv, D]
-            let v = matmul(ex, f, &ly.wv, &xn, t)?; // [T, Hkv, D]
+            let mut qkv = matmuls(ex, f, &[&ly.wq, &ly.wk, &ly.wv], &xn, t)?.into_iter();
+            let (mut q, mut k, v) =
+                (qkv.next().unwrap_or_default(), qkv.next().unwrap_or_default(), qkv.next().unwrap_or_default());
+            // q [T, H, D], k [T, Hkv, D], v [T, Hkv, D]
             rope_heads(&mut q, h, d, &angles);
             rope_heads(&mut k, hk, d, &angles);
             let o = gqa_attention(ex, cache, l, shape, &q, &k, &v, pos0, t)?; // [T, H, D]
             add_into(&mut x, &matmul(ex, f, &ly.wo, &o, t)?);
             // FFN block.
             let xn = rms_norm(&x, &ly.ffn_norm, cfg.eps);
-            let mut g = matmul(ex, f, &ly.gate, &xn, t)?; // [T, F]
-            let u = matmul(ex, f, &ly.up, &xn, t)?; // [T, F]
+            let mut gu = matmuls(ex, f, &[&ly.gate, &ly.up], &xn, t)?.into_iter();
+            let (mut g, u) = (gu.next().unwrap_or_default(), gu.next().unwrap_or_default()); // [T, F] each
             swiglu(&mut g, &u);
             add_into(&mut x, &matmul(ex, f, &ly.down, &g, t)?);
         }
