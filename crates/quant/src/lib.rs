@@ -12,6 +12,26 @@
 //!     Q4_0/Q4_1/Q8_0, 256-element Q8_K-style blocks for the K-quants), integer dot
 //!     products per block as in ggml's `vec_dot`, f32 accumulation of the scaled sums.
 //!
+//! # Example
+//! ```
+//! use latent_quant::{matmul, quantize_row, MatmulPrecision, QMatrix, WeightType};
+//!
+//! let (n, k) = (4, 64); // W: [N, K]
+//! let w: Vec<f32> = (0..n * k).map(|i| ((i % 7) as f32 - 3.0) * 0.1).collect();
+//! let rb = WeightType::Q8_0.row_bytes(k)?;
+//! let mut packed = vec![0u8; n * rb];
+//! for (row, dst) in w.chunks(k).zip(packed.chunks_mut(rb)) {
+//!     quantize_row(WeightType::Q8_0, row, dst)?;
+//! }
+//! let wq = QMatrix::new(WeightType::Q8_0, n, k, &packed)?;
+//! let x = vec![0.5f32; k]; // one activation row (t = 1)
+//! let mut y = vec![0f32; n];
+//! matmul(MatmulPrecision::Fast, &wq, &x, &mut y, 1)?;
+//! let want: f32 = w[..k].iter().map(|v| v * 0.5).sum();
+//! assert!((y[0] - want).abs() < 1e-2);
+//! # Ok::<(), latent_quant::QuantError>(())
+//! ```
+//!
 //! # Kernels and dispatch
 //! Kernels come in [`Variant`]s: scalar (always), AVX2+FMA+F16C, AVX-512 F/BW/VL, AVX-512
 //! with VNNI, and NEON. The plain entry points use one table chosen once from

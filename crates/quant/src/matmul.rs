@@ -62,6 +62,9 @@ pub enum MatmulPrecision {
 
 /// Activations made ready for a weight type and precision (quantized once for `Fast`), to
 /// share between several [`matmul_prepared_rows`] calls (e.g. threads splitting the rows).
+/// An input prepared for one weight type serves every type with the same activation block
+/// (Q4_0/Q4_1/Q8_0 share 32-element blocks, the K-quants 256-element blocks) and the float
+/// types (computed exactly).
 #[derive(Debug)]
 pub struct PreparedInput<'a> {
     x: &'a [f32],
@@ -232,12 +235,11 @@ pub fn matmul_par(
 
 fn check_call(w: &QMatrix, input: &PreparedInput, y_len: usize, row_range: &Range<usize>) -> Result<(), QuantError> {
     w.validate()?;
-    if input.wtype != w.wtype && input.q8.is_some() {
-        return Err(QuantError::BufferLength {
-            what: "prepared input block size (prepared for another weight type)",
-            expected: w.wtype.block_size(),
-            got: input.wtype.block_size(),
-        });
+    if let Some(acts) = &input.q8 {
+        let need = if w.wtype.is_k_quant() { QK_K } else { QK };
+        if w.wtype.is_quantized() && acts.block != need {
+            return Err(QuantError::PreparedMismatch { prepared: input.wtype, weights: w.wtype });
+        }
     }
     check_len("prepared input columns", input.k, w.cols)?;
     let ny = input.t.checked_mul(w.rows).ok_or(QuantError::Overflow("output size"))?;
@@ -302,9 +304,10 @@ unsafe fn run_rows(kern: &Kernels, w: &QMatrix, input: &PreparedInput, out: &Out
     }
     match &input.q8 {
         // SAFETY: forwarded caller contract.
-        Some(acts) => unsafe { fast_rows(kern, w, acts, out, rows) },
+        Some(acts) if w.wtype.is_quantized() => unsafe { fast_rows(kern, w, acts, out, rows) },
+        // Float weights have no integer path (also when the input was prepared as `Fast`).
         // SAFETY: forwarded caller contract.
-        None => unsafe { exact_rows(kern, w, input.x, input.t, out, rows) },
+        _ => unsafe { exact_rows(kern, w, input.x, input.t, out, rows) },
     }
 }
 

@@ -159,6 +159,8 @@ pub enum QuantError {
     Overflow(&'static str),
     #[error("row range {start}..{end} is out of bounds for {rows} rows")]
     RowRange { start: usize, end: usize, rows: usize },
+    #[error("input prepared for {prepared} weights cannot be used with {weights} weights")]
+    PreparedMismatch { prepared: WeightType, weights: WeightType },
     #[error("kernel variant {0} is not available on this CPU")]
     VariantUnavailable(&'static str),
 }
