@@ -16,7 +16,7 @@
 
 use crate::kv_view::{KvSeq, ValueSource};
 use crate::AttnError;
-use latent_kernels::{Kernels, MatMut, MatRef};
+use latent_kernels::{Kernels, MatMut, MatRef, RawMat};
 use rayon::prelude::*;
 
 /// Head counts and head dims of one attention call.
@@ -139,7 +139,7 @@ impl Plan {
     }
     /// Decode: one query tile, KV split across threads.
     pub fn decode(shape: &AttnShape) -> Plan {
-        let kv_tile = if shape.group() >= 32 { 64 } else { 128 };
+        let kv_tile = if shape.group() >= 32 { 64 } else { 512 };
         Plan { q_tile: (128 / shape.group()).max(1), kv_tile, split: KvSplit::Auto, min_split: 256 }
     }
 }
@@ -350,10 +350,18 @@ fn run_item(k: &Kernels, p: &AttnParams, plan: &Plan, q: &[f32], s: &SeqSpec, it
     for r in split_ranges(&ranges, it.split, it.nsplit) {
         let mut j0 = r.start;
         while j0 < r.end {
-            let n = kt.min(r.end - j0);
-            s.kv.k.load_rows(k, &s.kv, it.g, j0, n, &mut kbuf[..n * dk]);
+            // Tiles never cross a block boundary, so a plain-typed tile is one strided matrix
+            // the GEMM tiles read in its stored type (no conversion pass).
+            let n = kt.min(r.end - j0).min(s.kv.block_size - j0 % s.kv.block_size);
+            let kraw = s.kv.k.raw_rows(&s.kv, it.g, j0, n);
             let scm = MatMut { data: &mut sc[..rows * n], rows, cols: n, stride: n };
-            (k.gemm_nt)(p.scale, MatRef::dense(&qm, rows, dk), MatRef::dense(&kbuf[..n * dk], n, dk), scm);
+            match kraw {
+                Some(kr) => (k.gemm_nt_raw)(p.scale, MatRef::dense(&qm, rows, dk), kr, scm),
+                None => {
+                    s.kv.k.load_rows(k, &s.kv, it.g, j0, n, &mut kbuf[..n * dk]);
+                    (k.gemm_nt)(p.scale, MatRef::dense(&qm, rows, dk), MatRef::dense(&kbuf[..n * dk], n, dk), scm);
+                }
+            }
             let full = p.mask.tile_fully_visible(p0, p1, j0, j0 + n);
             for row in 0..rows {
                 let srow = &mut sc[row * n..(row + 1) * n];
@@ -378,14 +386,21 @@ fn run_item(k: &Kernels, p: &AttnParams, plan: &Plan, q: &[f32], s: &SeqSpec, it
                 }
                 m[row] = mnew;
             }
-            let vm = match s.kv.v {
-                ValueSource::Plane(vp) => {
-                    vp.load_rows(k, &s.kv, it.g, j0, n, &mut vbuf[..n * dv]);
-                    MatRef::dense(&vbuf[..n * dv], n, dv)
+            let pm = MatRef::dense(&sc[..rows * n], rows, n);
+            let accm = MatMut::dense(&mut acc, rows, dv);
+            match (s.kv.v, kraw) {
+                (ValueSource::KeyPrefix { .. }, Some(kr)) => (k.gemm_nn_raw)(pm, RawMat { cols: dv, ..kr }, accm),
+                (ValueSource::KeyPrefix { .. }, None) => {
+                    (k.gemm_nn)(pm, MatRef { data: &kbuf[..n * dk], rows: n, cols: dv, stride: dk }, accm)
                 }
-                ValueSource::KeyPrefix { .. } => MatRef { data: &kbuf[..n * dk], rows: n, cols: dv, stride: dk },
-            };
-            (k.gemm_nn)(MatRef::dense(&sc[..rows * n], rows, n), vm, MatMut::dense(&mut acc, rows, dv));
+                (ValueSource::Plane(vp), _) => match vp.raw_rows(&s.kv, it.g, j0, n) {
+                    Some(vr) => (k.gemm_nn_raw)(pm, vr, accm),
+                    None => {
+                        vp.load_rows(k, &s.kv, it.g, j0, n, &mut vbuf[..n * dv]);
+                        (k.gemm_nn)(pm, MatRef::dense(&vbuf[..n * dv], n, dv), accm)
+                    }
+                },
+            }
             j0 += n;
         }
     }

@@ -9,7 +9,7 @@
 //! head · head_bytes + offset_bytes` in the pool.
 
 use crate::AttnError;
-use latent_kernels::Kernels;
+use latent_kernels::{Elem, Kernels, RawMat};
 
 /// Element type of a cache plane.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -101,6 +101,11 @@ impl RowFormat {
     /// bf16.
     pub fn latent(dtype: KvDtype, rope_dim: usize) -> RowFormat {
         RowFormat { dtype, group: SCALE_GROUP, tail_bf16: if dtype.is_8bit() { rope_dim } else { 0 } }
+    }
+
+    /// Every element in a scale-free type (rows can be converted many at a time).
+    pub fn is_plain(&self) -> bool {
+        !self.dtype.is_8bit() && self.tail_bf16 == 0
     }
 
     fn split(&self, dim: usize) -> (usize, usize) {
@@ -261,6 +266,28 @@ impl<'a> KvSeq<'a> {
 }
 
 impl KvPlane<'_> {
+    /// Rows `start..start+n` of `head` as one strided matrix in their stored type, when the
+    /// format is scale-free and the rows lie in one block.
+    #[inline]
+    pub(crate) fn raw_rows<'p>(&'p self, seq: &KvSeq, head: usize, start: usize, n: usize) -> Option<RawMat<'p>> {
+        let bs = seq.block_size;
+        if n == 0 || !self.fmt.is_plain() || start % bs + n > bs {
+            return None;
+        }
+        let elem = match self.fmt.dtype {
+            KvDtype::F32 => Elem::F32,
+            KvDtype::F16 => Elem::F16,
+            KvDtype::Bf16 => Elem::Bf16,
+            KvDtype::Fp8 | KvDtype::Int8 => return None,
+        };
+        let off = seq.table[start / bs] as usize * self.block_bytes
+            + (start % bs) * self.token_bytes
+            + head * self.head_bytes
+            + self.offset_bytes;
+        let len = (n - 1) * self.token_bytes + self.fmt.row_bytes(self.dim);
+        Some(RawMat { data: &self.pool[off..off + len], elem, rows: n, cols: self.dim, stride_bytes: self.token_bytes })
+    }
+
     /// Decodes rows `start..start+n` of `head` into `out` (`[n, dim]`, row stride `dim`).
     /// Walks block by block: one table lookup per block, not per row.
     pub(crate) fn load_rows(&self, k: &Kernels, seq: &KvSeq, head: usize, start: usize, n: usize, out: &mut [f32]) {
@@ -275,9 +302,18 @@ impl KvPlane<'_> {
                 + within * self.token_bytes
                 + head * self.head_bytes
                 + self.offset_bytes;
-            for r in 0..run {
-                self.fmt.decode(k, &self.pool[off..off + rb], &mut out[(i + r) * self.dim..(i + r + 1) * self.dim]);
-                off += self.token_bytes;
+            if self.token_bytes == rb && self.fmt.is_plain() {
+                // Rows are back to back and scale-free: one conversion for the whole run.
+                self.fmt.dtype.decode_plain(
+                    k,
+                    &self.pool[off..off + run * rb],
+                    &mut out[i * self.dim..(i + run) * self.dim],
+                );
+            } else {
+                for r in 0..run {
+                    self.fmt.decode(k, &self.pool[off..off + rb], &mut out[(i + r) * self.dim..(i + r + 1) * self.dim]);
+                    off += self.token_bytes;
+                }
             }
             i += run;
         }

@@ -33,6 +33,12 @@ pub struct BenchAttnArgs {
     /// Minimum timed repetitions per case.
     #[arg(long, default_value_t = 5)]
     reps: usize,
+    /// Read the cache through the paged block pool (latent-kv) instead of one contiguous block.
+    #[arg(long)]
+    paged: bool,
+    /// Tokens per block with --paged.
+    #[arg(long, default_value_t = 64)]
+    block_size: usize,
     /// One JSON object per line on stdout.
     #[arg(long)]
     json: bool,
@@ -126,6 +132,49 @@ impl Cache {
     }
 }
 
+/// The same random cache in a paged block pool, its blocks scattered by interleaving a
+/// second sequence's allocations.
+struct PagedCache {
+    pool: latent_kv::BlockPool,
+    seq: latent_kv::SeqId,
+}
+
+impl PagedCache {
+    fn new(m: &Mech, dtype: KvDtype, len: usize, block_size: usize, rng: &mut Rng) -> Result<PagedCache> {
+        let sh = m.shape;
+        let layout = if m.latent {
+            latent_kv::CacheLayout::latent(1, sh.dv, sh.dk - sh.dv, dtype)
+        } else {
+            latent_kv::CacheLayout::gqa(1, sh.kv_heads, sh.dk, RowFormat::plain(dtype))
+        };
+        let blocks = 2 * len.div_ceil(block_size) + 2;
+        let mut pool = latent_kv::BlockPool::with_blocks(layout, block_size, blocks)?;
+        let (seq, other) = (pool.create(), pool.create());
+        let chunk = block_size.max(256);
+        let mut done = 0;
+        while done < len {
+            let n = chunk.min(len - done);
+            pool.append(seq, n)?;
+            pool.append(other, n.min(block_size))?;
+            if m.latent {
+                let x: Vec<f32> = (0..n * sh.dk).map(|_| (rng.uniform() as f32 - 0.5) * 3.0).collect();
+                pool.write_latent_range(seq, 0, done, &x)?;
+            } else {
+                let k: Vec<f32> = (0..n * sh.kv_heads * sh.dk).map(|_| (rng.uniform() as f32 - 0.5) * 3.0).collect();
+                let v: Vec<f32> = (0..n * sh.kv_heads * sh.dv).map(|_| (rng.uniform() as f32 - 0.5) * 3.0).collect();
+                pool.write_kv_range(seq, 0, done, &k, &v)?;
+            }
+            done += n;
+        }
+        pool.free(other)?;
+        Ok(PagedCache { pool, seq })
+    }
+
+    fn bytes(&self) -> f64 {
+        (self.pool.bytes_per_token() * self.pool.len(self.seq).unwrap_or(0)) as f64
+    }
+}
+
 /// One measured case.
 pub struct Row {
     pub mechanism: &'static str,
@@ -137,7 +186,8 @@ pub struct Row {
 }
 
 impl Row {
-    fn json(&self, lim: &MachineLimits, dtype: &str, batch: usize) -> serde_json::Value {
+    fn json(&self, lim: &MachineLimits, a: &BenchAttnArgs) -> serde_json::Value {
+        let (dtype, batch) = (&a.kv_dtype, a.batch);
         let gbps = self.bytes / self.seconds / 1e9;
         let gflops = self.flops / self.seconds / 1e9;
         serde_json::json!({
@@ -146,8 +196,10 @@ impl Row {
             "seconds": self.seconds, "kv_bytes": self.bytes, "flops": self.flops,
             "gbps": gbps, "gflops": gflops,
             "read_gbps": lim.read_gbps, "memcpy_gbps": lim.memcpy_gbps, "gemm_gflops": lim.gemm_gflops,
+            "gemm_crate_gflops": lim.gemm_crate_gflops, "tile_gemm_gflops": lim.tile_gemm_gflops,
             "roofline_fraction": roofline(self, lim),
             "bound": if self.bytes / lim.read_gbps > self.flops / lim.gemm_gflops { "memory" } else { "compute" },
+            "paged": a.paged, "block_size": if a.paged { a.block_size } else { self.context.max(1) },
         })
     }
 }
@@ -178,31 +230,42 @@ pub fn run(a: BenchAttnArgs) -> Result<()> {
     let mechs: Vec<Mech> = a.mechanisms.split(',').filter(|s| !s.is_empty()).map(mechanism).collect::<Result<_>>()?;
     let contexts = parse_sizes(&a.contexts)?;
     let prefills = parse_sizes(&a.prefill)?;
-    if a.batch == 0 {
-        bail!("--batch must be ≥ 1");
+    if a.batch == 0 || a.block_size == 0 {
+        bail!("--batch and --block-size must be ≥ 1");
     }
     eprintln!("measuring machine limits ({} threads)…", pool.current_num_threads());
     let lim = machine::measure(&pool);
     if !a.json {
         println!(
-            "machine: {} threads, {}; read {:.1} GB/s, memcpy {:.1} GB/s (read+write), f32 GEMM {:.1} GFLOP/s (gemm crate, 1024³)",
+            "machine: {} threads, {}; read {:.1} GB/s, memcpy {:.1} GB/s (read+write), f32 GEMM 1024³ {:.1} GFLOP/s (gemm crate {:.1}, latent tile {:.1})",
             lim.threads,
             Kernels::best().isa.name(),
             lim.read_gbps,
             lim.memcpy_gbps,
-            lim.gemm_gflops
+            lim.gemm_gflops,
+            lim.gemm_crate_gflops,
+            lim.tile_gemm_gflops
         );
         println!(
-            "{:<5} {:<8} {:>7} {:>10} {:>10} {:>9} {:>9} {:>9}  bound",
-            "mech", "phase", "context", "ms", "KV MB", "GB/s", "GFLOP/s", "roofline"
+            "{:<5} {:<8} {:>7} {:>10} {:>10} {:>9} {:>9} {:>9}  bound   (kv {}{})",
+            "mech",
+            "phase",
+            "context",
+            "ms",
+            "KV MB",
+            "GB/s",
+            "GFLOP/s",
+            "roofline",
+            a.kv_dtype,
+            if a.paged { format!(", paged, block {}", a.block_size) } else { ", contiguous".into() }
         );
     }
     let mut rng = Rng(2024);
     let emit = |r: Row| {
         if a.json {
-            println!("{}", r.json(&lim, &a.kv_dtype, a.batch));
+            println!("{}", r.json(&lim, &a));
         } else {
-            let j = r.json(&lim, &a.kv_dtype, a.batch);
+            let j = r.json(&lim, &a);
             println!(
                 "{:<5} {:<8} {:>7} {:>10.3} {:>10.1} {:>9.2} {:>9.1} {:>9.3}  {}",
                 r.mechanism,
@@ -221,15 +284,25 @@ pub fn run(a: BenchAttnArgs) -> Result<()> {
         let sh = m.shape;
         let params = AttnParams { shape: sh, scale: m.scale, mask: MaskSpec::CAUSAL, sink_logits: None };
         for &ctx in &contexts {
-            let caches: Vec<Cache> = (0..a.batch).map(|_| Cache::new(m, dtype, ctx, &mut rng)).collect();
-            let seqs: Vec<SeqSpec> =
-                caches.iter().map(|c| SeqSpec { q_len: 1, q_pos: ctx - 1, kv: c.view(m) }).collect();
+            let caches: Vec<Cache> =
+                if a.paged { Vec::new() } else { (0..a.batch).map(|_| Cache::new(m, dtype, ctx, &mut rng)).collect() };
+            let paged: Vec<PagedCache> = if a.paged {
+                (0..a.batch).map(|_| PagedCache::new(m, dtype, ctx, a.block_size, &mut rng)).collect::<Result<_>>()?
+            } else {
+                Vec::new()
+            };
+            let views: Vec<KvSeq> = if a.paged {
+                paged.iter().map(|p| p.pool.view(p.seq, 0)).collect::<Result<_, _>>()?
+            } else {
+                caches.iter().map(|c| c.view(m)).collect()
+            };
+            let seqs: Vec<SeqSpec> = views.iter().map(|v| SeqSpec { q_len: 1, q_pos: ctx - 1, kv: *v }).collect();
             let q = rng.normals(a.batch * sh.heads * sh.dk, 1.0);
             let mut out = vec![0f32; a.batch * sh.heads * sh.dv];
             let mut lse = vec![0f32; a.batch * sh.heads];
             let secs =
                 pool.install(|| time(a.reps, || decode(&params, &q, &seqs, &mut out, &mut lse).expect("decode")));
-            let bytes: f64 = caches.iter().map(|c| c.bytes()).sum();
+            let bytes: f64 = caches.iter().map(|c| c.bytes()).sum::<f64>() + paged.iter().map(|p| p.bytes()).sum::<f64>();
             let flops = (a.batch * 2 * sh.heads * ctx * (sh.dk + sh.dv)) as f64;
             emit(Row { mechanism: m.name, phase: "decode", context: ctx, seconds: secs, bytes, flops });
         }

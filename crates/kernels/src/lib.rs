@@ -12,4 +12,4 @@ pub mod machine;
 pub mod simd;
 
 pub use cpu::Isa;
-pub use simd::{Kernels, MatMut, MatRef};
+pub use simd::{Elem, Kernels, MatMut, MatRef, RawMat};

@@ -234,3 +234,51 @@ fn fp8_and_int8_decoders_match_scalar_and_the_format() {
         }
     }
 }
+
+#[test]
+fn raw_gemm_tiles_match_scalar_for_every_stored_type() {
+    use latent_kernels::simd::{Elem, RawMat};
+    let mut rng = Rng(123);
+    for k in Kernels::all() {
+        for &(m, n, kk) in
+            &[(1usize, 1usize, 1usize), (4, 64, 128), (3, 17, 24), (128, 64, 576), (9, 5, 40), (6, 33, 129)]
+        {
+            for elem in [Elem::F32, Elem::F16, Elem::Bf16] {
+                let a = rng.vec(m * kk);
+                // B for NT: [n, kk] rows; for NN: [kk, n] rows. Rows padded with poison bytes.
+                for (rows, cols) in [(n, kk), (kk, n)] {
+                    let stride = cols * elem.bytes() + 6;
+                    let mut bytes = vec![0xFFu8; rows * stride];
+                    for r in 0..rows {
+                        let row = rng.vec(cols);
+                        let dst = &mut bytes[r * stride..r * stride + cols * elem.bytes()];
+                        match elem {
+                            Elem::F32 => {
+                                dst.copy_from_slice(&row.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<_>>())
+                            }
+                            Elem::F16 => scalar::f32_to_f16(&row, dst),
+                            Elem::Bf16 => scalar::f32_to_bf16(&row, dst),
+                        }
+                    }
+                    let b = RawMat { data: &bytes, elem, rows, cols, stride_bytes: stride };
+                    let ar = MatRef { data: &a, rows: m, cols: kk, stride: kk };
+                    let (mut c1, mut c2) = (vec![0.5f32; m * n], vec![0.5f32; m * n]);
+                    if rows == n {
+                        scalar::gemm_nt_raw(0.7, ar, b, MatMut::dense(&mut c1, m, n));
+                        (k.gemm_nt_raw)(0.7, ar, b, MatMut::dense(&mut c2, m, n));
+                    } else {
+                        scalar::gemm_nn_raw(ar, b, MatMut::dense(&mut c1, m, n));
+                        (k.gemm_nn_raw)(ar, b, MatMut::dense(&mut c2, m, n));
+                    }
+                    for (x, y) in c1.iter().zip(&c2) {
+                        assert!(
+                            close(*y, *x, 1e-5 * (kk as f32).sqrt(), 1e-5),
+                            "{:?} {elem:?} m={m} n={n} k={kk}: {y} vs {x}",
+                            k.isa
+                        );
+                    }
+                }
+            }
+        }
+    }
+}

@@ -4,7 +4,9 @@
 //! so the intrinsics inline into code compiled for that instruction set.
 
 use super::lanes::Lanes;
-use super::{check_gemm_nn, check_gemm_nt, scalar, Kernels, MatMut, MatRef};
+use super::{
+    check_gemm_nn, check_gemm_nn_raw, check_gemm_nt, check_gemm_nt_raw, scalar, Elem, Kernels, MatMut, MatRef, RawMat,
+};
 
 #[inline(always)]
 unsafe fn dot<L: Lanes>(a: &[f32], b: &[f32]) -> f32 {
@@ -201,14 +203,76 @@ unsafe fn f32_to_bf16<L: Lanes>(src: &[f32], dst: &mut [u8]) {
     scalar::f32_to_bf16(&src[i..], &mut dst[2 * i..]);
 }
 
-/// C[MR, NR] = alpha · A[MR, K] · B[NR, K]ᵀ for one register block.
+/// Prefetch hint for the cache lines of `len` bytes at `p` (never faults).
+#[inline(always)]
+unsafe fn prefetch_span(p: *const u8, len: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let mut off = 0;
+        while off < len {
+            std::arch::x86_64::_mm_prefetch::<{ std::arch::x86_64::_MM_HINT_T0 }>(p.wrapping_add(off) as *const i8);
+            off += 64;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (p, len);
+}
+
+/// How the micro-kernels read B in its stored element type.
+trait BElem {
+    const BYTES: usize;
+    unsafe fn vec<L: Lanes>(p: *const u8) -> L::V;
+    unsafe fn one(p: *const u8) -> f32;
+}
+
+struct EF32;
+struct EBf16;
+struct EF16;
+
+impl BElem for EF32 {
+    const BYTES: usize = 4;
+    #[inline(always)]
+    unsafe fn vec<L: Lanes>(p: *const u8) -> L::V {
+        L::load(p as *const f32)
+    }
+    #[inline(always)]
+    unsafe fn one(p: *const u8) -> f32 {
+        (p as *const f32).read_unaligned()
+    }
+}
+
+impl BElem for EBf16 {
+    const BYTES: usize = 2;
+    #[inline(always)]
+    unsafe fn vec<L: Lanes>(p: *const u8) -> L::V {
+        L::load_bf16(p)
+    }
+    #[inline(always)]
+    unsafe fn one(p: *const u8) -> f32 {
+        f32::from_bits(((p as *const u16).read_unaligned() as u32) << 16)
+    }
+}
+
+impl BElem for EF16 {
+    const BYTES: usize = 2;
+    #[inline(always)]
+    unsafe fn vec<L: Lanes>(p: *const u8) -> L::V {
+        L::load_f16(p)
+    }
+    #[inline(always)]
+    unsafe fn one(p: *const u8) -> f32 {
+        half::f16::from_bits((p as *const u16).read_unaligned()).to_f32()
+    }
+}
+
+/// C[MR, NR] = alpha · A[MR, K] · B[NR, K]ᵀ for one register block; B rows `ldb` bytes apart.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn nt_block<L: Lanes, const MR: usize, const NR: usize>(
+unsafe fn nt_block<L: Lanes, E: BElem, const MR: usize, const NR: usize>(
     k: usize,
     a: *const f32,
     lda: usize,
-    b: *const f32,
+    b: *const u8,
     ldb: usize,
     c: *mut f32,
     ldc: usize,
@@ -220,7 +284,7 @@ unsafe fn nt_block<L: Lanes, const MR: usize, const NR: usize>(
     while p < kv {
         let mut bv = [L::zero(); NR];
         for (j, bv) in bv.iter_mut().enumerate() {
-            *bv = L::load(b.add(j * ldb + p));
+            *bv = E::vec::<L>(b.add(j * ldb + p * E::BYTES));
         }
         for (i, acc) in acc.iter_mut().enumerate() {
             let av = L::load(a.add(i * lda + p));
@@ -234,7 +298,7 @@ unsafe fn nt_block<L: Lanes, const MR: usize, const NR: usize>(
         for (j, acc) in acc.iter().enumerate() {
             let mut s = L::hsum(*acc);
             for q in kv..k {
-                s += *a.add(i * lda + q) * *b.add(j * ldb + q);
+                s += *a.add(i * lda + q) * E::one(b.add(j * ldb + q * E::BYTES));
             }
             *c.add(i * ldc + j) = alpha * s;
         }
@@ -242,58 +306,108 @@ unsafe fn nt_block<L: Lanes, const MR: usize, const NR: usize>(
 }
 
 #[inline(always)]
-unsafe fn gemm_nt<L: Lanes, const MR: usize, const NR: usize>(alpha: f32, a: MatRef, b: MatRef, c: MatMut) {
-    check_gemm_nt(&a, &b, &c);
-    let (m, n, k) = (c.rows, c.cols, a.cols);
-    let (pa, pb, pc) = (a.data.as_ptr(), b.data.as_ptr(), c.data.as_mut_ptr());
-    let (lda, ldb, ldc) = (a.stride, b.stride, c.stride);
-    let mut i = 0;
-    while i + MR <= m {
-        nt_rows::<L, MR, NR>(k, n, pa.add(i * lda), lda, pb, ldb, pc.add(i * ldc), ldc, alpha);
-        i += MR;
-    }
-    if MR > 2 && i + 2 <= m {
-        nt_rows::<L, 2, NR>(k, n, pa.add(i * lda), lda, pb, ldb, pc.add(i * ldc), ldc, alpha);
-        i += 2;
-    }
-    while i < m {
-        nt_rows::<L, 1, NR>(k, n, pa.add(i * lda), lda, pb, ldb, pc.add(i * ldc), ldc, alpha);
-        i += 1;
-    }
-}
-
-#[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn nt_rows<L: Lanes, const MR: usize, const NR: usize>(
+unsafe fn nt_rows<L: Lanes, E: BElem, const MR: usize, const NR: usize>(
     k: usize,
     n: usize,
     a: *const f32,
     lda: usize,
-    b: *const f32,
+    b: *const u8,
     ldb: usize,
     c: *mut f32,
     ldc: usize,
     alpha: f32,
 ) {
     let mut j = 0;
+    let row_bytes = k * E::BYTES;
     while j + NR <= n {
-        nt_block::<L, MR, NR>(k, a, lda, b.add(j * ldb), ldb, c.add(j), ldc, alpha);
+        // Pull the rows two blocks ahead towards the cache while this block computes.
+        if j + 5 * NR <= n {
+            for r in 0..NR {
+                prefetch_span(b.wrapping_add((j + 4 * NR + r) * ldb), row_bytes);
+            }
+        }
+        nt_block::<L, E, MR, NR>(k, a, lda, b.add(j * ldb), ldb, c.add(j), ldc, alpha);
         j += NR;
     }
     while j < n {
-        nt_block::<L, MR, 1>(k, a, lda, b.add(j * ldb), ldb, c.add(j), ldc, alpha);
+        nt_block::<L, E, MR, 1>(k, a, lda, b.add(j * ldb), ldb, c.add(j), ldc, alpha);
         j += 1;
     }
 }
 
-/// C[MR, NV·N] += A[MR, K] · B[K, NV·N] for one register block.
+/// The NT driver: `m × n` output, B rows `ldb` bytes apart.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn nn_block<L: Lanes, const MR: usize, const NV: usize>(
+unsafe fn nt_drive<L: Lanes, E: BElem, const MR: usize, const NR: usize>(
+    alpha: f32,
+    m: usize,
+    n: usize,
+    k: usize,
+    pa: *const f32,
+    lda: usize,
+    pb: *const u8,
+    ldb: usize,
+    pc: *mut f32,
+    ldc: usize,
+) {
+    let mut i = 0;
+    while i + MR <= m {
+        nt_rows::<L, E, MR, NR>(k, n, pa.add(i * lda), lda, pb, ldb, pc.add(i * ldc), ldc, alpha);
+        i += MR;
+    }
+    if MR > 4 && i + 4 <= m {
+        nt_rows::<L, E, 4, NR>(k, n, pa.add(i * lda), lda, pb, ldb, pc.add(i * ldc), ldc, alpha);
+        i += 4;
+    }
+    if MR > 2 && i + 2 <= m {
+        nt_rows::<L, E, 2, NR>(k, n, pa.add(i * lda), lda, pb, ldb, pc.add(i * ldc), ldc, alpha);
+        i += 2;
+    }
+    while i < m {
+        nt_rows::<L, E, 1, NR>(k, n, pa.add(i * lda), lda, pb, ldb, pc.add(i * ldc), ldc, alpha);
+        i += 1;
+    }
+}
+
+#[inline(always)]
+unsafe fn gemm_nt<L: Lanes, const MR: usize, const NR: usize>(alpha: f32, a: MatRef, b: MatRef, c: MatMut) {
+    check_gemm_nt(&a, &b, &c);
+    let pb = b.data.as_ptr() as *const u8;
+    nt_drive::<L, EF32, MR, NR>(
+        alpha,
+        c.rows,
+        c.cols,
+        a.cols,
+        a.data.as_ptr(),
+        a.stride,
+        pb,
+        b.stride * 4,
+        c.data.as_mut_ptr(),
+        c.stride,
+    );
+}
+
+#[inline(always)]
+unsafe fn gemm_nt_raw<L: Lanes, const MR: usize, const NR: usize>(alpha: f32, a: MatRef, b: RawMat, c: MatMut) {
+    check_gemm_nt_raw(&a, &b, &c);
+    let (m, n, k) = (c.rows, c.cols, a.cols);
+    let (pa, pb, pc) = (a.data.as_ptr(), b.data.as_ptr(), c.data.as_mut_ptr());
+    match b.elem {
+        Elem::F32 => nt_drive::<L, EF32, MR, NR>(alpha, m, n, k, pa, a.stride, pb, b.stride_bytes, pc, c.stride),
+        Elem::Bf16 => nt_drive::<L, EBf16, MR, NR>(alpha, m, n, k, pa, a.stride, pb, b.stride_bytes, pc, c.stride),
+        Elem::F16 => nt_drive::<L, EF16, MR, NR>(alpha, m, n, k, pa, a.stride, pb, b.stride_bytes, pc, c.stride),
+    }
+}
+
+/// C[MR, NV·N] += A[MR, K] · B[K, NV·N] for one register block; B rows `ldb` bytes apart.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+unsafe fn nn_block<L: Lanes, E: BElem, const MR: usize, const NV: usize>(
     k: usize,
     a: *const f32,
     lda: usize,
-    b: *const f32,
+    b: *const u8,
     ldb: usize,
     c: *mut f32,
     ldc: usize,
@@ -305,9 +419,12 @@ unsafe fn nn_block<L: Lanes, const MR: usize, const NV: usize>(
         }
     }
     for p in 0..k {
+        if p + 16 < k {
+            prefetch_span(b.wrapping_add((p + 16) * ldb), NV * L::N * E::BYTES);
+        }
         let mut bv = [L::zero(); NV];
         for (v, bv) in bv.iter_mut().enumerate() {
-            *bv = L::load(b.add(p * ldb + v * L::N));
+            *bv = E::vec::<L>(b.add(p * ldb + v * L::N * E::BYTES));
         }
         for (i, acc) in acc.iter_mut().enumerate() {
             let av = L::splat(*a.add(i * lda + p));
@@ -325,30 +442,30 @@ unsafe fn nn_block<L: Lanes, const MR: usize, const NV: usize>(
 
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
-unsafe fn nn_rows<L: Lanes, const MR: usize, const NV: usize>(
+unsafe fn nn_rows<L: Lanes, E: BElem, const MR: usize, const NV: usize>(
     k: usize,
     n: usize,
     a: *const f32,
     lda: usize,
-    b: *const f32,
+    b: *const u8,
     ldb: usize,
     c: *mut f32,
     ldc: usize,
 ) {
     let mut j = 0;
     while j + NV * L::N <= n {
-        nn_block::<L, MR, NV>(k, a, lda, b.add(j), ldb, c.add(j), ldc);
+        nn_block::<L, E, MR, NV>(k, a, lda, b.add(j * E::BYTES), ldb, c.add(j), ldc);
         j += NV * L::N;
     }
     while j + L::N <= n {
-        nn_block::<L, MR, 1>(k, a, lda, b.add(j), ldb, c.add(j), ldc);
+        nn_block::<L, E, MR, 1>(k, a, lda, b.add(j * E::BYTES), ldb, c.add(j), ldc);
         j += L::N;
     }
     while j < n {
         for i in 0..MR {
             let mut s = *c.add(i * ldc + j);
             for p in 0..k {
-                s += *a.add(i * lda + p) * *b.add(p * ldb + j);
+                s += *a.add(i * lda + p) * E::one(b.add(p * ldb + j * E::BYTES));
             }
             *c.add(i * ldc + j) = s;
         }
@@ -357,27 +474,63 @@ unsafe fn nn_rows<L: Lanes, const MR: usize, const NV: usize>(
 }
 
 #[inline(always)]
-unsafe fn gemm_nn<L: Lanes, const MR: usize, const NV: usize>(a: MatRef, b: MatRef, c: MatMut) {
-    check_gemm_nn(&a, &b, &c);
-    let (m, n, k) = (c.rows, c.cols, a.cols);
-    let (pa, pb, pc) = (a.data.as_ptr(), b.data.as_ptr(), c.data.as_mut_ptr());
-    let (lda, ldb, ldc) = (a.stride, b.stride, c.stride);
+#[allow(clippy::too_many_arguments)]
+unsafe fn nn_drive<L: Lanes, E: BElem, const MR: usize, const NV: usize>(
+    m: usize,
+    n: usize,
+    k: usize,
+    pa: *const f32,
+    lda: usize,
+    pb: *const u8,
+    ldb: usize,
+    pc: *mut f32,
+    ldc: usize,
+) {
     let mut i = 0;
     while i + MR <= m {
-        nn_rows::<L, MR, NV>(k, n, pa.add(i * lda), lda, pb, ldb, pc.add(i * ldc), ldc);
+        nn_rows::<L, E, MR, NV>(k, n, pa.add(i * lda), lda, pb, ldb, pc.add(i * ldc), ldc);
         i += MR;
     }
     if MR > 4 && i + 4 <= m {
-        nn_rows::<L, 4, NV>(k, n, pa.add(i * lda), lda, pb, ldb, pc.add(i * ldc), ldc);
+        nn_rows::<L, E, 4, NV>(k, n, pa.add(i * lda), lda, pb, ldb, pc.add(i * ldc), ldc);
         i += 4;
     }
     if MR > 2 && i + 2 <= m {
-        nn_rows::<L, 2, NV>(k, n, pa.add(i * lda), lda, pb, ldb, pc.add(i * ldc), ldc);
+        nn_rows::<L, E, 2, NV>(k, n, pa.add(i * lda), lda, pb, ldb, pc.add(i * ldc), ldc);
         i += 2;
     }
     while i < m {
-        nn_rows::<L, 1, NV>(k, n, pa.add(i * lda), lda, pb, ldb, pc.add(i * ldc), ldc);
+        nn_rows::<L, E, 1, NV>(k, n, pa.add(i * lda), lda, pb, ldb, pc.add(i * ldc), ldc);
         i += 1;
+    }
+}
+
+#[inline(always)]
+unsafe fn gemm_nn<L: Lanes, const MR: usize, const NV: usize>(a: MatRef, b: MatRef, c: MatMut) {
+    check_gemm_nn(&a, &b, &c);
+    let pb = b.data.as_ptr() as *const u8;
+    nn_drive::<L, EF32, MR, NV>(
+        c.rows,
+        c.cols,
+        a.cols,
+        a.data.as_ptr(),
+        a.stride,
+        pb,
+        b.stride * 4,
+        c.data.as_mut_ptr(),
+        c.stride,
+    );
+}
+
+#[inline(always)]
+unsafe fn gemm_nn_raw<L: Lanes, const MR: usize, const NV: usize>(a: MatRef, b: RawMat, c: MatMut) {
+    check_gemm_nn_raw(&a, &b, &c);
+    let (m, n, k) = (c.rows, c.cols, a.cols);
+    let (pa, pb, pc) = (a.data.as_ptr(), b.data.as_ptr(), c.data.as_mut_ptr());
+    match b.elem {
+        Elem::F32 => nn_drive::<L, EF32, MR, NV>(m, n, k, pa, a.stride, pb, b.stride_bytes, pc, c.stride),
+        Elem::Bf16 => nn_drive::<L, EBf16, MR, NV>(m, n, k, pa, a.stride, pb, b.stride_bytes, pc, c.stride),
+        Elem::F16 => nn_drive::<L, EF16, MR, NV>(m, n, k, pa, a.stride, pb, b.stride_bytes, pc, c.stride),
     }
 }
 
@@ -444,6 +597,14 @@ macro_rules! instantiate {
             unsafe fn gemm_nn_tf(a: MatRef, b: MatRef, c: MatMut) {
                 gemm_nn::<$L, $nmr, $nv>(a, b, c)
             }
+            #[target_feature(enable = $feat)]
+            unsafe fn gemm_nt_raw_tf(alpha: f32, a: MatRef, b: RawMat, c: MatMut) {
+                gemm_nt_raw::<$L, $mr, $nr>(alpha, a, b, c)
+            }
+            #[target_feature(enable = $feat)]
+            unsafe fn gemm_nn_raw_tf(a: MatRef, b: RawMat, c: MatMut) {
+                gemm_nn_raw::<$L, $nmr, $nv>(a, b, c)
+            }
             // SAFETY (all wrappers below): this table is reachable only through
             // `Kernels::for_isa`, which checks at run time that the CPU has `$feat`.
             pub fn dot_(a: &[f32], b: &[f32]) -> f32 {
@@ -488,6 +649,12 @@ macro_rules! instantiate {
             pub fn gemm_nn_(a: MatRef, b: MatRef, c: MatMut) {
                 unsafe { gemm_nn_tf(a, b, c) }
             }
+            pub fn gemm_nt_raw_(alpha: f32, a: MatRef, b: RawMat, c: MatMut) {
+                unsafe { gemm_nt_raw_tf(alpha, a, b, c) }
+            }
+            pub fn gemm_nn_raw_(a: MatRef, b: RawMat, c: MatMut) {
+                unsafe { gemm_nn_raw_tf(a, b, c) }
+            }
         }
         pub(super) static $table: Kernels = Kernels {
             isa: $isa,
@@ -505,6 +672,8 @@ macro_rules! instantiate {
             f32_to_bf16: $m::f32_to_bf16_,
             gemm_nt: $m::gemm_nt_,
             gemm_nn: $m::gemm_nn_,
+            gemm_nt_raw: $m::gemm_nt_raw_,
+            gemm_nn_raw: $m::gemm_nn_raw_,
         };
     };
 }
@@ -520,7 +689,7 @@ instantiate!(
     Avx512,
     "avx512f,avx512bw,avx512vl,avx2,fma,f16c",
     crate::cpu::Isa::Avx512,
-    nt = (4, 4),
+    nt = (6, 4),
     nn = (8, 2)
 );
 #[cfg(target_arch = "aarch64")]

@@ -104,6 +104,82 @@ pub struct Kernels {
     pub gemm_nt: fn(f32, MatRef, MatRef, MatMut),
     /// C[M,N] += A[M,K] · B[K,N].
     pub gemm_nn: fn(MatRef, MatRef, MatMut),
+    /// [`Kernels::gemm_nt`] with B read in its stored element type (no conversion pass).
+    pub gemm_nt_raw: fn(f32, MatRef, RawMat, MatMut),
+    /// [`Kernels::gemm_nn`] with B read in its stored element type.
+    pub gemm_nn_raw: fn(MatRef, RawMat, MatMut),
+}
+
+/// Element type of a [`RawMat`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Elem {
+    F32,
+    F16,
+    Bf16,
+}
+
+impl Elem {
+    pub fn bytes(self) -> usize {
+        match self {
+            Elem::F32 => 4,
+            Elem::F16 | Elem::Bf16 => 2,
+        }
+    }
+}
+
+/// A read-only row-major matrix in its stored little-endian element type: element (r, c)
+/// starts at byte `r * stride_bytes + c * elem.bytes()`.
+#[derive(Clone, Copy, Debug)]
+pub struct RawMat<'a> {
+    pub data: &'a [u8],
+    pub elem: Elem,
+    pub rows: usize,
+    pub cols: usize,
+    pub stride_bytes: usize,
+}
+
+impl RawMat<'_> {
+    fn check(&self, what: &str) {
+        if self.rows > 0 && self.cols > 0 {
+            assert!(
+                self.data.len() >= (self.rows - 1) * self.stride_bytes + self.cols * self.elem.bytes(),
+                "{what}: buffer too small for [{}, {}] stride {} bytes",
+                self.rows,
+                self.cols,
+                self.stride_bytes
+            );
+        }
+    }
+
+    /// Row `r` converted to f32 (scalar; for the reference twins).
+    pub fn row_f32(&self, r: usize) -> Vec<f32> {
+        let b = &self.data[r * self.stride_bytes..r * self.stride_bytes + self.cols * self.elem.bytes()];
+        let mut out = vec![0f32; self.cols];
+        match self.elem {
+            Elem::F32 => scalar::f32_from_bytes(b, &mut out),
+            Elem::F16 => scalar::f16_to_f32(b, &mut out),
+            Elem::Bf16 => scalar::bf16_to_f32(b, &mut out),
+        }
+        out
+    }
+}
+
+fn check_gemm_nt_raw(a: &MatRef, b: &RawMat, c: &MatMut) {
+    a.check("gemm_nt_raw A");
+    b.check("gemm_nt_raw B");
+    c.check("gemm_nt_raw C");
+    assert_eq!(a.cols, b.cols, "gemm_nt_raw: K mismatch");
+    assert_eq!(c.rows, a.rows, "gemm_nt_raw: M mismatch");
+    assert_eq!(c.cols, b.rows, "gemm_nt_raw: N mismatch");
+}
+
+fn check_gemm_nn_raw(a: &MatRef, b: &RawMat, c: &MatMut) {
+    a.check("gemm_nn_raw A");
+    b.check("gemm_nn_raw B");
+    c.check("gemm_nn_raw C");
+    assert_eq!(a.cols, b.rows, "gemm_nn_raw: K mismatch");
+    assert_eq!(c.rows, a.rows, "gemm_nn_raw: M mismatch");
+    assert_eq!(c.cols, b.cols, "gemm_nn_raw: N mismatch");
 }
 
 impl Kernels {
@@ -172,4 +248,6 @@ pub static SCALAR: Kernels = Kernels {
     f32_to_bf16: scalar::f32_to_bf16,
     gemm_nt: scalar::gemm_nt,
     gemm_nn: scalar::gemm_nn,
+    gemm_nt_raw: scalar::gemm_nt_raw,
+    gemm_nn_raw: scalar::gemm_nn_raw,
 };

@@ -1,6 +1,6 @@
 //! Plain scalar twins: the straightforward loops every SIMD variant is tested against.
 
-use super::{check_gemm_nn, check_gemm_nt, MatMut, MatRef};
+use super::{check_gemm_nn, check_gemm_nn_raw, check_gemm_nt, check_gemm_nt_raw, MatMut, MatRef, RawMat};
 use half::{bf16, f16};
 
 pub fn dot(a: &[f32], b: &[f32]) -> f32 {
@@ -105,5 +105,29 @@ pub fn i8_to_f32(src: &[u8], scale: f32, dst: &mut [f32]) {
     assert_eq!(src.len(), dst.len(), "i8_to_f32: length mismatch");
     for (d, s) in dst.iter_mut().zip(src) {
         *d = (*s as i8) as f32 * scale;
+    }
+}
+
+pub fn gemm_nt_raw(alpha: f32, a: MatRef, b: RawMat, c: MatMut) {
+    check_gemm_nt_raw(&a, &b, &c);
+    for j in 0..c.cols {
+        let bj = b.row_f32(j);
+        for i in 0..c.rows {
+            let s: f32 = (0..a.cols).map(|k| a.data[i * a.stride + k] * bj[k]).sum();
+            c.data[i * c.stride + j] = alpha * s;
+        }
+    }
+}
+
+pub fn gemm_nn_raw(a: MatRef, b: RawMat, c: MatMut) {
+    check_gemm_nn_raw(&a, &b, &c);
+    for k in 0..a.cols {
+        let bk = b.row_f32(k);
+        for i in 0..c.rows {
+            let aik = a.data[i * a.stride + k];
+            for (cv, bv) in c.data[i * c.stride..i * c.stride + c.cols].iter_mut().zip(&bk) {
+                *cv += aik * bv;
+            }
+        }
     }
 }
