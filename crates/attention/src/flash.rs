@@ -345,6 +345,7 @@ fn run_item(k: &Kernels, p: &AttnParams, plan: &Plan, q: &[f32], s: &SeqSpec, it
         ValueSource::KeyPrefix { .. } => Vec::new(),
     };
     let mut sc = vec![0f32; rows * kt];
+    let (mut kscales, mut vscales) = (Vec::with_capacity(kt), Vec::with_capacity(kt));
 
     let ranges = p.mask.ranges(p0, p1, s.kv.len);
     for r in split_ranges(&ranges, it.split, it.nsplit) {
@@ -353,10 +354,17 @@ fn run_item(k: &Kernels, p: &AttnParams, plan: &Plan, q: &[f32], s: &SeqSpec, it
             // Tiles never cross a block boundary, so a plain-typed tile is one strided matrix
             // the GEMM tiles read in its stored type (no conversion pass).
             let n = kt.min(r.end - j0).min(s.kv.block_size - j0 % s.kv.block_size);
-            let kraw = s.kv.k.raw_rows(&s.kv, it.g, j0, n);
+            let kraw = s.kv.k.raw_rows(&s.kv, it.g, j0, n, &mut kscales);
             let scm = MatMut { data: &mut sc[..rows * n], rows, cols: n, stride: n };
             match kraw {
-                Some(kr) => (k.gemm_nt_raw)(p.scale, MatRef::dense(&qm, rows, dk), kr, scm),
+                Some(kr) => {
+                    (k.gemm_nt_raw)(p.scale, MatRef::dense(&qm, rows, dk), kr, scm);
+                    if !kscales.is_empty() {
+                        for srow in sc[..rows * n].chunks_exact_mut(n) {
+                            srow.iter_mut().zip(&kscales).for_each(|(v, s)| *v *= s);
+                        }
+                    }
+                }
                 None => {
                     s.kv.k.load_rows(k, &s.kv, it.g, j0, n, &mut kbuf[..n * dk]);
                     (k.gemm_nt)(p.scale, MatRef::dense(&qm, rows, dk), MatRef::dense(&kbuf[..n * dk], n, dk), scm);
@@ -386,20 +394,31 @@ fn run_item(k: &Kernels, p: &AttnParams, plan: &Plan, q: &[f32], s: &SeqSpec, it
                 }
                 m[row] = mnew;
             }
+            // Value rows read in place: their 8-bit scales fold into the probability columns.
+            let vraw = match (s.kv.v, kraw) {
+                (ValueSource::KeyPrefix { .. }, Some(kr)) => {
+                    std::mem::swap(&mut vscales, &mut kscales);
+                    Some(RawMat { cols: dv, ..kr })
+                }
+                (ValueSource::Plane(vp), _) => vp.raw_rows(&s.kv, it.g, j0, n, &mut vscales),
+                _ => None,
+            };
+            if vraw.is_some() && !vscales.is_empty() {
+                for prow in sc[..rows * n].chunks_exact_mut(n) {
+                    prow.iter_mut().zip(&vscales).for_each(|(v, s)| *v *= s);
+                }
+            }
             let pm = MatRef::dense(&sc[..rows * n], rows, n);
             let accm = MatMut::dense(&mut acc, rows, dv);
-            match (s.kv.v, kraw) {
-                (ValueSource::KeyPrefix { .. }, Some(kr)) => (k.gemm_nn_raw)(pm, RawMat { cols: dv, ..kr }, accm),
+            match (s.kv.v, vraw) {
+                (_, Some(vr)) => (k.gemm_nn_raw)(pm, vr, accm),
                 (ValueSource::KeyPrefix { .. }, None) => {
                     (k.gemm_nn)(pm, MatRef { data: &kbuf[..n * dk], rows: n, cols: dv, stride: dk }, accm)
                 }
-                (ValueSource::Plane(vp), _) => match vp.raw_rows(&s.kv, it.g, j0, n) {
-                    Some(vr) => (k.gemm_nn_raw)(pm, vr, accm),
-                    None => {
-                        vp.load_rows(k, &s.kv, it.g, j0, n, &mut vbuf[..n * dv]);
-                        (k.gemm_nn)(pm, MatRef::dense(&vbuf[..n * dv], n, dv), accm)
-                    }
-                },
+                (ValueSource::Plane(vp), None) => {
+                    vp.load_rows(k, &s.kv, it.g, j0, n, &mut vbuf[..n * dv]);
+                    (k.gemm_nn)(pm, MatRef::dense(&vbuf[..n * dv], n, dv), accm)
+                }
             }
             j0 += n;
         }

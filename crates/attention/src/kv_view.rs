@@ -265,27 +265,48 @@ impl<'a> KvSeq<'a> {
     }
 }
 
-impl KvPlane<'_> {
+impl<'a> KvPlane<'a> {
     /// Rows `start..start+n` of `head` as one strided matrix in their stored type, when the
-    /// format is scale-free and the rows lie in one block.
+    /// rows lie in one block and are either scale-free or 8-bit with a single scale group per
+    /// row. For 8-bit rows `scales` receives each row's multiplier (the kernels apply it to
+    /// the score column or the probability column); it is left empty otherwise.
     #[inline]
-    pub(crate) fn raw_rows<'p>(&'p self, seq: &KvSeq, head: usize, start: usize, n: usize) -> Option<RawMat<'p>> {
+    pub(crate) fn raw_rows(
+        &self,
+        seq: &KvSeq,
+        head: usize,
+        start: usize,
+        n: usize,
+        scales: &mut Vec<f32>,
+    ) -> Option<RawMat<'a>> {
+        scales.clear();
         let bs = seq.block_size;
-        if n == 0 || !self.fmt.is_plain() || start % bs + n > bs {
+        if n == 0 || start % bs + n > bs || self.fmt.tail_bf16 != 0 {
             return None;
         }
-        let elem = match self.fmt.dtype {
-            KvDtype::F32 => Elem::F32,
-            KvDtype::F16 => Elem::F16,
-            KvDtype::Bf16 => Elem::Bf16,
-            KvDtype::Fp8 | KvDtype::Int8 => return None,
+        let (elem, mult) = match self.fmt.dtype {
+            KvDtype::F32 => (Elem::F32, 0.0),
+            KvDtype::F16 => (Elem::F16, 0.0),
+            KvDtype::Bf16 => (Elem::Bf16, 0.0),
+            KvDtype::Int8 if self.dim <= self.fmt.group => (Elem::I8, 1.0),
+            KvDtype::Fp8 if self.dim <= self.fmt.group => (Elem::Fp8Scaled256, 256.0),
+            _ => return None,
         };
         let off = seq.table[start / bs] as usize * self.block_bytes
             + (start % bs) * self.token_bytes
             + head * self.head_bytes
             + self.offset_bytes;
-        let len = (n - 1) * self.token_bytes + self.fmt.row_bytes(self.dim);
-        Some(RawMat { data: &self.pool[off..off + len], elem, rows: n, cols: self.dim, stride_bytes: self.token_bytes })
+        let rb = self.fmt.row_bytes(self.dim);
+        let len = (n - 1) * self.token_bytes + rb;
+        let pool: &'a [u8] = self.pool;
+        let data = &pool[off..off + len];
+        if mult != 0.0 {
+            for r in 0..n {
+                let p = r * self.token_bytes + self.dim;
+                scales.push(mult * f32::from_le_bytes([data[p], data[p + 1], data[p + 2], data[p + 3]]));
+            }
+        }
+        Some(RawMat { data, elem, rows: n, cols: self.dim, stride_bytes: self.token_bytes })
     }
 
     /// Decodes rows `start..start+n` of `head` into `out` (`[n, dim]`, row stride `dim`).

@@ -243,7 +243,7 @@ fn raw_gemm_tiles_match_scalar_for_every_stored_type() {
         for &(m, n, kk) in
             &[(1usize, 1usize, 1usize), (4, 64, 128), (3, 17, 24), (128, 64, 576), (9, 5, 40), (6, 33, 129)]
         {
-            for elem in [Elem::F32, Elem::F16, Elem::Bf16] {
+            for elem in [Elem::F32, Elem::F16, Elem::Bf16, Elem::I8, Elem::Fp8Scaled256] {
                 let a = rng.vec(m * kk);
                 // B for NT: [n, kk] rows; for NN: [kk, n] rows. Rows padded with poison bytes.
                 for (rows, cols) in [(n, kk), (kk, n)] {
@@ -258,6 +258,11 @@ fn raw_gemm_tiles_match_scalar_for_every_stored_type() {
                             }
                             Elem::F16 => scalar::f32_to_f16(&row, dst),
                             Elem::Bf16 => scalar::f32_to_bf16(&row, dst),
+                            Elem::I8 => dst.iter_mut().zip(&row).for_each(|(d, v)| *d = (v * 100.0) as i8 as u8),
+                            Elem::Fp8Scaled256 => dst
+                                .iter_mut()
+                                .zip(&row)
+                                .for_each(|(d, v)| *d = latent_kernels::fp8::f32_to_e4m3(v * 50.0)),
                         }
                     }
                     let b = RawMat { data: &bytes, elem, rows, cols, stride_bytes: stride };
@@ -270,9 +275,11 @@ fn raw_gemm_tiles_match_scalar_for_every_stored_type() {
                         scalar::gemm_nn_raw(ar, b, MatMut::dense(&mut c1, m, n));
                         (k.gemm_nn_raw)(ar, b, MatMut::dense(&mut c2, m, n));
                     }
+                    // Error scales with the stored magnitudes (8-bit test data spans ±100).
+                    let mag = if elem == Elem::I8 { 100.0 } else { 1.0 };
                     for (x, y) in c1.iter().zip(&c2) {
                         assert!(
-                            close(*y, *x, 1e-5 * (kk as f32).sqrt(), 1e-5),
+                            close(*y, *x, mag * 1e-5 * (kk as f32).sqrt(), 1e-5),
                             "{:?} {elem:?} m={m} n={n} k={kk}: {y} vs {x}",
                             k.isa
                         );

@@ -5,7 +5,7 @@
 
 mod common;
 use common::{cosine, pool};
-use latent_attention::testing::{compare, max_abs_diff, storage_tolerance, Rng, Tolerance};
+use latent_attention::testing::{compare, max_abs_diff, storage_tolerance, Rng};
 use latent_attention::*;
 use latent_kv::*;
 
@@ -48,14 +48,8 @@ fn measure(got: &[f32], want: &[f32]) -> (f64, f64) {
     (max_abs_diff(got, &w), cosine(got, want))
 }
 
-/// The shared table's int8 bound on |error| (4e-2) is below what an int8 cache with a
-/// per-128 absmax scale gives on this data: an outlier channel (×4) in a key group sets a
-/// step of ≈ 0.11 for the group's unit-variance elements, and prefill rows that see only a
-/// few keys pass the resulting logit error through almost undamped (measured max 6–7e-2;
-/// decode rows alone stay under 4e-2). This test states int8's bound as 8e-2 and keeps the
-/// table's rel and cosine bounds. Decode-only figures are printed, not bounded: their
-/// outputs average ~1000 values, are small, and their cosine is lower (fp8, D = 64: 0.9987).
-const INT8_ABS: f64 = 8e-2;
+// Decode-only figures are printed, not bounded: their outputs average ~1000 values, are
+// small, and their cosine is lower (fp8, D = 64: 0.9987).
 
 #[test]
 fn gqa_8bit_caches_stay_within_storage_budget() {
@@ -89,7 +83,7 @@ fn gqa_8bit_caches_stay_within_storage_budget() {
             let (md, cd) = measure(&got[..nd], &outs[0][..nd]);
             let (mx, cos) = measure(got, &outs[0]);
             let table = storage_tolerance(*dtype);
-            let tol = if *dtype == KvDtype::Int8 { Tolerance { abs: INT8_ABS, ..table } } else { table };
+            let tol = table;
             println!(
                 "GQA H={heads} Hkv={kv_heads} D={d} {:>4} cache vs f32: decode max abs {md:.2e} cos {cd:.6}, \
                  decode+prefill max abs {mx:.2e} cos {cos:.6} (budget abs {:.0e} + rel {:.0e}, cos ≥ {})",

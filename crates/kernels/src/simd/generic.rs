@@ -265,6 +265,33 @@ impl BElem for EF16 {
     }
 }
 
+struct EI8;
+struct EFp8;
+
+impl BElem for EI8 {
+    const BYTES: usize = 1;
+    #[inline(always)]
+    unsafe fn vec<L: Lanes>(p: *const u8) -> L::V {
+        L::load_i8(p)
+    }
+    #[inline(always)]
+    unsafe fn one(p: *const u8) -> f32 {
+        (*p as i8) as f32
+    }
+}
+
+impl BElem for EFp8 {
+    const BYTES: usize = 1;
+    #[inline(always)]
+    unsafe fn vec<L: Lanes>(p: *const u8) -> L::V {
+        L::load_fp8_scaled256(p)
+    }
+    #[inline(always)]
+    unsafe fn one(p: *const u8) -> f32 {
+        crate::fp8::e4m3_to_f32(*p) / 256.0
+    }
+}
+
 /// C[MR, NR] = alpha · A[MR, K] · B[NR, K]ᵀ for one register block; B rows `ldb` bytes apart.
 #[inline(always)]
 #[allow(clippy::too_many_arguments)]
@@ -397,6 +424,10 @@ unsafe fn gemm_nt_raw<L: Lanes, const MR: usize, const NR: usize>(alpha: f32, a:
         Elem::F32 => nt_drive::<L, EF32, MR, NR>(alpha, m, n, k, pa, a.stride, pb, b.stride_bytes, pc, c.stride),
         Elem::Bf16 => nt_drive::<L, EBf16, MR, NR>(alpha, m, n, k, pa, a.stride, pb, b.stride_bytes, pc, c.stride),
         Elem::F16 => nt_drive::<L, EF16, MR, NR>(alpha, m, n, k, pa, a.stride, pb, b.stride_bytes, pc, c.stride),
+        Elem::I8 => nt_drive::<L, EI8, MR, NR>(alpha, m, n, k, pa, a.stride, pb, b.stride_bytes, pc, c.stride),
+        Elem::Fp8Scaled256 => {
+            nt_drive::<L, EFp8, MR, NR>(alpha, m, n, k, pa, a.stride, pb, b.stride_bytes, pc, c.stride)
+        }
     }
 }
 
@@ -531,6 +562,8 @@ unsafe fn gemm_nn_raw<L: Lanes, const MR: usize, const NV: usize>(a: MatRef, b: 
         Elem::F32 => nn_drive::<L, EF32, MR, NV>(m, n, k, pa, a.stride, pb, b.stride_bytes, pc, c.stride),
         Elem::Bf16 => nn_drive::<L, EBf16, MR, NV>(m, n, k, pa, a.stride, pb, b.stride_bytes, pc, c.stride),
         Elem::F16 => nn_drive::<L, EF16, MR, NV>(m, n, k, pa, a.stride, pb, b.stride_bytes, pc, c.stride),
+        Elem::I8 => nn_drive::<L, EI8, MR, NV>(m, n, k, pa, a.stride, pb, b.stride_bytes, pc, c.stride),
+        Elem::Fp8Scaled256 => nn_drive::<L, EFp8, MR, NV>(m, n, k, pa, a.stride, pb, b.stride_bytes, pc, c.stride),
     }
 }
 

@@ -116,6 +116,10 @@ pub enum Elem {
     F32,
     F16,
     Bf16,
+    /// Signed 8-bit integers (the caller applies scales).
+    I8,
+    /// FP8 E4M3, read as value × 2⁻⁸ (the caller applies scales × 256).
+    Fp8Scaled256,
 }
 
 impl Elem {
@@ -123,6 +127,7 @@ impl Elem {
         match self {
             Elem::F32 => 4,
             Elem::F16 | Elem::Bf16 => 2,
+            Elem::I8 | Elem::Fp8Scaled256 => 1,
         }
     }
 }
@@ -159,6 +164,8 @@ impl RawMat<'_> {
             Elem::F32 => scalar::f32_from_bytes(b, &mut out),
             Elem::F16 => scalar::f16_to_f32(b, &mut out),
             Elem::Bf16 => scalar::bf16_to_f32(b, &mut out),
+            Elem::I8 => scalar::i8_to_f32(b, 1.0, &mut out),
+            Elem::Fp8Scaled256 => scalar::fp8_to_f32(b, 1.0 / 256.0, &mut out),
         }
         out
     }
