@@ -302,7 +302,8 @@ pub fn run(a: BenchAttnArgs) -> Result<()> {
             let mut lse = vec![0f32; a.batch * sh.heads];
             let secs =
                 pool.install(|| time(a.reps, || decode(&params, &q, &seqs, &mut out, &mut lse).expect("decode")));
-            let bytes: f64 = caches.iter().map(|c| c.bytes()).sum::<f64>() + paged.iter().map(|p| p.bytes()).sum::<f64>();
+            let bytes: f64 =
+                caches.iter().map(|c| c.bytes()).sum::<f64>() + paged.iter().map(|p| p.bytes()).sum::<f64>();
             let flops = (a.batch * 2 * sh.heads * ctx * (sh.dk + sh.dv)) as f64;
             emit(Row { mechanism: m.name, phase: "decode", context: ctx, seconds: secs, bytes, flops });
         }

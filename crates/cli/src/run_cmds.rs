@@ -19,7 +19,7 @@ pub struct ModelArgs {
     /// f32 activations with weights dequantized on the fly (no 8-bit activation rounding).
     #[arg(long)]
     pub exact: bool,
-    /// KV-cache element type: f32, f16, bf16, fp8, int8 (default f32 with --exact, else f16).
+    /// KV-cache element type: f32 (default), f16, bf16, fp8, int8.
     #[arg(long)]
     pub kv_dtype: Option<String>,
 }

@@ -18,7 +18,7 @@ pub struct EngineOptions {
     /// `Exact`: f32 activations, weights dequantized on the fly. `Fast`: 8-bit activations
     /// inside quantized matmuls (as llama.cpp).
     pub precision: MatmulPrecision,
-    /// KV-cache element type (`None`: f32 when exact, f16 otherwise).
+    /// KV-cache element type (`None`: f32).
     pub kv_dtype: Option<KvDtype>,
     /// Tokens per prefill chunk.
     pub prefill_chunk: usize,
@@ -98,10 +98,9 @@ impl Engine {
 
     /// The KV row format this engine caches with.
     pub fn kv_format(&self) -> RowFormat {
-        let d = self.opts.kv_dtype.unwrap_or(match self.opts.precision {
-            MatmulPrecision::Exact => KvDtype::F32,
-            MatmulPrecision::Fast => KvDtype::F16,
-        });
+        // f32 by default: the cache adds no rounding of its own (as the llama.cpp references
+        // are measured); bf16/f16/fp8/int8 trade accuracy for memory on request.
+        let d = self.opts.kv_dtype.unwrap_or(KvDtype::F32);
         match self.model.info().cache {
             CacheSpec::Gqa { .. } => RowFormat::plain(d),
             CacheSpec::Latent { rope, .. } => RowFormat::latent(d, rope),
