@@ -97,3 +97,34 @@ fn cache_holds_only_the_latent() {
     let info = e.model.info();
     assert_eq!(info.cache, latent_models::CacheSpec::Latent { layers: 3, rank: 32, rope: 8 });
 }
+
+/// Group-limited routing (expert_group_count 2, used 1) on a model built by
+/// `tools/make_grouped_deepseek2.py` (`.ci/run` builds it into `target/tiny-models/`), against
+/// llama.cpp's logits and perplexity recorded in `tests/golden/`.
+#[test]
+fn group_limited_routing_matches_llama_cpp() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
+    let p = std::env::var("LATENT_DS2_GROUPED")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| root.join("../../target/tiny-models/deepseek2-tiny-v3-grouped.gguf"));
+    if !p.exists() {
+        eprintln!("SKIP: {} not found (built by tools/make_grouped_deepseek2.py in .ci/run)", p.display());
+        return;
+    }
+    let file = Arc::new(GgufFile::open(&p).unwrap());
+    assert_eq!(file.get_u32("deepseek2.expert_group_count").unwrap(), 2);
+    let tok = latent_tokenizer::Tokenizer::from_gguf(&file).unwrap();
+    let m = Deepseek2::load(file).unwrap();
+    let opts = EngineOptions { threads: 2, precision: MatmulPrecision::Exact, ..Default::default() };
+    let e = Engine::new(Arc::new(m), tok, opts).unwrap();
+    let g = |name: &str| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(root.join("tests/golden").join(name)).unwrap()).unwrap()
+    };
+    let d = forced_max_diff(&e, &g("deepseek2-tiny-v3-grouped.forced64.top32.json"));
+    let text = std::fs::read_to_string(dir().join("../../data/eval/rust-book-sample.txt")).unwrap();
+    let ppl = e.perplexity(&e.tokenizer.encode(&text, false), 128, |_, _| {}).unwrap().ppl;
+    let want = g("deepseek2-tiny-v3-grouped.ppl128.json")["ppl"].as_f64().unwrap();
+    eprintln!("grouped: max |Δ logit| {d:.2e}; ppl {ppl:.3} vs {want:.3}");
+    assert!(d <= 1e-3, "max |Δ logit| {d}");
+    assert!((ppl / want - 1.0).abs() <= 5e-4);
+}
