@@ -130,17 +130,26 @@ pub struct Plan {
     pub split: KvSplit,
     /// Smallest split under `Auto`.
     pub min_split: usize,
+    /// Spread work items over the current rayon pool; `false` runs them on the calling
+    /// thread (small decode steps, where a pool hand-off costs more than the work).
+    pub parallel: bool,
 }
 
 impl Plan {
     /// Prefill: query tiles of ≈128 rows per head group, no KV split.
     pub fn prefill(shape: &AttnShape) -> Plan {
-        Plan { q_tile: (128 / shape.group()).max(1), kv_tile: 64, split: KvSplit::Single, min_split: 512 }
+        Plan {
+            q_tile: (128 / shape.group()).max(1),
+            kv_tile: 64,
+            split: KvSplit::Single,
+            min_split: 512,
+            parallel: true,
+        }
     }
     /// Decode: one query tile, KV split across threads.
     pub fn decode(shape: &AttnShape) -> Plan {
         let kv_tile = if shape.group() >= 32 { 64 } else { 512 };
-        Plan { q_tile: (128 / shape.group()).max(1), kv_tile, split: KvSplit::Auto, min_split: 256 }
+        Plan { q_tile: (128 / shape.group()).max(1), kv_tile, split: KvSplit::Auto, min_split: 256, parallel: true }
     }
 }
 
@@ -233,7 +242,7 @@ pub fn attend(
         }
         row += s.q_len;
     }
-    let threads = rayon::current_num_threads().max(1);
+    let threads = if plan.parallel { rayon::current_num_threads().max(1) } else { 1 };
     let mut items = Vec::with_capacity(base.len());
     for it in base {
         let s = &seqs[it.seq];
@@ -254,7 +263,7 @@ pub fn attend(
 
     let k = Kernels::best();
     let run = |it: &Item| run_item(k, p, plan, q, &seqs[it.seq], it);
-    let parts: Vec<Partial> = if threads == 1 || items.len() == 1 {
+    let parts: Vec<Partial> = if !plan.parallel || threads == 1 || items.len() == 1 {
         items.iter().map(run).collect()
     } else {
         items.par_iter().map(run).collect()

@@ -125,7 +125,7 @@ fn prefill_matches_reference_causal_chunked_and_varlen() {
                 let shape = AttnShape { heads: h, kv_heads: hk, dk: d, dv: d };
                 p.install(|| check(&mut rng, &c, &Plan::prefill(&shape)));
                 // Odd tile sizes exercise tile edges and the diagonal mask.
-                let odd = Plan { q_tile: 7, kv_tile: 13, split: KvSplit::Single, min_split: 1 };
+                let odd = Plan { q_tile: 7, kv_tile: 13, split: KvSplit::Single, min_split: 1, parallel: false };
                 p.install(|| check(&mut rng, &c, &odd));
             }
         }
@@ -174,7 +174,11 @@ fn sliding_window_sinks_and_sink_logits() {
                 let shape = AttnShape { heads: 6, kv_heads: 2, dk: 64, dv: 64 };
                 p.install(|| check(&mut rng, &c, &Plan::prefill(&shape)));
                 p.install(|| {
-                    check(&mut rng, &c, &Plan { q_tile: 5, kv_tile: 7, split: KvSplit::Fixed(3), min_split: 1 })
+                    check(
+                        &mut rng,
+                        &c,
+                        &Plan { q_tile: 5, kv_tile: 7, split: KvSplit::Fixed(3), min_split: 1, parallel: true },
+                    )
                 });
             }
         }
@@ -197,7 +201,7 @@ fn split_kv_equals_single_pass() {
             block_size: 64,
             head_major: false,
         };
-        let single = Plan { q_tile: 4, kv_tile: 64, split: KvSplit::Single, min_split: 1 };
+        let single = Plan { q_tile: 4, kv_tile: 64, split: KvSplit::Single, min_split: 1, parallel: true };
         let mut seed = Rng(77);
         let (o1, l1) = p.install(|| check(&mut seed, &c, &single));
         for split in [KvSplit::Fixed(2), KvSplit::Fixed(7), KvSplit::Fixed(1000), KvSplit::Auto] {

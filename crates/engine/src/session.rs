@@ -35,6 +35,7 @@ pub struct Engine {
     pub model: Arc<dyn Model>,
     pub tokenizer: Tokenizer,
     pool: rayon::ThreadPool,
+    team: latent_kernels::team::Team,
     pub opts: EngineOptions,
 }
 
@@ -89,7 +90,7 @@ impl Engine {
         };
         let pool =
             rayon::ThreadPoolBuilder::new().num_threads(n).build().map_err(|e| EngineError::Threads(e.to_string()))?;
-        Ok(Engine { model, tokenizer, pool, opts })
+        Ok(Engine { model, tokenizer, pool, team: latent_kernels::team::Team::new(n), opts })
     }
 
     pub fn threads(&self) -> usize {
@@ -119,7 +120,7 @@ impl Engine {
     }
 
     fn exec(&self) -> Exec<'_> {
-        Exec { pool: &self.pool, precision: self.opts.precision }
+        Exec { pool: &self.pool, team: Some(&self.team), precision: self.opts.precision }
     }
 
     /// Generates up to `max_tokens` after `prompt`, calling `on_text` with each piece of valid

@@ -10,6 +10,7 @@ pub mod cpu;
 pub mod fp8;
 pub mod machine;
 pub mod simd;
+pub mod team;
 
 pub use cpu::Isa;
 pub use simd::{Elem, Kernels, MatMut, MatRef, RawMat};

@@ -4,7 +4,7 @@
 
 use crate::weights::Linear;
 use crate::{CacheAccess, Exec, ModelError};
-use latent_attention::{AttnParams, AttnShape, MaskSpec, RopeAngles, SeqSpec};
+use latent_attention::{AttnParams, AttnShape, MaskSpec, Plan, RopeAngles, SeqSpec};
 use latent_formats::gguf::GgufFile;
 use latent_quant::{MatmulPrecision, WeightType};
 
@@ -29,77 +29,72 @@ pub fn rms_norm(x: &[f32], w: &[f32], eps: f32) -> Vec<f32> {
     y
 }
 
-/// y `[T, N]` = x `[T, K]` · Wᵀ on the pool. A single row splits the weight rows into one
-/// contiguous chunk per thread (weights stream once, no activation copies); several rows use
-/// the blocked multi-row kernel split the same way.
+/// y `[T, N]` = x `[T, K]` · Wᵀ. A single row (decode) splits the weight rows into chunks
+/// balanced by bytes over the team (weights stream once, no activation copies); several rows
+/// use the blocked multi-row kernel split over the pool.
 pub fn matmul(ex: &Exec, file: &GgufFile, w: &Linear, x: &[f32], t: usize) -> Result<Vec<f32>, ModelError> {
+    if t == 1 {
+        return Ok(matmuls(ex, file, &[w], x, 1)?.pop().unwrap_or_default());
+    }
     let mut y = vec![0f32; t * w.rows];
-    let threads = ex.pool.current_num_threads();
     let p = effective_precision(ex.precision, w.wtype);
-    if threads <= 1 || w.rows * w.cols < 64 * 1024 {
+    if ex.pool.current_num_threads() <= 1 || w.rows * w.cols < 64 * 1024 {
         latent_quant::matmul(p, &w.mat(file), x, &mut y, t)?;
-    } else if t == 1 {
-        let chunk = w.rows.div_ceil(threads).next_multiple_of(4);
-        let results: Vec<Result<(), latent_quant::QuantError>> = ex.pool.install(|| {
-            use rayon::prelude::*;
-            y.par_chunks_mut(chunk)
-                .enumerate()
-                .map(|(i, ys)| {
-                    let r0 = i * chunk;
-                    latent_quant::matmul(p, &w.rows_of(file, r0..r0 + ys.len()), x, ys, 1)
-                })
-                .collect()
-        });
-        results.into_iter().collect::<Result<(), _>>()?;
     } else {
         latent_quant::matmul_par(ex.pool, p, &w.mat(file), x, &mut y, t)?;
     }
     Ok(y)
 }
 
-/// Several products of the same input `x` `[T, K]` (e.g. Q, K and V) in one parallel region:
-/// for a single row the weight rows of all matrices are cut into one pool of chunks balanced
-/// by bytes, so a decode step pays one fork/join for the group instead of one per matrix.
+/// Several products of the same input `x` `[T, K]` (e.g. Q, K and V). For a single row the
+/// weight rows of all matrices are cut into one set of chunks balanced by bytes and run as
+/// one parallel loop, so a decode step pays one synchronisation per group of matrices.
 pub fn matmuls(ex: &Exec, file: &GgufFile, ws: &[&Linear], x: &[f32], t: usize) -> Result<Vec<Vec<f32>>, ModelError> {
-    let threads = ex.pool.current_num_threads();
-    if t != 1 || threads <= 1 {
+    let threads = ex.team.map_or(1, |tm| tm.threads());
+    if t != 1 {
         return ws.iter().map(|w| matmul(ex, file, w, x, t)).collect();
     }
+    let mut out: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; w.rows]).collect();
     let total: usize = ws.iter().map(|w| w.bytes()).sum();
-    let target = total.div_ceil(threads * 2).max(16 * 1024);
-    // (matrix, row range) chunks.
-    let mut chunks = Vec::new();
-    for (mi, w) in ws.iter().enumerate() {
+    if threads <= 1 || total < 256 * 1024 {
+        for (w, y) in ws.iter().zip(out.iter_mut()) {
+            latent_quant::matmul(effective_precision(ex.precision, w.wtype), &w.mat(file), x, y, 1)?;
+        }
+        return Ok(out);
+    }
+    // (matrix, first row, output chunk) per task, ~4 tasks per thread.
+    let target = total.div_ceil(threads * 4).max(32 * 1024);
+    let mut tasks = Vec::new();
+    for (mi, (w, y)) in ws.iter().zip(out.iter_mut()).enumerate() {
         let rb = (w.bytes() / w.rows.max(1)).max(1);
         let rows = (target / rb).max(4).next_multiple_of(4);
-        let mut r = 0;
-        while r < w.rows {
-            let e = (r + rows).min(w.rows);
-            chunks.push((mi, r..e));
-            r = e;
+        for (ci, chunk) in y.chunks_mut(rows).enumerate() {
+            tasks.push((mi, ci * rows, std::sync::Mutex::new(chunk)));
         }
     }
-    let results: Vec<Result<Vec<f32>, latent_quant::QuantError>> = ex.pool.install(|| {
-        use rayon::prelude::*;
-        chunks
-            .par_iter()
-            .map(|(mi, r)| {
-                let w = ws[*mi];
-                let mut y = vec![0f32; r.len()];
-                latent_quant::matmul(
-                    effective_precision(ex.precision, w.wtype),
-                    &w.rows_of(file, r.clone()),
-                    x,
-                    &mut y,
-                    1,
-                )?;
-                Ok(y)
-            })
-            .collect()
-    });
-    let mut out: Vec<Vec<f32>> = ws.iter().map(|w| Vec::with_capacity(w.rows)).collect();
-    for ((mi, _), y) in chunks.iter().zip(results) {
-        out[*mi].extend(y?);
+    // Activations are prepared (quantized, in Fast mode) once per matrix, not once per task.
+    let inputs = ws
+        .iter()
+        .map(|w| latent_quant::prepare_input(effective_precision(ex.precision, w.wtype), w.wtype, x, 1, w.cols))
+        .collect::<Result<Vec<_>, _>>()?;
+    let errors = std::sync::Mutex::new(Vec::new());
+    let run = |i: usize| {
+        let (mi, r0, ref cell) = tasks[i];
+        let w = ws[mi];
+        let mut chunk = cell.lock().unwrap_or_else(|e| e.into_inner());
+        let n = chunk.len();
+        if let Err(e) = latent_quant::matmul_prepared_rows(&w.rows_of(file, r0..r0 + n), &inputs[mi], &mut chunk, 0..n)
+        {
+            errors.lock().unwrap_or_else(|e| e.into_inner()).push(e);
+        }
+    };
+    match ex.team {
+        Some(team) => team.run(tasks.len(), &run),
+        None => (0..tasks.len()).for_each(run),
+    }
+    drop(tasks);
+    if let Some(e) = errors.into_inner().unwrap_or_else(|e| e.into_inner()).pop() {
+        return Err(e.into());
     }
     Ok(out)
 }
@@ -162,12 +157,31 @@ pub fn gqa_attention(
     let mut out = vec![0f32; t * shape.heads * shape.dv];
     let mut lse = vec![0f32; t * shape.heads];
     let seqs = [SeqSpec { q_len: t, q_pos: pos0, kv: view }];
-    ex.pool.install(|| {
-        if t == 1 {
-            latent_attention::decode(&params, q, &seqs, &mut out, &mut lse)
-        } else {
-            latent_attention::prefill(&params, q, &seqs, &mut out, &mut lse)
-        }
-    })?;
+    attention(ex, &params, q, &seqs, &mut out, &mut lse)?;
     Ok(out)
+}
+
+/// Runs one attention call: decode steps over a short context stay on the calling thread
+/// (a pool hand-off would cost more than the work); everything else runs on the pool.
+pub fn attention(
+    ex: &Exec,
+    params: &AttnParams,
+    q: &[f32],
+    seqs: &[SeqSpec],
+    out: &mut [f32],
+    lse: &mut [f32],
+) -> Result<(), ModelError> {
+    let t: usize = seqs.iter().map(|s| s.q_len).sum();
+    let kv_bytes: usize = seqs.iter().map(|s| s.kv.len * s.kv.kv_heads * s.kv.k.fmt.row_bytes(s.kv.dk()) * 2).sum();
+    let flops =
+        t * params.shape.heads * (params.shape.dk + params.shape.dv) * seqs.iter().map(|s| s.kv.len).sum::<usize>();
+    if t == 1 && kv_bytes < (1 << 20) && flops < (1 << 22) {
+        let plan = Plan { parallel: false, ..Plan::decode(&params.shape) };
+        latent_attention::attend(params, &plan, q, seqs, out, lse)?;
+    } else if t == 1 {
+        ex.pool.install(|| latent_attention::decode(params, q, seqs, out, lse))?;
+    } else {
+        ex.pool.install(|| latent_attention::prefill(params, q, seqs, out, lse))?;
+    }
+    Ok(())
 }

@@ -12,7 +12,7 @@
 //! latent space, one MQA pass over the cache (key dim R+P, value = c_KV), per-head outputs
 //! expanded by W_UV. [`MlaPath::Naive`] decompresses the cache into per-head K/V instead.
 
-use crate::blocks::{add_into, embed, matmul, rms_norm, swiglu};
+use crate::blocks::{add_into, attention, embed, matmul, rms_norm, swiglu};
 use crate::moe::{moe_ffn, Gating, MoeConfig, MoeLayer};
 use crate::weights::{linear, meta_f32, meta_u32, vector, Linear};
 use crate::{CacheAccess, CacheSpec, Exec, Logits, Model, ModelError, ModelInfo};
@@ -327,13 +327,7 @@ impl Deepseek2 {
                 let mut o_lat = vec![0f32; t * h * r];
                 let mut lse = vec![0f32; t * h];
                 let seqs = [SeqSpec { q_len: t, q_pos: pos0, kv: view }];
-                ex.pool.install(|| {
-                    if t == 1 {
-                        latent_attention::decode(&params, &qa, &seqs, &mut o_lat, &mut lse)
-                    } else {
-                        latent_attention::prefill(&params, &qa, &seqs, &mut o_lat, &mut lse)
-                    }
-                })?;
+                attention(ex, &params, &qa, &seqs, &mut o_lat, &mut lse)?;
                 Ok(expand_heads(&o_lat, t, h, r, &ly.w_uv, 1, v))
             }
             MlaPath::Naive => {

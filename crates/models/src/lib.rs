@@ -53,7 +53,10 @@ pub enum Logits {
 
 /// Execution settings of a forward pass.
 pub struct Exec<'a> {
+    /// Prefill-sized work (many rows) and attention.
     pub pool: &'a rayon::ThreadPool,
+    /// Single-row matrix products of a decode step (short loops, no per-op pool wake-up).
+    pub team: Option<&'a latent_kernels::team::Team>,
     pub precision: MatmulPrecision,
 }
 

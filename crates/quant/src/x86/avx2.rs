@@ -348,12 +348,29 @@ fn fast_dot(t: WeightType, w: &[u8], rb: usize, rows: &[ActRow<'_>], out: &mut [
 
 /// Runs `$f::<N>` (one weight row against `N` activation rows) over every row of `$w`
 /// (rows of `$rb` bytes), writing `MAX_TILE` results per weight row into `$out`.
+/// Prefetch hint for every cache line of `bytes`.
+#[inline(always)]
+pub(crate) fn prefetch(bytes: &[u8]) {
+    let mut off = 0;
+    while off < bytes.len() {
+        // SAFETY: prefetch never faults; the address lies inside `bytes`; SSE is baseline.
+        unsafe { _mm_prefetch::<_MM_HINT_T0>(bytes.as_ptr().add(off) as *const i8) };
+        off += 64;
+    }
+}
+
 macro_rules! by_rows {
     ($f:ident, $w:expr, $rb:expr, $rows:expr, $out:expr) => {{
         macro_rules! each {
             ($n:literal) => {{
                 let r: &[ActRow<'_>; $n] = $rows.try_into().unwrap();
-                for (wr, o) in $w.chunks_exact($rb).zip($out.chunks_exact_mut(MAX_TILE)) {
+                // Weight rows stream from memory once: request the row ~4 KiB ahead while this
+                // one is computed, so the loads overlap the arithmetic.
+                let ahead = (4096 / $rb.max(1)).max(1);
+                for (i, (wr, o)) in $w.chunks_exact($rb).zip($out.chunks_exact_mut(MAX_TILE)).enumerate() {
+                    if let Some(next) = $w.get((i + ahead) * $rb..(i + ahead + 1) * $rb) {
+                        $crate::x86::avx2::prefetch(next);
+                    }
                     $f::<$n>(wr, r, o.try_into().unwrap());
                 }
             }};

@@ -296,7 +296,11 @@ fn exact_fused_impl(t: WeightType, w: &[u8], rb: usize, x: &[f32], nt: usize, k:
     macro_rules! rows {
         ($kind:ident, $n:literal) => {{
             let xs: [&[f32]; $n] = std::array::from_fn(|i| &x[i * k..(i + 1) * k]);
-            for (wr, o) in w.chunks_exact(rb).zip(out.chunks_exact_mut(MAX_TILE)) {
+            let ahead = (4096 / rb.max(1)).max(1);
+            for (i, (wr, o)) in w.chunks_exact(rb).zip(out.chunks_exact_mut(MAX_TILE)).enumerate() {
+                if let Some(next) = w.get((i + ahead) * rb..(i + ahead + 1) * rb) {
+                    crate::x86::avx2::prefetch(next);
+                }
                 fused_row!($kind, $n, wr, &xs, k, o);
             }
         }};
