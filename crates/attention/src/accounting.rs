@@ -78,8 +78,9 @@ pub struct KvRow {
 /// Options of the table.
 #[derive(Clone, Copy, Debug)]
 pub struct KvTableOpts {
-    /// Bytes per cached element (may be fractional once scales are included).
-    pub bytes_per_element: f64,
+    /// Cache element type; bytes per token include the per-128-element scales of the 8-bit
+    /// types (and MLA keeps its RoPE key in bf16 under an 8-bit latent).
+    pub dtype: crate::KvDtype,
     pub context: usize,
     /// GQA group count for models that are not GQA themselves.
     pub gqa_groups: usize,
@@ -108,10 +109,19 @@ pub fn kv_table(m: &ModelDims, o: &KvTableOpts) -> Vec<KvRow> {
         ("mla", format!("d_c={dc}, d_h^R={dr} ({mla_note})"), (dc + dr) * l),
     ];
     let mha = rows[0].2 as f64;
+    // Stored bytes per token: K and V rows of d_h per head (or one latent row) per layer.
+    let plain = crate::RowFormat::plain(o.dtype);
+    let kv_bytes = |heads: u64| (2 * heads * l) as f64 * plain.row_bytes(dh as usize) as f64;
+    let mla_bytes = l as f64 * crate::RowFormat::latent(o.dtype, dr as usize).row_bytes((dc + dr) as usize) as f64;
     let mut out: Vec<KvRow> = rows
         .drain(..)
         .map(|(mech, detail, e)| {
-            let b = e as f64 * o.bytes_per_element;
+            let b = match mech {
+                "mha" => kv_bytes(nh),
+                "gqa" => kv_bytes(groups),
+                "mqa" => kv_bytes(1),
+                _ => mla_bytes,
+            };
             KvRow {
                 mechanism: mech,
                 detail,

@@ -1,7 +1,7 @@
 use latent_attention::accounting::{kv_table, KvTableOpts, ModelDims};
 
 fn opts() -> KvTableOpts {
-    KvTableOpts { bytes_per_element: 2.0, context: 32768, gqa_groups: 8, window: Some(4096) }
+    KvTableOpts { dtype: latent_attention::KvDtype::Bf16, context: 32768, gqa_groups: 8, window: Some(4096) }
 }
 
 #[test]
@@ -35,4 +35,18 @@ fn gqa_model_uses_its_own_groups_and_window_caps_context() {
         assert!(ModelDims::preset(p).is_some());
     }
     assert!(ModelDims::preset("nope").is_none());
+}
+
+#[test]
+fn eight_bit_bytes_include_scales_and_the_bf16_rope_key() {
+    let m = ModelDims::preset("deepseek-v2").unwrap();
+    let o = KvTableOpts { dtype: latent_attention::KvDtype::Fp8, ..opts() };
+    let rows = kv_table(&m, &o);
+    let mla = rows.iter().find(|r| r.mechanism == "mla").unwrap();
+    // 512 fp8 + 4 f32 scales + 64 bf16 = 656 bytes per layer (FlashMLA's FP8 layout).
+    assert_eq!(mla.bytes_per_token, 656.0 * 60.0);
+    let mha = rows.iter().find(|r| r.mechanism == "mha").unwrap();
+    // Each 128-element head row: 128 bytes + one f32 scale.
+    assert_eq!(mha.bytes_per_token, (2 * 128 * 60) as f64 * 132.0);
+    assert_eq!(mla.elements_per_token, 34_560);
 }

@@ -3,6 +3,7 @@
 use crate::util::human_bytes;
 use anyhow::{bail, Context, Result};
 use latent_attention::accounting::{kv_table, KvTableOpts, ModelDims};
+use latent_attention::KvDtype;
 use latent_formats::gguf::GgufFile;
 use std::path::PathBuf;
 
@@ -14,8 +15,9 @@ pub struct KvArgs {
     /// Any GGUF model file (its attention dims are read from the metadata).
     #[arg(long)]
     model: Option<PathBuf>,
-    /// Cache element type: f32, f16, bf16.
-    #[arg(long, default_value = "bf16")]
+    /// Cache element type: f32, f16, bf16, fp8, int8 (8-bit bytes include per-128 scales;
+    /// MLA keeps its RoPE key in bf16).
+    #[arg(long = "kv-dtype", visible_alias = "dtype", default_value = "bf16")]
     dtype: String,
     /// Context length for the "at context" column.
     #[arg(long, default_value_t = 32768)]
@@ -31,12 +33,11 @@ pub struct KvArgs {
     json: bool,
 }
 
-fn bytes_per_element(dtype: &str) -> Result<f64> {
-    Ok(match dtype {
-        "f32" => 4.0,
-        "f16" | "bf16" => 2.0,
-        _ => bail!("unknown --dtype {dtype:?} (f32, f16, bf16)"),
-    })
+fn parse_dtype(dtype: &str) -> Result<KvDtype> {
+    match KvDtype::parse(dtype) {
+        Some(d) => Ok(d),
+        None => bail!("unknown --kv-dtype {dtype:?} (f32, f16, bf16, fp8, int8)"),
+    }
 }
 
 /// Attention dims of a GGUF model from its metadata.
@@ -77,8 +78,8 @@ pub fn run(a: KvArgs) -> Result<()> {
             format!("unknown preset {:?}; choose one of {}", a.preset, ModelDims::PRESETS.join(", "))
         })?,
     };
-    let bpe = bytes_per_element(&a.dtype)?;
-    let opts = KvTableOpts { bytes_per_element: bpe, context: a.context, gqa_groups: a.groups, window: Some(a.window) };
+    let opts =
+        KvTableOpts { dtype: parse_dtype(&a.dtype)?, context: a.context, gqa_groups: a.groups, window: Some(a.window) };
     let rows = kv_table(&dims, &opts);
     if a.json {
         let rows_j: Vec<_> = rows

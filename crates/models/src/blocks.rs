@@ -185,3 +185,34 @@ pub fn attention(
     }
     Ok(())
 }
+
+/// Checks a pass of `t` tokens at positions `pos0..` against the model's context.
+pub fn check_context(t: usize, pos0: usize, ctx: usize) -> Result<(), ModelError> {
+    if pos0 + t > ctx {
+        return Err(ModelError::Context { pos: pos0, n: t, ctx });
+    }
+    Ok(())
+}
+
+/// The requested logits of hidden states `x` `[T, C]`: final RMSNorm, then the output
+/// projection of the last row (`[V]`) or of every row (`[T, V]`).
+#[allow(clippy::too_many_arguments)]
+pub fn logits_head(
+    ex: &Exec,
+    file: &GgufFile,
+    x: &[f32],
+    c: usize,
+    norm: &[f32],
+    eps: f32,
+    output: &Linear,
+    want: crate::Logits,
+) -> Result<Vec<f32>, ModelError> {
+    let t = x.len() / c.max(1);
+    let rows: &[f32] = match want {
+        crate::Logits::None => return Ok(Vec::new()),
+        crate::Logits::Last => &x[(t - 1) * c..],
+        crate::Logits::All => x,
+    };
+    let xn = rms_norm(rows, norm, eps);
+    matmul(ex, file, output, &xn, rows.len() / c)
+}

@@ -12,7 +12,7 @@
 //! latent space, one MQA pass over the cache (key dim R+P, value = c_KV), per-head outputs
 //! expanded by W_UV. [`MlaPath::Naive`] decompresses the cache into per-head K/V instead.
 
-use crate::blocks::{add_into, attention, embed, matmul, rms_norm, swiglu};
+use crate::blocks::{add_into, attention, check_context, embed, logits_head, matmul, rms_norm, swiglu};
 use crate::moe::{moe_ffn, Gating, MoeConfig, MoeLayer};
 use crate::weights::{linear, meta_f32, meta_u32, vector, Linear};
 use crate::{CacheAccess, CacheSpec, Exec, Logits, Model, ModelError, ModelInfo};
@@ -376,9 +376,7 @@ impl Model for Deepseek2 {
         if t == 0 {
             return Ok(Vec::new());
         }
-        if pos0 + t > cfg.context {
-            return Err(ModelError::Context { pos: pos0, n: t, ctx: cfg.context });
-        }
+        check_context(t, pos0, cfg.context)?;
         let mut x = embed(f, &self.embd, tokens)?; // [T, C]
         for (l, ly) in self.layers.iter().enumerate() {
             let xn = rms_norm(&x, &ly.attn_norm, cfg.eps);
@@ -395,13 +393,6 @@ impl Model for Deepseek2 {
             };
             add_into(&mut x, &y);
         }
-        let c = cfg.hidden;
-        let rows: &[f32] = match logits {
-            Logits::None => return Ok(Vec::new()),
-            Logits::Last => &x[(t - 1) * c..],
-            Logits::All => &x,
-        };
-        let xn = rms_norm(rows, &self.out_norm, cfg.eps);
-        matmul(ex, f, &self.output, &xn, rows.len() / c)
+        logits_head(ex, f, &x, cfg.hidden, &self.out_norm, cfg.eps, &self.output, logits)
     }
 }

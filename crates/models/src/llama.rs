@@ -3,7 +3,9 @@
 //! Covers SmolLM2, Llama 2/3 and most Llama-family GGUFs. RoPE pairs dims (2i, 2i+1)
 //! (llama.cpp's "normal" mode; the GGUF converter permutes Q/K rows to match).
 
-use crate::blocks::{add_into, embed, gqa_attention, matmul, matmuls, rms_norm, rope_heads, swiglu};
+use crate::blocks::{
+    add_into, check_context, embed, gqa_attention, logits_head, matmul, matmuls, rms_norm, rope_heads, swiglu,
+};
 use crate::weights::{linear, meta_f32, meta_u32, vector, Linear};
 use crate::{CacheAccess, CacheSpec, Exec, Logits, Model, ModelError, ModelInfo};
 use latent_attention::{AttnShape, Rope, RopeStyle};
@@ -139,9 +141,7 @@ impl Model for Llama {
         if t == 0 {
             return Ok(Vec::new());
         }
-        if pos0 + t > cfg.context {
-            return Err(ModelError::Context { pos: pos0, n: t, ctx: cfg.context });
-        }
+        check_context(t, pos0, cfg.context)?;
         let (d, h, hk) = (cfg.head_dim, cfg.heads, cfg.kv_heads);
         let shape = AttnShape { heads: h, kv_heads: hk, dk: d, dv: d };
         let angles: Vec<_> = (0..t).map(|i| cfg.rope.angles(pos0 + i)).collect();
@@ -164,14 +164,6 @@ impl Model for Llama {
             swiglu(&mut g, &u);
             add_into(&mut x, &matmul(ex, f, &ly.down, &g, t)?);
         }
-        let c = cfg.hidden;
-        let rows: &[f32] = match logits {
-            Logits::None => return Ok(Vec::new()),
-            Logits::Last => &x[(t - 1) * c..],
-            Logits::All => &x,
-        };
-        let n = rows.len() / c;
-        let xn = rms_norm(rows, &self.out_norm, cfg.eps);
-        matmul(ex, f, &self.output, &xn, n)
+        logits_head(ex, f, &x, cfg.hidden, &self.out_norm, cfg.eps, &self.output, logits)
     }
 }
