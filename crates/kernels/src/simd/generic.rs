@@ -723,7 +723,7 @@ instantiate!(
     "avx512f,avx512bw,avx512vl,avx2,fma,f16c",
     crate::cpu::Isa::Avx512,
     nt = (6, 4),
-    nn = (8, 2)
+    nn = (4, 4)
 );
 #[cfg(target_arch = "aarch64")]
 use super::lanes::Neon;
