@@ -325,6 +325,24 @@ fn split_ranges(ranges: &[std::ops::Range<usize>; 2], split: usize, nsplit: usiz
     outr
 }
 
+/// When `pos` starts a block (another place in memory), starts loading its first rows so the
+/// GEMM tiles' own prefetch (which stays inside a block) does not begin with a stall.
+fn prefetch_block_start(s: &SeqSpec, head: usize, pos: usize, end: usize) {
+    if pos >= end || !pos.is_multiple_of(s.kv.block_size) {
+        return;
+    }
+    let m = 16.min(end - pos).min(s.kv.block_size);
+    let mut scratch = Vec::new();
+    if let Some(nk) = s.kv.k.raw_rows(&s.kv, head, pos, m, &mut scratch) {
+        latent_kernels::prefetch(nk.data);
+    }
+    if let ValueSource::Plane(vp) = s.kv.v {
+        if let Some(nv) = vp.raw_rows(&s.kv, head, pos, m, &mut scratch) {
+            latent_kernels::prefetch(nv.data);
+        }
+    }
+}
+
 fn run_item(k: &Kernels, p: &AttnParams, plan: &Plan, q: &[f32], s: &SeqSpec, it: &Item) -> Partial {
     let sh = p.shape;
     let g = sh.group();
@@ -357,27 +375,47 @@ fn run_item(k: &Kernels, p: &AttnParams, plan: &Plan, q: &[f32], s: &SeqSpec, it
     let (mut kscales, mut vscales) = (Vec::with_capacity(kt), Vec::with_capacity(kt));
 
     let ranges = p.mask.ranges(p0, p1, s.kv.len);
+    // Plain-typed rows (and 8-bit rows with one scale group) are read in place by the GEMM
+    // tiles; a tile spans several blocks and is processed block segment by block segment, so
+    // the softmax bookkeeping is paid per tile, not per block.
+    let bs = s.kv.block_size;
+    let raw_ok = s.kv.len > 0
+        && s.kv.k.raw_rows(&s.kv, it.g, 0, 1, &mut kscales).is_some()
+        && match s.kv.v {
+            ValueSource::Plane(vp) => vp.raw_rows(&s.kv, it.g, 0, 1, &mut vscales).is_some(),
+            ValueSource::KeyPrefix { .. } => true,
+        };
+    let mut segs: Vec<(usize, usize)> = Vec::new();
     for r in split_ranges(&ranges, it.split, it.nsplit) {
         let mut j0 = r.start;
         while j0 < r.end {
-            // Tiles never cross a block boundary, so a plain-typed tile is one strided matrix
-            // the GEMM tiles read in its stored type (no conversion pass).
-            let n = kt.min(r.end - j0).min(s.kv.block_size - j0 % s.kv.block_size);
-            let kraw = s.kv.k.raw_rows(&s.kv, it.g, j0, n, &mut kscales);
-            let scm = MatMut { data: &mut sc[..rows * n], rows, cols: n, stride: n };
-            match kraw {
-                Some(kr) => {
-                    (k.gemm_nt_raw)(p.scale, MatRef::dense(&qm, rows, dk), kr, scm);
-                    if !kscales.is_empty() {
-                        for srow in sc[..rows * n].chunks_exact_mut(n) {
-                            srow.iter_mut().zip(&kscales).for_each(|(v, s)| *v *= s);
+            let n = kt.min(r.end - j0);
+            segs.clear();
+            let mut a = j0;
+            while a < j0 + n {
+                let len = (bs - a % bs).min(j0 + n - a);
+                segs.push((a, len));
+                a += len;
+            }
+            // S = scale · Q · Kᵀ  [rows, n]
+            if raw_ok {
+                for &(a, len) in &segs {
+                    prefetch_block_start(s, it.g, a + len, r.end);
+                    let c0 = a - j0;
+                    if let Some(kr) = s.kv.k.raw_rows(&s.kv, it.g, a, len, &mut kscales) {
+                        let scm = MatMut { data: &mut sc[c0..], rows, cols: len, stride: n };
+                        (k.gemm_nt_raw)(p.scale, MatRef::dense(&qm, rows, dk), kr, scm);
+                        if !kscales.is_empty() {
+                            for srow in sc[..rows * n].chunks_exact_mut(n) {
+                                srow[c0..c0 + len].iter_mut().zip(&kscales).for_each(|(v, s)| *v *= s);
+                            }
                         }
                     }
                 }
-                None => {
-                    s.kv.k.load_rows(k, &s.kv, it.g, j0, n, &mut kbuf[..n * dk]);
-                    (k.gemm_nt)(p.scale, MatRef::dense(&qm, rows, dk), MatRef::dense(&kbuf[..n * dk], n, dk), scm);
-                }
+            } else {
+                s.kv.k.load_rows(k, &s.kv, it.g, j0, n, &mut kbuf[..n * dk]);
+                let scm = MatMut { data: &mut sc[..rows * n], rows, cols: n, stride: n };
+                (k.gemm_nt)(p.scale, MatRef::dense(&qm, rows, dk), MatRef::dense(&kbuf[..n * dk], n, dk), scm);
             }
             let full = p.mask.tile_fully_visible(p0, p1, j0, j0 + n);
             for row in 0..rows {
@@ -403,30 +441,37 @@ fn run_item(k: &Kernels, p: &AttnParams, plan: &Plan, q: &[f32], s: &SeqSpec, it
                 }
                 m[row] = mnew;
             }
-            // Value rows read in place: their 8-bit scales fold into the probability columns.
-            let vraw = match (s.kv.v, kraw) {
-                (ValueSource::KeyPrefix { .. }, Some(kr)) => {
-                    std::mem::swap(&mut vscales, &mut kscales);
-                    Some(RawMat { cols: dv, ..kr })
+            // acc += P · V  (8-bit value scales fold into P's columns)
+            if raw_ok {
+                for &(a, len) in &segs {
+                    let c0 = a - j0;
+                    let vr = match s.kv.v {
+                        ValueSource::KeyPrefix { dim } => {
+                            s.kv.k.raw_rows(&s.kv, it.g, a, len, &mut vscales).map(|kr| RawMat { cols: dim, ..kr })
+                        }
+                        ValueSource::Plane(vp) => vp.raw_rows(&s.kv, it.g, a, len, &mut vscales),
+                    };
+                    if let Some(vr) = vr {
+                        if !vscales.is_empty() {
+                            for prow in sc[..rows * n].chunks_exact_mut(n) {
+                                prow[c0..c0 + len].iter_mut().zip(&vscales).for_each(|(v, s)| *v *= s);
+                            }
+                        }
+                        let pm = MatRef { data: &sc[c0..], rows, cols: len, stride: n };
+                        (k.gemm_nn_raw)(pm, vr, MatMut::dense(&mut acc, rows, dv));
+                    }
                 }
-                (ValueSource::Plane(vp), _) => vp.raw_rows(&s.kv, it.g, j0, n, &mut vscales),
-                _ => None,
-            };
-            if vraw.is_some() && !vscales.is_empty() {
-                for prow in sc[..rows * n].chunks_exact_mut(n) {
-                    prow.iter_mut().zip(&vscales).for_each(|(v, s)| *v *= s);
-                }
-            }
-            let pm = MatRef::dense(&sc[..rows * n], rows, n);
-            let accm = MatMut::dense(&mut acc, rows, dv);
-            match (s.kv.v, vraw) {
-                (_, Some(vr)) => (k.gemm_nn_raw)(pm, vr, accm),
-                (ValueSource::KeyPrefix { .. }, None) => {
-                    (k.gemm_nn)(pm, MatRef { data: &kbuf[..n * dk], rows: n, cols: dv, stride: dk }, accm)
-                }
-                (ValueSource::Plane(vp), None) => {
-                    vp.load_rows(k, &s.kv, it.g, j0, n, &mut vbuf[..n * dv]);
-                    (k.gemm_nn)(pm, MatRef::dense(&vbuf[..n * dv], n, dv), accm)
+            } else {
+                let pm = MatRef::dense(&sc[..rows * n], rows, n);
+                let accm = MatMut::dense(&mut acc, rows, dv);
+                match s.kv.v {
+                    ValueSource::KeyPrefix { .. } => {
+                        (k.gemm_nn)(pm, MatRef { data: &kbuf[..n * dk], rows: n, cols: dv, stride: dk }, accm)
+                    }
+                    ValueSource::Plane(vp) => {
+                        vp.load_rows(k, &s.kv, it.g, j0, n, &mut vbuf[..n * dv]);
+                        (k.gemm_nn)(pm, MatRef::dense(&vbuf[..n * dv], n, dv), accm)
+                    }
                 }
             }
             j0 += n;
