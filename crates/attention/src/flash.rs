@@ -325,21 +325,21 @@ fn split_ranges(ranges: &[std::ops::Range<usize>; 2], split: usize, nsplit: usiz
     outr
 }
 
-/// When `pos` starts a block (another place in memory), starts loading its first rows so the
-/// GEMM tiles' own prefetch (which stays inside a block) does not begin with a stall.
-fn prefetch_block_start(s: &SeqSpec, head: usize, pos: usize, end: usize) {
+/// When `pos` starts a block (another place in memory), starts loading the first rows of
+/// its keys (`keys`) or values, so the GEMM tiles' own prefetch (which stays inside a block)
+/// does not begin with a stall.
+fn prefetch_block_start(s: &SeqSpec, head: usize, pos: usize, end: usize, keys: bool) {
     if pos >= end || !pos.is_multiple_of(s.kv.block_size) {
         return;
     }
-    let m = 16.min(end - pos).min(s.kv.block_size);
+    let m = 32.min(end - pos).min(s.kv.block_size);
     let mut scratch = Vec::new();
-    if let Some(nk) = s.kv.k.raw_rows(&s.kv, head, pos, m, &mut scratch) {
-        latent_kernels::prefetch(nk.data);
-    }
-    if let ValueSource::Plane(vp) = s.kv.v {
-        if let Some(nv) = vp.raw_rows(&s.kv, head, pos, m, &mut scratch) {
-            latent_kernels::prefetch(nv.data);
-        }
+    let rows = match (keys, s.kv.v) {
+        (true, _) | (false, ValueSource::KeyPrefix { .. }) => s.kv.k.raw_rows(&s.kv, head, pos, m, &mut scratch),
+        (false, ValueSource::Plane(vp)) => vp.raw_rows(&s.kv, head, pos, m, &mut scratch),
+    };
+    if let Some(r) = rows {
+        latent_kernels::prefetch(r.data);
     }
 }
 
@@ -400,7 +400,7 @@ fn run_item(k: &Kernels, p: &AttnParams, plan: &Plan, q: &[f32], s: &SeqSpec, it
             // S = scale · Q · Kᵀ  [rows, n]
             if raw_ok {
                 for &(a, len) in &segs {
-                    prefetch_block_start(s, it.g, a + len, r.end);
+                    prefetch_block_start(s, it.g, a + len, r.end, true);
                     let c0 = a - j0;
                     if let Some(kr) = s.kv.k.raw_rows(&s.kv, it.g, a, len, &mut kscales) {
                         let scm = MatMut { data: &mut sc[c0..], rows, cols: len, stride: n };
@@ -444,6 +444,7 @@ fn run_item(k: &Kernels, p: &AttnParams, plan: &Plan, q: &[f32], s: &SeqSpec, it
             // acc += P · V  (8-bit value scales fold into P's columns)
             if raw_ok {
                 for &(a, len) in &segs {
+                    prefetch_block_start(s, it.g, a + len, r.end, false);
                     let c0 = a - j0;
                     let vr = match s.kv.v {
                         ValueSource::KeyPrefix { dim } => {
