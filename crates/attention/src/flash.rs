@@ -163,6 +163,15 @@ pub fn decode(p: &AttnParams, q: &[f32], seqs: &[SeqSpec], out: &mut [f32], lse:
     attend(p, &Plan::decode(&p.shape), q, seqs, out, lse)
 }
 
+/// One sequence `seq` of queries `q` `[T, H, Dk]`: returns the outputs `[T, H, Dv]` (the
+/// LSE is dropped).
+pub fn attend_one(p: &AttnParams, plan: &Plan, q: &[f32], seq: SeqSpec) -> Result<Vec<f32>, AttnError> {
+    let mut out = vec![0f32; seq.q_len * p.shape.heads * p.shape.dv];
+    let mut lse = vec![0f32; seq.q_len * p.shape.heads];
+    attend(p, plan, q, &[seq], &mut out, &mut lse)?;
+    Ok(out)
+}
+
 struct Item {
     seq: usize,
     q_row0: usize, // row of the sequence's first query in q

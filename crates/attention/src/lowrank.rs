@@ -6,7 +6,7 @@
 //! attend over the latents as MQA with key dim r and value = c, then o_h = U_V,g·o'_h).
 //! A GQA layer whose stacked K/V projection has rank ≤ r is represented exactly.
 
-use crate::flash::{attend, AttnParams, AttnShape, MaskSpec, Plan, SeqSpec};
+use crate::flash::{attend_one, AttnParams, AttnShape, MaskSpec, Plan, SeqSpec};
 use crate::kv_view::{DenseKv, KvDtype, KvSeq};
 use crate::linear::{absorb_heads, decompress_heads, expand_heads, linear};
 use crate::AttnError;
@@ -72,15 +72,17 @@ impl LowRankKv {
         let (h, d, r) = (self.heads, self.head_dim, self.rank);
         let mut qa = vec![0f32; t * h * r];
         absorb_heads(q, t, h, d, d, &self.u_k, self.group(), r, &mut qa, r);
-        let params = AttnParams {
-            shape: AttnShape { heads: h, kv_heads: 1, dk: r, dv: r },
-            scale: self.scale,
-            mask,
-            sink_logits: None,
-        };
-        let mut o_lat = vec![0f32; t * h * r];
-        let mut lse = vec![0f32; t * h];
-        attend(&params, plan, &qa, &[SeqSpec { q_len: t, q_pos, kv }], &mut o_lat, &mut lse)?;
+        let o_lat = attend_one(
+            &AttnParams {
+                shape: AttnShape { heads: h, kv_heads: 1, dk: r, dv: r },
+                scale: self.scale,
+                mask,
+                sink_logits: None,
+            },
+            plan,
+            &qa,
+            SeqSpec { q_len: t, q_pos, kv },
+        )?;
         Ok(expand_heads(&o_lat, t, h, r, &self.u_v, self.group(), d))
     }
 
@@ -106,15 +108,12 @@ impl LowRankKv {
         let rows = kv.read_keys(0, 0, kv.len);
         let (kk, vv) = self.decompress(&rows, kv.len);
         let dense = DenseKv::new(KvDtype::F32, hk, d, d, &kk, &vv);
-        let params = AttnParams {
-            shape: AttnShape { heads: h, kv_heads: hk, dk: d, dv: d },
-            scale: self.scale,
-            mask,
-            sink_logits: None,
-        };
-        let mut out = vec![0f32; t * h * d];
-        let mut lse = vec![0f32; t * h];
-        attend(&params, plan, q, &[SeqSpec { q_len: t, q_pos, kv: dense.view() }], &mut out, &mut lse)?;
-        Ok(out)
+        let shape = AttnShape { heads: h, kv_heads: hk, dk: d, dv: d };
+        attend_one(
+            &AttnParams { shape, scale: self.scale, mask, sink_logits: None },
+            plan,
+            q,
+            SeqSpec { q_len: t, q_pos, kv: dense.view() },
+        )
     }
 }

@@ -15,7 +15,7 @@
 //!   MQA (key dim R+P, value = c, dim R); o_h = W_UV_h·o'_h. The cache is read once per step
 //!   for all heads.
 
-use crate::flash::{attend, AttnParams, AttnShape, MaskSpec, Plan, SeqSpec};
+use crate::flash::{attend_one, AttnParams, AttnShape, MaskSpec, Plan, SeqSpec};
 use crate::kv_view::{DenseKv, KvDtype, KvSeq};
 use crate::linear::{absorb_heads, decompress_heads, expand_heads, linear, rms_norm};
 use crate::rope::Rope;
@@ -219,10 +219,12 @@ impl Mla {
     ) -> Result<Vec<f32>, AttnError> {
         let cfg = &self.cfg;
         let qa = self.absorb_queries(q, t);
-        let params = AttnParams { shape: self.absorbed_shape(), scale: cfg.softmax_scale(), mask, sink_logits: None };
-        let mut o_lat = vec![0f32; t * cfg.heads * cfg.kv_lora_rank];
-        let mut lse = vec![0f32; t * cfg.heads];
-        attend(&params, plan, &qa, &[SeqSpec { q_len: t, q_pos, kv }], &mut o_lat, &mut lse)?;
+        let o_lat = attend_one(
+            &AttnParams { shape: self.absorbed_shape(), scale: cfg.softmax_scale(), mask, sink_logits: None },
+            plan,
+            &qa,
+            SeqSpec { q_len: t, q_pos, kv },
+        )?;
         Ok(self.expand_outputs(&o_lat, t))
     }
 
@@ -256,11 +258,12 @@ impl Mla {
         let (kk, vv) = self.decompress(&rows, kv.len);
         let dense = DenseKv::new(KvDtype::F32, cfg.heads, cfg.qk_dim(), cfg.v_dim, &kk, &vv);
         let shape = AttnShape { heads: cfg.heads, kv_heads: cfg.heads, dk: cfg.qk_dim(), dv: cfg.v_dim };
-        let params = AttnParams { shape, scale: cfg.softmax_scale(), mask, sink_logits: None };
-        let mut out = vec![0f32; t * cfg.heads * cfg.v_dim];
-        let mut lse = vec![0f32; t * cfg.heads];
-        attend(&params, plan, q, &[SeqSpec { q_len: t, q_pos, kv: dense.view() }], &mut out, &mut lse)?;
-        Ok(out)
+        attend_one(
+            &AttnParams { shape, scale: cfg.softmax_scale(), mask, sink_logits: None },
+            plan,
+            q,
+            SeqSpec { q_len: t, q_pos, kv: dense.view() },
+        )
     }
 
     /// y `[T, C]` = W_O · concat_h(o_h), from `[T, H, V]`.

@@ -39,16 +39,7 @@ impl<'a> MatRef<'a> {
         MatRef { data, rows, cols, stride: cols }
     }
     fn check(&self, what: &str) {
-        assert!(self.cols <= self.stride || self.rows <= 1, "{what}: cols > stride");
-        if self.rows > 0 && self.cols > 0 {
-            assert!(
-                self.data.len() >= (self.rows - 1) * self.stride + self.cols,
-                "{what}: buffer too small for [{}, {}] stride {}",
-                self.rows,
-                self.cols,
-                self.stride
-            );
-        }
+        check_extent(what, self.data.len(), self.rows, self.cols, self.stride);
     }
 }
 
@@ -58,16 +49,15 @@ impl<'a> MatMut<'a> {
         MatMut { data, rows, cols, stride: cols }
     }
     fn check(&self, what: &str) {
-        assert!(self.cols <= self.stride || self.rows <= 1, "{what}: cols > stride");
-        if self.rows > 0 && self.cols > 0 {
-            assert!(
-                self.data.len() >= (self.rows - 1) * self.stride + self.cols,
-                "{what}: buffer too small for [{}, {}] stride {}",
-                self.rows,
-                self.cols,
-                self.stride
-            );
-        }
+        check_extent(what, self.data.len(), self.rows, self.cols, self.stride);
+    }
+}
+
+/// Panics unless a `[rows, cols]` view with row `stride` fits in `len` elements.
+fn check_extent(what: &str, len: usize, rows: usize, cols: usize, stride: usize) {
+    assert!(cols <= stride || rows <= 1, "{what}: cols > stride");
+    if rows > 0 && cols > 0 {
+        assert!(len >= (rows - 1) * stride + cols, "{what}: buffer too small for [{rows}, {cols}] stride {stride}");
     }
 }
 
