@@ -12,7 +12,7 @@ use std::time::Instant;
 
 #[derive(clap::Args)]
 pub struct BenchAttnArgs {
-    /// Threads (0 = all cores).
+    /// Threads (0 = all cores; at most 4× the cores).
     #[arg(long, default_value_t = 0)]
     threads: usize,
     /// Mechanisms: gqa, mha, mqa, mla (absorbed decode over the latent cache).

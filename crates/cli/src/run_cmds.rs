@@ -13,7 +13,7 @@ pub struct ModelArgs {
     /// GGUF model (default: $LATENT_MODEL, else the cached SmolLM2-135M-Instruct, fetched once).
     #[arg(long)]
     pub model: Option<PathBuf>,
-    /// Worker threads (0 = all cores).
+    /// Worker threads (0 = all cores; at most 4× the cores).
     #[arg(long, default_value_t = 0)]
     pub threads: usize,
     /// f32 activations with weights dequantized on the fly (no 8-bit activation rounding).
@@ -26,6 +26,7 @@ pub struct ModelArgs {
 
 impl ModelArgs {
     pub fn engine(&self) -> Result<Engine> {
+        let threads = crate::util::check_threads(self.threads)?;
         let path = model_path::resolve(self.model.as_deref())?;
         let kv_dtype = match &self.kv_dtype {
             None => None,
@@ -34,7 +35,7 @@ impl ModelArgs {
             ),
         };
         let opts = EngineOptions {
-            threads: self.threads,
+            threads,
             precision: if self.exact { MatmulPrecision::Exact } else { MatmulPrecision::Fast },
             kv_dtype,
             ..Default::default()

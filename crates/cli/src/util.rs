@@ -1,8 +1,33 @@
 //! Small helpers shared by the subcommands.
 
+/// Cores this process may use (1 when unknown).
+pub fn available_cores() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// `--threads` more than this many times the available cores is refused (oversubscription
+/// only slows a spin-then-park team down, and a huge count would exhaust the OS first).
+pub const MAX_THREADS_PER_CORE: usize = 4;
+
+/// Checks a `--threads` value: 0 (all cores) or at most [`MAX_THREADS_PER_CORE`] × the cores.
+pub fn check_threads(threads: usize) -> anyhow::Result<usize> {
+    check_threads_for(threads, available_cores())
+}
+
+fn check_threads_for(threads: usize, cores: usize) -> anyhow::Result<usize> {
+    let max = cores.saturating_mul(MAX_THREADS_PER_CORE);
+    if threads > max {
+        anyhow::bail!(
+            "--threads {threads} is more than {MAX_THREADS_PER_CORE}× the {cores} available cores (at most {max}; 0 = all cores)"
+        );
+    }
+    Ok(threads)
+}
+
 /// A rayon pool with `threads` threads (0 = all available cores).
 pub fn thread_pool(threads: usize) -> anyhow::Result<rayon::ThreadPool> {
-    let n = if threads == 0 { std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1) } else { threads };
+    let threads = check_threads(threads)?;
+    let n = if threads == 0 { available_cores() } else { threads };
     Ok(rayon::ThreadPoolBuilder::new().num_threads(n).build()?)
 }
 
@@ -32,4 +57,19 @@ pub fn parse_sizes(s: &str) -> anyhow::Result<Vec<usize>> {
             num.parse::<usize>().map(|n| n * mult).map_err(|_| anyhow::anyhow!("not a size: {p:?}"))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn threads_are_capped_at_four_per_core() {
+        assert_eq!(check_threads_for(0, 2).unwrap(), 0);
+        assert_eq!(check_threads_for(8, 2).unwrap(), 8);
+        let e = check_threads_for(9, 2).unwrap_err().to_string();
+        assert_eq!(e, "--threads 9 is more than 4× the 2 available cores (at most 8; 0 = all cores)");
+        assert!(check_threads_for(usize::MAX, usize::MAX).is_ok(), "no overflow in the bound");
+        assert!(check_threads_for(usize::MAX, 2).is_err());
+    }
 }

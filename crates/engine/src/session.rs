@@ -90,7 +90,13 @@ impl Engine {
         };
         let pool =
             rayon::ThreadPoolBuilder::new().num_threads(n).build().map_err(|e| EngineError::Threads(e.to_string()))?;
-        Ok(Engine { model, tokenizer, pool, team: latent_kernels::team::Team::new(n), opts })
+        Ok(Engine {
+            model,
+            tokenizer,
+            pool,
+            team: latent_kernels::team::Team::new(n).map_err(|e| EngineError::Threads(e.to_string()))?,
+            opts,
+        })
     }
 
     pub fn threads(&self) -> usize {

@@ -28,6 +28,19 @@ use std::time::{Duration, Instant};
 /// How long an idle worker keeps polling for the next job before parking.
 const SPIN: Duration = Duration::from_micros(200);
 
+/// Why a team could not be built.
+#[derive(Debug, thiserror::Error)]
+pub enum TeamError {
+    /// The OS refused to start worker thread `index` (of `threads − 1` workers).
+    #[error("could not start team worker {index} of {workers}: {source}")]
+    Spawn {
+        index: usize,
+        workers: usize,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
 type Payload = Box<dyn Any + Send + 'static>;
 
 struct Job {
@@ -94,7 +107,15 @@ impl Drop for Withdraw<'_> {
 }
 
 impl Team {
-    pub fn new(threads: usize) -> Team {
+    /// A team of `threads` (at least 1: the caller), starting `threads − 1` worker threads.
+    /// Fails with [`TeamError::Spawn`] when the OS refuses a thread; the workers already
+    /// started are shut down and joined first.
+    pub fn new(threads: usize) -> Result<Team, TeamError> {
+        Team::with_stack(threads, None)
+    }
+
+    /// [`Team::new`] with an explicit worker stack size (tests force a spawn failure with it).
+    fn with_stack(threads: usize, stack: Option<usize>) -> Result<Team, TeamError> {
         let threads = threads.max(1);
         let shared = Arc::new(Shared {
             state: Mutex::new(State { job: None, sleeping: 0 }),
@@ -103,16 +124,24 @@ impl Team {
             active: AtomicUsize::new(0),
             shutdown: AtomicBool::new(false),
         });
-        let workers = (1..threads)
-            .map(|i| {
-                let s = Arc::clone(&shared);
-                std::thread::Builder::new()
-                    .name(format!("latent-team-{i}"))
-                    .spawn(move || worker(&s))
-                    .expect("spawning a team worker")
-            })
-            .collect();
-        Team { shared, workers, threads }
+        // Built up inside a `Team` so that an early return drops (shuts down and joins) the
+        // workers already started.
+        // (No capacity reserved up front: `threads` may come from user input.)
+        let mut team = Team { shared: Arc::clone(&shared), workers: Vec::new(), threads };
+        for i in 1..threads {
+            let s = Arc::clone(&shared);
+            let mut b = std::thread::Builder::new().name(format!("latent-team-{i}"));
+            if let Some(bytes) = stack {
+                b = b.stack_size(bytes);
+            }
+            let w = b.spawn(move || worker(&s)).map_err(|source| TeamError::Spawn {
+                index: i,
+                workers: threads - 1,
+                source,
+            })?;
+            team.workers.push(w);
+        }
+        Ok(team)
     }
 
     pub fn threads(&self) -> usize {
@@ -246,7 +275,7 @@ mod tests {
     const REPS: u64 = if cfg!(miri) { 3 } else { 20 };
 
     fn team(threads: usize) -> Team {
-        Team::new(threads)
+        Team::new(threads).expect("starting a test team")
     }
 
     fn is_worker() -> bool {
@@ -407,6 +436,17 @@ mod tests {
         assert!(r.is_err());
         assert!(ran.load(Ordering::Relaxed) < n / 2, "later tasks were skipped: {} ran", ran.load(Ordering::Relaxed));
         every_task_once(&team, 10);
+    }
+
+    /// A refused thread is a typed error, not a panic (the OS cannot map a stack this size).
+    #[test]
+    #[cfg_attr(miri, ignore)]
+    fn a_refused_worker_is_an_error() {
+        let e = Team::with_stack(3, Some(usize::MAX / 4)).err().expect("an impossible stack is refused");
+        let TeamError::Spawn { index, workers, .. } = &e;
+        assert_eq!((*index, *workers), (1, 2));
+        assert!(e.to_string().starts_with("could not start team worker 1 of 2: "), "{e}");
+        every_task_once(&team(3), 10);
     }
 
     #[test]
