@@ -2,6 +2,7 @@
 
 use crate::model_path;
 use anyhow::{bail, Context, Result};
+use latent_engine::sampling::SamplingError;
 use latent_engine::{Engine, EngineOptions, KvDtype, Logits, MatmulPrecision, Sampler, SamplingParams};
 use latent_tokenizer::ChatMessage;
 use std::io::{BufRead, Write};
@@ -68,18 +69,10 @@ pub struct SampleArgs {
 
 impl SampleArgs {
     pub fn params(&self) -> Result<SamplingParams> {
-        if self.temperature.is_nan()
-            || self.temperature < 0.0
-            || !(0.0..=1.0).contains(&self.top_p)
-            || !(0.0..=1.0).contains(&self.min_p)
-            || self.repeat_penalty <= 0.0
-        {
-            bail!("invalid sampling settings: temperature ≥ 0, top-p and min-p in [0, 1], repeat-penalty > 0");
-        }
         let seed = self.seed.unwrap_or_else(|| {
             std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0)
         });
-        Ok(SamplingParams {
+        let p = SamplingParams {
             temperature: self.temperature,
             top_k: self.top_k,
             top_p: self.top_p,
@@ -87,7 +80,12 @@ impl SampleArgs {
             repeat_penalty: self.repeat_penalty,
             repeat_last_n: 64,
             seed,
-        })
+        };
+        // Named as the flags are: "--repeat-penalty must be a finite number > 0, got NaN".
+        p.validate().map_err(|SamplingError::OutOfRange { setting, rule, value }| {
+            anyhow::anyhow!("--{} must be {rule}, got {value}", setting.replace(' ', "-"))
+        })?;
+        Ok(p)
     }
 }
 
@@ -115,8 +113,8 @@ pub struct GenerateArgs {
 }
 
 pub fn generate(a: GenerateArgs) -> Result<()> {
-    let e = a.m.engine()?;
     let params = a.s.params()?;
+    let e = a.m.engine()?;
     let prompt = if a.chat {
         let mut msgs = Vec::new();
         if let Some(s) = &a.system {
@@ -175,8 +173,8 @@ pub struct ChatArgs {
 }
 
 pub fn chat(a: ChatArgs) -> Result<()> {
-    let e = a.m.engine()?;
     let mut sampler = Sampler::new(a.s.params()?);
+    let e = a.m.engine()?;
     let mut history = Vec::new();
     if let Some(s) = &a.system {
         history.push(ChatMessage::system(s.clone()));

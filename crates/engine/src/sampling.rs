@@ -1,5 +1,18 @@
 //! Token sampling: greedy, temperature, top-k, top-p, min-p, repetition penalty, seeded.
 //! The same seed and settings give the same tokens.
+//!
+//! Candidates are ordered by logit (descending, lower id first on equal logits, by
+//! `f32::total_cmp`). With top-k the k survivors are found by selection and only they are
+//! sorted, so a step costs O(V + k log k) instead of O(V log V); the order is a strict total
+//! order, so the result is the same as sorting the whole vocabulary.
+
+/// A sampling setting that cannot be used (see [`SamplingParams::validate`]).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SamplingError {
+    /// `setting` is NaN, infinite, or outside its range.
+    #[error("{setting} must be {rule}, got {value}")]
+    OutOfRange { setting: &'static str, rule: &'static str, value: f32 },
+}
 
 /// Sampling settings. Temperature 0 is greedy.
 #[derive(Clone, Debug)]
@@ -28,6 +41,25 @@ impl Default for SamplingParams {
             repeat_last_n: 64,
             seed: 0,
         }
+    }
+}
+
+impl SamplingParams {
+    /// Checks every float setting where it enters: temperature finite and ≥ 0, top-p and
+    /// min-p finite in [0, 1], repeat penalty finite and > 0 (NaN and ±∞ are refused).
+    pub fn validate(&self) -> Result<(), SamplingError> {
+        let check = |setting, rule, value: f32, ok: bool| {
+            if value.is_finite() && ok {
+                Ok(())
+            } else {
+                Err(SamplingError::OutOfRange { setting, rule, value })
+            }
+        };
+        check("temperature", "a finite number ≥ 0", self.temperature, self.temperature >= 0.0)?;
+        check("top-p", "a finite number in [0, 1]", self.top_p, (0.0..=1.0).contains(&self.top_p))?;
+        check("min-p", "a finite number in [0, 1]", self.min_p, (0.0..=1.0).contains(&self.min_p))?;
+        check("repeat penalty", "a finite number > 0", self.repeat_penalty, self.repeat_penalty > 0.0)?;
+        Ok(())
     }
 }
 
@@ -69,12 +101,15 @@ impl Sampler {
         if p.temperature <= 0.0 {
             return argmax(&l);
         }
-        // Candidates sorted by logit, truncated by top-k.
+        // Candidates by logit (a strict total order: ties broken by id), truncated by top-k:
+        // the k survivors are selected, and only they are sorted.
+        let order = |a: &u32, b: &u32| l[*b as usize].total_cmp(&l[*a as usize]).then(a.cmp(b));
         let mut idx: Vec<u32> = (0..l.len() as u32).collect();
-        idx.sort_unstable_by(|&a, &b| l[b as usize].total_cmp(&l[a as usize]).then(a.cmp(&b)));
-        if p.top_k > 0 {
-            idx.truncate(p.top_k.max(1));
+        if p.top_k > 0 && p.top_k < idx.len() {
+            idx.select_nth_unstable_by(p.top_k - 1, order);
+            idx.truncate(p.top_k);
         }
+        idx.sort_unstable_by(order);
         let m = l[idx[0] as usize];
         let mut probs: Vec<f64> = idx.iter().map(|&i| (((l[i as usize] - m) / p.temperature) as f64).exp()).collect();
         let total: f64 = probs.iter().sum();
@@ -170,6 +205,34 @@ mod tests {
         assert!((0..20).all(|_| s.sample(&l, &[]) == argmax(&l)));
         let mut s = Sampler::new(SamplingParams { temperature: 1.0, min_p: 1.0, seed: 1, ..Default::default() });
         assert!((0..20).all(|_| s.sample(&l, &[]) == argmax(&l)));
+    }
+
+    #[test]
+    fn non_finite_or_out_of_range_settings_are_refused() {
+        assert_eq!(SamplingParams::default().validate(), Ok(()));
+        let ok = SamplingParams { temperature: 0.7, top_k: 40, top_p: 0.95, min_p: 0.05, ..Default::default() };
+        assert_eq!(ok.validate(), Ok(()));
+        for bad in [f32::NAN, f32::INFINITY, f32::NEG_INFINITY] {
+            let cases = [
+                SamplingParams { temperature: bad, ..ok.clone() },
+                SamplingParams { top_p: bad, ..ok.clone() },
+                SamplingParams { min_p: bad, ..ok.clone() },
+                SamplingParams { repeat_penalty: bad, ..ok.clone() },
+            ];
+            for c in cases {
+                assert!(c.validate().is_err(), "{c:?}");
+            }
+        }
+        for c in [
+            SamplingParams { temperature: -0.1, ..ok.clone() },
+            SamplingParams { top_p: 1.5, ..ok.clone() },
+            SamplingParams { min_p: -0.5, ..ok.clone() },
+            SamplingParams { repeat_penalty: 0.0, ..ok.clone() },
+        ] {
+            assert!(c.validate().is_err(), "{c:?}");
+        }
+        let e = SamplingParams { repeat_penalty: f32::NAN, ..ok }.validate().unwrap_err();
+        assert_eq!(e.to_string(), "repeat penalty must be a finite number > 0, got NaN");
     }
 
     #[test]
