@@ -9,6 +9,13 @@ use crate::unicode::char_of_byte;
 /// A candidate merge: `(rank, left position, right position, left id, right id)`.
 type Bigram = (u32, u32, u32, u32, u32);
 
+/// Symbol ids stay below this (u32::MAX is the merge loop's "no position").
+const MAX_SYMBOLS: u32 = u32::MAX;
+
+/// The longest word merged in one piece: positions `0..n` and the "none" marker u32::MAX
+/// must all be distinct u32 values.
+const MAX_WORD: usize = u32::MAX as usize - 1;
+
 /// Merge rules over symbol ids.
 ///
 /// Symbols are the vocabulary's tokens (ids `0..n_vocab`) plus "extra" symbols (ids from
@@ -37,23 +44,41 @@ impl Bpe {
             n_vocab: u32,
             extra: &mut Vec<String>,
             extra_ids: &mut HashMap<String, u32>,
-        ) -> u32 {
+        ) -> Result<u32, TokenizerError> {
             if let Some(&id) = token_to_id.get(s) {
-                return id;
+                return Ok(id);
             }
             if let Some(&id) = extra_ids.get(s) {
-                return id;
+                return Ok(id);
             }
-            let id = n_vocab + extra.len() as u32;
+            // Checked: ids must stay below `MAX_SYMBOLS` (no wraparound onto real tokens).
+            let id = u32::try_from(extra.len())
+                .ok()
+                .and_then(|e| n_vocab.checked_add(e))
+                .filter(|&id| id < MAX_SYMBOLS)
+                .ok_or(TokenizerError::TooLarge {
+                    what: "symbol count (vocabulary plus merge-formed symbols)",
+                    size: n_vocab as u64 + extra.len() as u64 + 1,
+                    limit: MAX_SYMBOLS as u64,
+                })?;
             extra.push(s.to_string());
             extra_ids.insert(s.to_string(), id);
-            id
+            Ok(id)
+        }
+
+        // Ranks are u32 positions.
+        if merges.len() > u32::MAX as usize {
+            return Err(TokenizerError::TooLarge {
+                what: "merge rule count",
+                size: merges.len() as u64,
+                limit: u32::MAX as u64,
+            });
         }
 
         let mut byte_sym = [0u32; 256];
         for (b, slot) in byte_sym.iter_mut().enumerate() {
             let s = char_of_byte(b as u8).to_string();
-            *slot = intern(&s, token_to_id, n_vocab, &mut extra, &mut extra_ids);
+            *slot = intern(&s, token_to_id, n_vocab, &mut extra, &mut extra_ids)?;
         }
 
         // Split every rule at the first space after its first byte (a symbol may itself be
@@ -75,7 +100,7 @@ impl Bpe {
                 buf.push_str(b);
                 intern(&buf, token_to_id, n_vocab, &mut extra, &mut extra_ids)
             })
-            .collect();
+            .collect::<Result<_, _>>()?;
 
         let lookup = |s: &str| token_to_id.get(s).or_else(|| extra_ids.get(s)).copied();
         let mut ranks = HashMap::with_capacity(merges.len());
@@ -89,6 +114,7 @@ impl Bpe {
                     token: token.to_string(),
                 });
             };
+            // `index` < merges.len() ≤ u32::MAX (checked above).
             ranks.entry((ida, idb)).or_insert((index as u32, merged));
         }
         Ok(Bpe { n_vocab, ranks, byte_sym, extra })
@@ -102,6 +128,20 @@ impl Bpe {
     /// Runs the merges over the bytes of one word; pushes the resulting symbol ids (which may
     /// include extra symbols) to `out`.
     pub fn merge_word(&self, word: &[u8], out: &mut Vec<u32>) {
+        self.merge_word_in_parts(word, out, MAX_WORD);
+    }
+
+    /// [`Bpe::merge_word`] over parts of at most `max` bytes: positions are u32 with u32::MAX
+    /// as "none", so a word of 4 GiB or more is merged part by part instead of wrapping
+    /// positions around (no real text has such a word; `max` is small only in tests).
+    fn merge_word_in_parts(&self, word: &[u8], out: &mut Vec<u32>, max: usize) {
+        for part in word.chunks(max.clamp(1, MAX_WORD)) {
+            self.merge_part(part, out);
+        }
+    }
+
+    /// The merge loop over one word of fewer than u32::MAX bytes.
+    fn merge_part(&self, word: &[u8], out: &mut Vec<u32>) {
         match word.len() {
             0 => return,
             1 => {
@@ -164,5 +204,48 @@ impl Bpe {
             out.push(syms[i as usize].id);
             i = syms[i as usize].next;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn byte_vocab() -> HashMap<String, u32> {
+        (0..=255u8).map(|b| (char_of_byte(b).to_string(), b as u32)).collect()
+    }
+
+    /// Symbol ids near the top of u32 are a typed error, not a wrapped id (the byte symbols
+    /// interned above an absurd vocabulary size used to overflow).
+    #[test]
+    fn symbol_ids_that_would_wrap_are_an_error() {
+        let e = Bpe::new(&HashMap::new(), u32::MAX - 100, &[]).unwrap_err();
+        assert!(matches!(e, TokenizerError::TooLarge { limit, .. } if limit == u32::MAX as u64), "{e}");
+        assert!(e.to_string().contains("exceeds the limit of 4294967295"), "{e}");
+        // Room for the 256 byte symbols but not for a merge result.
+        let merges = vec!["a b".to_string()];
+        assert!(Bpe::new(&HashMap::new(), u32::MAX - 256, &[]).is_ok());
+        assert!(matches!(Bpe::new(&HashMap::new(), u32::MAX - 256, &merges), Err(TokenizerError::TooLarge { .. })));
+    }
+
+    /// A word longer than a part is merged part by part, each part as a word of its own.
+    #[test]
+    fn long_words_are_merged_in_parts() {
+        let vocab = {
+            let mut v = byte_vocab();
+            v.insert("ab".into(), 256);
+            v
+        };
+        let bpe = Bpe::new(&vocab, 257, &["a b".to_string()]).unwrap();
+        let mut whole = Vec::new();
+        bpe.merge_word(b"ababab", &mut whole);
+        assert_eq!(whole, [256, 256, 256]);
+        let mut parts = Vec::new();
+        bpe.merge_word_in_parts(b"ababab", &mut parts, 3);
+        // "aba" + "bab": the pair cut at the boundary stays unmerged.
+        assert_eq!(parts, [256, b'a' as u32, b'b' as u32, 256]);
+        let mut same = Vec::new();
+        bpe.merge_word_in_parts(b"ababab", &mut same, 0);
+        assert_eq!(same.len(), 6, "a zero bound means single bytes, not a panic");
     }
 }

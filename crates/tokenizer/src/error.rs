@@ -42,6 +42,11 @@ pub enum TokenizerError {
     /// The chat template failed to compile or render (including `raise_exception`).
     #[error("chat template: {0}")]
     ChatTemplate(String),
+    /// A count or size from the metadata does not fit the tokenizer's 32-bit ids and
+    /// offsets (the vocabulary, the merge rules with the symbols they form, or the total
+    /// bytes of the token pieces).
+    #[error("{what} of {size} exceeds the limit of {limit}")]
+    TooLarge { what: &'static str, size: u64, limit: u64 },
     /// Reading the tokenizer metadata from a GGUF file failed.
     #[error("GGUF metadata: {0}")]
     Gguf(String),

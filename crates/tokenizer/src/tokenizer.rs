@@ -93,6 +93,20 @@ impl std::fmt::Debug for Tokenizer {
     }
 }
 
+/// The largest vocabulary: half the u32 id space, the rest left to the merge table's extra
+/// symbols.
+const MAX_VOCAB: usize = u32::MAX as usize / 2;
+
+/// A byte offset into the rendered pieces as stored (u32), or [`TokenizerError::TooLarge`]
+/// when the pieces exceed 4 GiB (a cast would wrap around and point into the wrong piece).
+fn piece_offset(len: usize) -> Result<u32, TokenizerError> {
+    u32::try_from(len).map_err(|_| TokenizerError::TooLarge {
+        what: "total bytes of the token pieces",
+        size: len as u64,
+        limit: u32::MAX as u64,
+    })
+}
+
 impl Tokenizer {
     /// Builds a tokenizer, validating the spec.
     pub fn new(spec: TokenizerSpec) -> Result<Tokenizer, TokenizerError> {
@@ -104,8 +118,10 @@ impl Tokenizer {
         if n == 0 {
             return Err(TokenizerError::EmptyVocab);
         }
-        if n > u32::MAX as usize / 2 {
-            return Err(TokenizerError::TokenOutOfRange { id: u32::MAX, vocab_size: n });
+        // Ids are u32 with room for the merge table's extra symbols above the vocabulary;
+        // every `as u32` of a token index below relies on this bound.
+        if n > MAX_VOCAB {
+            return Err(TokenizerError::TooLarge { what: "vocabulary size", size: n as u64, limit: MAX_VOCAB as u64 });
         }
         if !spec.token_types.is_empty() && spec.token_types.len() < n {
             return Err(TokenizerError::TokenTypesLength { expected: n, got: spec.token_types.len() });
@@ -153,12 +169,12 @@ impl Tokenizer {
             .collect();
         special_order.sort_by(|&a, &b| tokens[b as usize].len().cmp(&tokens[a as usize].len()).then(a.cmp(&b)));
 
-        let mut piece_data = Vec::with_capacity(n * 6);
+        let mut piece_data = Vec::with_capacity(n.saturating_mul(6));
         let mut piece_off = Vec::with_capacity(n + 1);
         piece_off.push(0u32);
         for (t, &a) in tokens.iter().zip(&attrs) {
             render_piece(t, a, &mut piece_data);
-            piece_off.push(piece_data.len() as u32);
+            piece_off.push(piece_offset(piece_data.len())?);
         }
 
         Ok(Tokenizer {
@@ -453,5 +469,27 @@ fn render_piece(text: &str, a: u32, out: &mut Vec<u8>) {
         if let Some(b) = text.get(3..5).and_then(|h| u8::from_str_radix(h, 16).ok()) {
             out.push(b);
         }
+    }
+}
+
+#[cfg(test)]
+mod size_tests {
+    use super::*;
+
+    /// Piece offsets past 4 GiB are a typed error (the cast used to wrap to a small offset).
+    #[test]
+    fn piece_offsets_past_u32_are_an_error() {
+        assert_eq!(piece_offset(0), Ok(0));
+        assert_eq!(piece_offset(u32::MAX as usize), Ok(u32::MAX));
+        let e = piece_offset(u32::MAX as usize + 1).unwrap_err();
+        assert_eq!(
+            e,
+            TokenizerError::TooLarge {
+                what: "total bytes of the token pieces",
+                size: u32::MAX as u64 + 1,
+                limit: u32::MAX as u64
+            }
+        );
+        assert!(piece_offset(usize::MAX).is_err());
     }
 }

@@ -53,12 +53,24 @@ impl<'a> MatMut<'a> {
     }
 }
 
-/// Panics unless a `[rows, cols]` view with row `stride` fits in `len` elements.
+/// Elements (or bytes) a `[rows, cols]` view with row `stride` spans: `(rows − 1)·stride +
+/// cols·unit`, 0 for an empty view, `None` when that overflows `usize` (such a view fits in
+/// no buffer; wrapping around could make it look as if it did).
+pub fn view_extent(rows: usize, cols: usize, stride: usize, unit: usize) -> Option<usize> {
+    if rows == 0 || cols == 0 {
+        return Some(0);
+    }
+    (rows - 1).checked_mul(stride)?.checked_add(cols.checked_mul(unit)?)
+}
+
+/// Panics unless a `[rows, cols]` view with row `stride` fits in `len` elements (a view
+/// whose extent overflows `usize` fits nowhere).
 fn check_extent(what: &str, len: usize, rows: usize, cols: usize, stride: usize) {
     assert!(cols <= stride || rows <= 1, "{what}: cols > stride");
-    if rows > 0 && cols > 0 {
-        assert!(len >= (rows - 1) * stride + cols, "{what}: buffer too small for [{rows}, {cols}] stride {stride}");
-    }
+    assert!(
+        view_extent(rows, cols, stride, 1).is_some_and(|e| len >= e),
+        "{what}: buffer too small for [{rows}, {cols}] stride {stride}"
+    );
 }
 
 /// One instruction set's implementations. All function pointers are safe to call: a table
@@ -135,20 +147,31 @@ pub struct RawMat<'a> {
 
 impl RawMat<'_> {
     fn check(&self, what: &str) {
-        if self.rows > 0 && self.cols > 0 {
-            assert!(
-                self.data.len() >= (self.rows - 1) * self.stride_bytes + self.cols * self.elem.bytes(),
-                "{what}: buffer too small for [{}, {}] stride {} bytes",
-                self.rows,
-                self.cols,
-                self.stride_bytes
-            );
-        }
+        assert!(
+            view_extent(self.rows, self.cols, self.stride_bytes, self.elem.bytes())
+                .is_some_and(|e| self.data.len() >= e),
+            "{what}: buffer too small for [{}, {}] stride {} bytes",
+            self.rows,
+            self.cols,
+            self.stride_bytes
+        );
     }
 
-    /// Row `r` converted to f32 (scalar; for the reference twins).
+    /// Row `r` converted to f32 (scalar; for the reference twins). Panics when row `r` lies
+    /// outside the buffer (offsets are computed without wrapping around).
     pub fn row_f32(&self, r: usize) -> Vec<f32> {
-        let b = &self.data[r * self.stride_bytes..r * self.stride_bytes + self.cols * self.elem.bytes()];
+        let start = r.checked_mul(self.stride_bytes);
+        let end = start.zip(self.cols.checked_mul(self.elem.bytes())).and_then(|(s, n)| s.checked_add(n));
+        let b = match (start, end) {
+            (Some(s), Some(e)) if s <= e && e <= self.data.len() => &self.data[s..e],
+            _ => panic!(
+                "RawMat::row_f32: row {r} of [{}, {}] stride {} bytes is outside the {}-byte buffer",
+                self.rows,
+                self.cols,
+                self.stride_bytes,
+                self.data.len()
+            ),
+        };
         let mut out = vec![0f32; self.cols];
         match self.elem {
             Elem::F32 => scalar::f32_from_bytes(b, &mut out),
@@ -248,3 +271,60 @@ pub static SCALAR: Kernels = Kernels {
     gemm_nt_raw: scalar::gemm_nt_raw,
     gemm_nn_raw: scalar::gemm_nn_raw,
 };
+
+#[cfg(test)]
+mod extent_tests {
+    use super::*;
+
+    fn panic_message(f: impl FnOnce()) -> String {
+        let p = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)).expect_err("panics");
+        p.downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| s.to_string()))
+            .unwrap_or_default()
+    }
+
+    #[test]
+    fn extents_are_checked_not_wrapped() {
+        assert_eq!(view_extent(0, usize::MAX, usize::MAX, 8), Some(0));
+        assert_eq!(view_extent(3, 4, 10, 1), Some(24));
+        assert_eq!(view_extent(3, 4, 10, 2), Some(28));
+        assert_eq!(view_extent(usize::MAX, 2, 2, 1), None);
+        // (2^62 + 1 − 1) · 4 wraps to 0 in 64 bits: the old unchecked sum said 4 elements.
+        let rows = (1usize << (usize::BITS - 2)) + 1;
+        assert_eq!(view_extent(rows, 4, 4, 1), None);
+        assert_eq!(view_extent(1, usize::MAX, 0, 2), None);
+        assert_eq!(view_extent(2, 1, usize::MAX, 1), None);
+    }
+
+    /// Absurd view sizes whose extent wraps around `usize` are refused with the "buffer too
+    /// small" panic by every kernel table, before any element is read.
+    #[test]
+    fn absurd_views_are_refused_by_every_table() {
+        let rows = (1usize << (usize::BITS - 2)) + 1;
+        let buf = [0f32; 16];
+        let bytes = [0u8; 16];
+        for k in Kernels::all() {
+            let a = MatRef { data: &buf[..4], rows, cols: 4, stride: 4 };
+            let b = MatRef::dense(&buf[..4], 1, 4);
+            let mut c = [0f32; 4];
+            let msg = panic_message(|| (k.gemm_nt)(1.0, a, b, MatMut { data: &mut c, rows, cols: 1, stride: 1 }));
+            assert!(msg.contains("buffer too small"), "{:?}: {msg}", k.isa);
+            let b = MatRef { data: &buf[..4], rows: 4, cols: usize::MAX, stride: usize::MAX };
+            let msg = panic_message(|| (k.gemm_nn)(MatRef::dense(&buf, 1, 4), b, MatMut::dense(&mut c, 1, 4)));
+            assert!(msg.contains("buffer too small"), "{:?}: {msg}", k.isa);
+            // Raw B: (rows − 1)·stride_bytes wraps to 0 in bytes.
+            let rb = RawMat { data: &bytes, elem: Elem::F32, rows, cols: 4, stride_bytes: 4 };
+            let msg =
+                panic_message(|| (k.gemm_nt_raw)(1.0, MatRef::dense(&buf, 4, 4), rb, MatMut::dense(&mut c, 4, 1)));
+            assert!(msg.contains("buffer too small"), "{:?}: {msg}", k.isa);
+            let rb = RawMat { data: &bytes, elem: Elem::F16, rows: 1, cols: usize::MAX / 2 + 1, stride_bytes: 0 };
+            let msg = panic_message(|| (k.gemm_nn_raw)(MatRef::dense(&buf, 1, 1), rb, MatMut::dense(&mut c, 1, 4)));
+            assert!(msg.contains("buffer too small"), "{:?}: {msg}", k.isa);
+        }
+        let rb = RawMat { data: &bytes, elem: Elem::F32, rows: 2, cols: 2, stride_bytes: usize::MAX / 2 };
+        let msg = panic_message(|| drop(rb.row_f32(3)));
+        assert!(msg.contains("outside the 16-byte buffer"), "{msg}");
+        assert_eq!(RawMat { stride_bytes: 8, ..rb }.row_f32(1), vec![0.0, 0.0]);
+    }
+}
