@@ -234,6 +234,13 @@ pub fn attend(
             )));
         }
         s.kv.validate(i)?;
+        if s.q_len > 0 {
+            for r in p.mask.ranges(s.q_pos, s.q_pos + s.q_len - 1, s.kv.len) {
+                if s.kv.touches_evicted(r.clone()) {
+                    return Err(e(format!("keys {r:?} include rows released from the cache")));
+                }
+            }
+        }
     }
 
     // Work items.

@@ -172,6 +172,10 @@ impl RowFormat {
     }
 }
 
+/// A block-table entry whose block was released (a sliding window's dead middle): its rows
+/// must never be read.
+pub const EVICTED: u32 = u32::MAX;
+
 /// Where one plane's rows live inside the pool (all strides in bytes).
 #[derive(Clone, Copy, Debug)]
 pub struct KvPlane<'a> {
@@ -251,7 +255,7 @@ impl<'a> KvSeq<'a> {
             }
             let last_tok = (self.block_size.min(self.len) - 1) * p.token_bytes;
             let row_end = p.offset_bytes + (self.kv_heads - 1) * p.head_bytes + p.fmt.row_bytes(p.dim);
-            for &b in &self.table[..blocks] {
+            for &b in self.table[..blocks].iter().filter(|&&b| b != EVICTED) {
                 let end = (b as usize)
                     .checked_mul(p.block_bytes)
                     .and_then(|s| s.checked_add(last_tok + row_end))
@@ -451,6 +455,15 @@ impl DenseLatent {
 }
 
 impl KvSeq<'_> {
+    /// Whether any of the rows `rows` lies in a released block.
+    pub fn touches_evicted(&self, rows: std::ops::Range<usize>) -> bool {
+        if rows.is_empty() || self.block_size == 0 {
+            return false;
+        }
+        let (b0, b1) = (rows.start / self.block_size, (rows.end - 1) / self.block_size);
+        self.table.get(b0..=b1).is_some_and(|t| t.contains(&EVICTED))
+    }
+
     /// Decodes key rows `start..start+n` of `head` to f32 `[n, Dk]`.
     pub fn read_keys(&self, head: usize, start: usize, n: usize) -> Vec<f32> {
         let mut out = vec![0f32; n * self.k.dim];

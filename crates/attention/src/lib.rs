@@ -8,20 +8,24 @@
 
 mod error;
 pub mod flash;
+pub mod gqa;
 pub mod kv_view;
+pub mod layer;
 pub mod reference;
 pub mod testing;
 
 pub use error::AttnError;
 pub use flash::{attend, decode, prefill, AttnParams, AttnShape, KvSplit, MaskSpec, Plan, SeqSpec};
-pub use kv_view::{encode_rows, round_trip_rows, DenseKv, KvDtype, KvPlane, KvSeq, RowFormat, ValueSource};
+pub use kv_view::{encode_rows, round_trip_rows, DenseKv, KvDtype, KvPlane, KvSeq, RowFormat, ValueSource, EVICTED};
 pub mod linear;
 pub mod lowrank;
 pub mod mla;
 pub mod rope;
 
+pub use gqa::GqaLayer;
 pub use kv_view::DenseLatent;
+pub use layer::{CacheAccess, Dense, Local, Matrix, MatrixDims, Positions, Runner, StreamWindow};
 pub use lowrank::LowRankKv;
-pub use mla::{Mla, MlaConfig, MlaWeights, QProj};
+pub use mla::{Mla, MlaConfig, MlaPath, MlaWeights, QProj};
 pub use rope::{Rope, RopeAngles, RopeStyle, Yarn};
 pub mod accounting;

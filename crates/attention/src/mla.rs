@@ -15,9 +15,10 @@
 //!   MQA (key dim R+P, value = c, dim R); o_h = W_UV_h·o'_h. The cache is read once per step
 //!   for all heads.
 
-use crate::flash::{attend_one, AttnParams, AttnShape, MaskSpec, Plan, SeqSpec};
+use crate::flash::{AttnParams, AttnShape, MaskSpec, SeqSpec};
 use crate::kv_view::{DenseKv, KvDtype, KvSeq};
-use crate::linear::{absorb_heads, decompress_heads, expand_heads, linear, rms_norm};
+use crate::layer::{attend_causal, CacheAccess, Dense, Matrix, MatrixDims, Positions, Runner, StreamWindow};
+use crate::linear::{absorb_heads, decompress_heads, expand_heads, rms_norm};
 use crate::rope::Rope;
 use crate::testing::Rng;
 use crate::AttnError;
@@ -62,19 +63,20 @@ impl MlaConfig {
 
 /// Query projection.
 #[derive(Clone, Debug)]
-pub enum QProj {
+pub enum QProj<M = Dense> {
     /// w_q `[H·(N+P), C]`.
-    Direct { w_q: Vec<f32> },
+    Direct { w_q: M },
     /// w_dq `[Rq, C]`, q_norm `[Rq]`, w_uq `[H·(N+P), Rq]`.
-    Lora { w_dq: Vec<f32>, q_norm: Vec<f32>, w_uq: Vec<f32> },
+    Lora { w_dq: M, q_norm: Vec<f32>, w_uq: M },
 }
 
-/// Weights of one MLA layer, row-major `[out, in]`.
+/// Weights of one MLA layer, `[out, in]`. The per-head up-projections are f32 (they are
+/// absorbed into the query and output sides).
 #[derive(Clone, Debug)]
-pub struct MlaWeights {
-    pub q: QProj,
+pub struct MlaWeights<M = Dense> {
+    pub q: QProj<M>,
     /// `[R + P, C]`
-    pub w_dkv: Vec<f32>,
+    pub w_dkv: M,
     /// `[R]`
     pub kv_norm: Vec<f32>,
     /// `[H, N, R]`: k_nope_h = W_UK_h · c
@@ -82,102 +84,146 @@ pub struct MlaWeights {
     /// `[H, V, R]`: v_h = W_UV_h · c
     pub w_uv: Vec<f32>,
     /// `[C, H·V]`
-    pub w_o: Vec<f32>,
+    pub w_o: M,
 }
+
+/// Which execution path an MLA pass takes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum MlaPath {
+    /// [`Mla::choose_path`] decides per pass.
+    #[default]
+    Auto,
+    Absorbed,
+    Naive,
+}
+
+/// The naive path's decompressed K/V of a pass may not exceed this many bytes.
+pub const NAIVE_MAX_BYTES: usize = 256 << 20;
 
 /// One MLA layer.
 #[derive(Clone, Debug)]
-pub struct Mla {
+pub struct Mla<M = Dense> {
     pub cfg: MlaConfig,
-    pub w: MlaWeights,
+    pub w: MlaWeights<M>,
 }
 
-impl Mla {
-    pub fn new(cfg: MlaConfig, w: MlaWeights) -> Result<Mla, AttnError> {
+fn dims_of<M: MatrixDims>(m: &M) -> (usize, usize) {
+    m.dims()
+}
+
+impl<M: MatrixDims> Mla<M> {
+    /// Checks every weight against the configuration.
+    pub fn new(cfg: MlaConfig, w: MlaWeights<M>) -> Result<Mla<M>, AttnError> {
         let (c, h, r, n, p, v) = (cfg.hidden, cfg.heads, cfg.kv_lora_rank, cfg.nope, cfg.rope_dim, cfg.v_dim);
-        let chk = |what: &'static str, got: usize, expected: usize| {
+        let chk = |what: &'static str, got: (usize, usize), expected: (usize, usize)| {
             if got == expected {
                 Ok(())
             } else {
-                Err(AttnError::Len { what, expected, got })
+                Err(AttnError::Len { what, expected: expected.0 * expected.1, got: got.0 * got.1 })
             }
         };
+        if h == 0 || r == 0 || c == 0 {
+            return Err(AttnError::Config(format!("MLA needs heads, rank and hidden ≥ 1 (got {h}, {r}, {c})")));
+        }
         match (&w.q, cfg.q_lora_rank) {
-            (QProj::Direct { w_q }, None) => chk("w_q [H(N+P), C]", w_q.len(), h * (n + p) * c)?,
+            (QProj::Direct { w_q }, None) => chk("w_q [H(N+P), C]", dims_of(w_q), (h * (n + p), c))?,
             (QProj::Lora { w_dq, q_norm, w_uq }, Some(rq)) => {
-                chk("w_dq [Rq, C]", w_dq.len(), rq * c)?;
-                chk("q_norm [Rq]", q_norm.len(), rq)?;
-                chk("w_uq [H(N+P), Rq]", w_uq.len(), h * (n + p) * rq)?;
+                chk("w_dq [Rq, C]", dims_of(w_dq), (rq, c))?;
+                chk("q_norm [Rq]", (q_norm.len(), 1), (rq, 1))?;
+                chk("w_uq [H(N+P), Rq]", dims_of(w_uq), (h * (n + p), rq))?;
             }
             _ => return Err(AttnError::Config("query projection does not match q_lora_rank".into())),
         }
-        chk("w_dkv [R+P, C]", w.w_dkv.len(), (r + p) * c)?;
-        chk("kv_norm [R]", w.kv_norm.len(), r)?;
-        chk("w_uk [H, N, R]", w.w_uk.len(), h * n * r)?;
-        chk("w_uv [H, V, R]", w.w_uv.len(), h * v * r)?;
-        chk("w_o [C, H V]", w.w_o.len(), c * h * v)?;
+        chk("w_dkv [R+P, C]", dims_of(&w.w_dkv), (r + p, c))?;
+        chk("kv_norm [R]", (w.kv_norm.len(), 1), (r, 1))?;
+        chk("w_uk [H, N, R]", (w.w_uk.len(), 1), (h * n * r, 1))?;
+        chk("w_uv [H, V, R]", (w.w_uv.len(), 1), (h * v * r, 1))?;
+        chk("w_o [C, H V]", dims_of(&w.w_o), (c, h * v))?;
         if p % 2 != 0 || cfg.rope.dims != p {
             return Err(AttnError::Config(format!("rope dims {} must equal the (even) rope part {p}", cfg.rope.dims)));
         }
         Ok(Mla { cfg, w })
     }
+}
 
+impl Mla<Dense> {
     /// Random weights with activation-like scales (tests, benchmarks).
     pub fn random(cfg: MlaConfig, rng: &mut Rng) -> Mla {
         let (c, h, r, n, p, v) = (cfg.hidden, cfg.heads, cfg.kv_lora_rank, cfg.nope, cfg.rope_dim, cfg.v_dim);
-        let mut m = |rows: usize, cols: usize| rng.normals(rows * cols, 1.0 / (cols as f32).sqrt());
+        let mut m =
+            |rows: usize, cols: usize| Dense { rows, cols, data: rng.normals(rows * cols, 1.0 / (cols as f32).sqrt()) };
         let q = match cfg.q_lora_rank {
             None => QProj::Direct { w_q: m(h * (n + p), c) },
             Some(rq) => QProj::Lora { w_dq: m(rq, c), q_norm: vec![1.0; rq], w_uq: m(h * (n + p), rq) },
         };
-        let w = MlaWeights {
-            q,
-            w_dkv: m(r + p, c),
-            kv_norm: vec![1.0; r],
-            w_uk: m(h * n, r),
-            w_uv: m(h * v, r),
-            w_o: m(c, h * v),
-        };
-        let mut w = w;
-        for (i, g) in w.kv_norm.iter_mut().enumerate() {
-            *g = 0.5 + (i % 7) as f32 * 0.15;
+        let w_dkv = m(r + p, c);
+        let w_uk = m(h * n, r).data;
+        let w_uv = m(h * v, r).data;
+        let w_o = m(c, h * v);
+        let kv_norm = (0..r).map(|i| 0.5 + (i % 7) as f32 * 0.15).collect();
+        Mla { cfg, w: MlaWeights { q, w_dkv, kv_norm, w_uk, w_uv, w_o } }
+    }
+}
+
+impl<M> Mla<M> {
+    /// Cache rows `[T, R+P]` = `[RMSNorm(c) | RoPE(k_r)]` of `x` `[T, C]` at `pos`.
+    pub fn compress_kv<C: ?Sized>(&self, cx: &C, x: &[f32], pos: &Positions) -> Result<Vec<f32>, AttnError>
+    where
+        M: Matrix<C>,
+    {
+        let (r, l) = (self.cfg.kv_lora_rank, self.cfg.latent_dim());
+        let mut rows = self.w.w_dkv.apply(cx, x, pos.len())?;
+        for (row, a) in rows.chunks_exact_mut(l).zip(&pos.angles) {
+            rms_norm(&mut row[..r], &self.w.kv_norm, self.cfg.eps);
+            a.apply(&mut row[r..]);
         }
-        Mla { cfg, w }
+        Ok(rows)
     }
 
-    /// Cache rows for `t` tokens `x` `[T, C]` at positions `pos0..`: `[T, R+P]` =
-    /// `[RMSNorm(c) | RoPE(k_r)]`.
-    pub fn compress_kv(&self, x: &[f32], t: usize, pos0: usize) -> Vec<f32> {
-        let cfg = &self.cfg;
-        let (r, l) = (cfg.kv_lora_rank, cfg.latent_dim());
-        let mut rows = linear(x, &self.w.w_dkv, t, cfg.hidden, l);
-        for (i, row) in rows.chunks_exact_mut(l).enumerate() {
-            rms_norm(&mut row[..r], &self.w.kv_norm, cfg.eps);
-            cfg.rope.apply(&mut row[r..], pos0 + i);
-        }
-        rows
-    }
-
-    /// Queries `[T, H, N+P]` with RoPE applied to each head's last P dims.
-    pub fn queries(&self, x: &[f32], t: usize, pos0: usize) -> Vec<f32> {
-        let cfg = &self.cfg;
-        let (h, qk) = (cfg.heads, cfg.qk_dim());
-        let mut q = match &self.w.q {
-            QProj::Direct { w_q } => linear(x, w_q, t, cfg.hidden, h * qk),
+    /// Queries `[T, H, N+P]` of `x` `[T, C]`, before RoPE.
+    pub fn project_queries<C: ?Sized>(&self, cx: &C, x: &[f32], t: usize) -> Result<Vec<f32>, AttnError>
+    where
+        M: Matrix<C>,
+    {
+        match &self.w.q {
+            QProj::Direct { w_q } => w_q.apply(cx, x, t),
             QProj::Lora { w_dq, q_norm, w_uq } => {
-                let rq = q_norm.len();
-                let mut cq = linear(x, w_dq, t, cfg.hidden, rq);
-                rms_norm(&mut cq, q_norm, cfg.eps);
-                linear(&cq, w_uq, t, rq, h * qk)
+                let mut cq = w_dq.apply(cx, x, t)?;
+                rms_norm(&mut cq, q_norm, self.cfg.eps);
+                w_uq.apply(cx, &cq, t)
             }
-        };
+        }
+    }
+
+    /// Queries `q` `[T, H, N+P]` with RoPE on each head's last P dims, token i at `pos(i)`
+    /// (`angles[i]` when that is the pass's own position).
+    fn rotate(&self, q: &[f32], t: usize, pos: &Positions, at: &dyn Fn(usize) -> usize) -> Vec<f32> {
+        let cfg = &self.cfg;
+        let (h, qk, n) = (cfg.heads, cfg.qk_dim(), cfg.nope);
+        let mut q = q.to_vec();
         for ti in 0..t {
+            let p = at(ti);
+            let own;
+            let a = if p == pos.pos0 + ti {
+                &pos.angles[ti]
+            } else {
+                own = cfg.rope.angles(p);
+                &own
+            };
             for hi in 0..h {
-                let head = &mut q[(ti * h + hi) * qk..][..qk];
-                cfg.rope.apply(&mut head[cfg.nope..], pos0 + ti);
+                a.apply(&mut q[(ti * h + hi) * qk + n..][..cfg.rope_dim]);
             }
         }
         q
+    }
+
+    /// Queries `[T, H, N+P]` of `x` `[T, C]`, rotated at their positions.
+    pub fn queries<C: ?Sized>(&self, cx: &C, x: &[f32], pos: &Positions) -> Result<Vec<f32>, AttnError>
+    where
+        M: Matrix<C>,
+    {
+        let q = self.project_queries(cx, x, pos.len())?;
+        Ok(self.rotate(&q, pos.len(), pos, &|i| pos.pos0 + i))
     }
 
     /// Absorbed queries `[T, H, R+P]`: `[W_UK_hᵀ·q_nope_h | q_rope_h]`.
@@ -206,28 +252,6 @@ impl Mla {
         AttnShape { heads: self.cfg.heads, kv_heads: 1, dk: self.cfg.latent_dim(), dv: self.cfg.kv_lora_rank }
     }
 
-    /// Absorbed attention of queries `q` `[T, H, N+P]` at positions `q_pos..` over the latent
-    /// cache `kv` (rows `[R+P]`, values = first R). Returns `[T, H, V]`.
-    pub fn attend_absorbed(
-        &self,
-        q: &[f32],
-        t: usize,
-        q_pos: usize,
-        kv: KvSeq,
-        mask: MaskSpec,
-        plan: &Plan,
-    ) -> Result<Vec<f32>, AttnError> {
-        let cfg = &self.cfg;
-        let qa = self.absorb_queries(q, t);
-        let o_lat = attend_one(
-            &AttnParams { shape: self.absorbed_shape(), scale: cfg.softmax_scale(), mask, sink_logits: None },
-            plan,
-            &qa,
-            SeqSpec { q_len: t, q_pos, kv },
-        )?;
-        Ok(self.expand_outputs(&o_lat, t))
-    }
-
     /// Decompresses latent rows `[S, R+P]` into per-head K `[S, H, N+P]` and V `[S, H, V]`.
     pub fn decompress(&self, rows: &[f32], s: usize) -> (Vec<f32>, Vec<f32>) {
         let cfg = &self.cfg;
@@ -242,15 +266,101 @@ impl Mla {
         (kk, vv)
     }
 
-    /// Naive attention: decompress the whole latent cache `kv`, then MHA. Returns `[T, H, V]`.
-    pub fn attend_naive(
+    /// Bytes of per-head K/V the naive path decompresses for `s` keys.
+    pub fn naive_bytes(&self, s: usize) -> usize {
+        let cfg = &self.cfg;
+        s.saturating_mul(cfg.heads * (cfg.qk_dim() + cfg.v_dim) * 4)
+    }
+
+    /// The path a pass of `t` new tokens over `s` keys (its own included) takes. `Auto` picks
+    /// naive when the pass's own tokens are more than half of the keys (a fresh prefill:
+    /// decompressing S rows costs less than absorbing T queries, and the MHA that follows
+    /// has the smaller key dim N+P instead of R+P) and absorbed otherwise (decode, and
+    /// chunks over a long cached prefix, where the cache is read once for all heads). Naive
+    /// is never used beyond [`NAIVE_MAX_BYTES`] of decompressed K/V, nor under a stream
+    /// window (its released rows cannot be decompressed). `latent bench attention
+    /// --mechanisms mla-layer` measures both paths.
+    pub fn choose_path(&self, want: MlaPath, t: usize, s: usize, window: Option<StreamWindow>) -> MlaPath {
+        let naive_ok = window.is_none() && self.naive_bytes(s) <= NAIVE_MAX_BYTES;
+        match want {
+            MlaPath::Absorbed => MlaPath::Absorbed,
+            MlaPath::Naive if naive_ok => MlaPath::Naive,
+            MlaPath::Naive => MlaPath::Absorbed,
+            MlaPath::Auto if naive_ok && 2 * t > s => MlaPath::Naive,
+            MlaPath::Auto => MlaPath::Absorbed,
+        }
+    }
+
+    /// Attention of un-rotated queries `q` `[T, H, N+P]` at `pos` over the latent cache `kv`
+    /// (length `pos0 + T`; rows `[R+P]`, values = first R). Returns `[T, H, V]`.
+    pub fn attend<R: Runner + ?Sized>(
         &self,
+        runner: &R,
+        q: &[f32],
+        pos: &Positions,
+        kv: KvSeq,
+        window: Option<StreamWindow>,
+        path: MlaPath,
+    ) -> Result<Vec<f32>, AttnError> {
+        let cfg = &self.cfg;
+        let t = pos.len();
+        let scale = cfg.softmax_scale();
+        match self.choose_path(path, t, kv.len, window) {
+            MlaPath::Naive => {
+                kv.validate(0)?;
+                let rows = kv.read_keys(0, 0, kv.len);
+                let (kk, vv) = self.decompress(&rows, kv.len);
+                let dense = DenseKv::new(KvDtype::F32, cfg.heads, cfg.qk_dim(), cfg.v_dim, &kk, &vv);
+                let shape = AttnShape { heads: cfg.heads, kv_heads: cfg.heads, dk: cfg.qk_dim(), dv: cfg.v_dim };
+                attend_causal(runner, shape, scale, dense.view(), pos.pos0, t, None, &|at: &dyn Fn(usize) -> usize| {
+                    Ok(self.rotate(q, t, pos, at))
+                })
+            }
+            _ => {
+                let o_lat = attend_causal(
+                    runner,
+                    self.absorbed_shape(),
+                    scale,
+                    kv,
+                    pos.pos0,
+                    t,
+                    window,
+                    &|at: &dyn Fn(usize) -> usize| Ok(self.absorb_queries(&self.rotate(q, t, pos, at), t)),
+                )?;
+                Ok(self.expand_outputs(&o_lat, t))
+            }
+        }
+    }
+
+    /// Attention of already rotated queries `q` `[T, H, N+P]` at `q_pos..` over `kv` with an
+    /// explicit `mask`, on the absorbed path. Returns `[T, H, V]`.
+    pub fn attend_absorbed<R: Runner + ?Sized>(
+        &self,
+        runner: &R,
         q: &[f32],
         t: usize,
         q_pos: usize,
         kv: KvSeq,
         mask: MaskSpec,
-        plan: &Plan,
+    ) -> Result<Vec<f32>, AttnError> {
+        let cfg = &self.cfg;
+        let qa = self.absorb_queries(q, t);
+        let p = AttnParams { shape: self.absorbed_shape(), scale: cfg.softmax_scale(), mask, sink_logits: None };
+        let mut o_lat = vec![0f32; t * cfg.heads * cfg.kv_lora_rank];
+        let mut lse = vec![0f32; t * cfg.heads];
+        runner.attend(&p, &qa, SeqSpec { q_len: t, q_pos, kv }, &mut o_lat, &mut lse)?;
+        Ok(self.expand_outputs(&o_lat, t))
+    }
+
+    /// The naive twin of [`Mla::attend_absorbed`]: decompress the whole cache, then MHA.
+    pub fn attend_naive<R: Runner + ?Sized>(
+        &self,
+        runner: &R,
+        q: &[f32],
+        t: usize,
+        q_pos: usize,
+        kv: KvSeq,
+        mask: MaskSpec,
     ) -> Result<Vec<f32>, AttnError> {
         let cfg = &self.cfg;
         kv.validate(0)?;
@@ -258,17 +368,46 @@ impl Mla {
         let (kk, vv) = self.decompress(&rows, kv.len);
         let dense = DenseKv::new(KvDtype::F32, cfg.heads, cfg.qk_dim(), cfg.v_dim, &kk, &vv);
         let shape = AttnShape { heads: cfg.heads, kv_heads: cfg.heads, dk: cfg.qk_dim(), dv: cfg.v_dim };
-        attend_one(
-            &AttnParams { shape, scale: cfg.softmax_scale(), mask, sink_logits: None },
-            plan,
-            q,
-            SeqSpec { q_len: t, q_pos, kv: dense.view() },
-        )
+        let p = AttnParams { shape, scale: cfg.softmax_scale(), mask, sink_logits: None };
+        let mut out = vec![0f32; t * cfg.heads * cfg.v_dim];
+        let mut lse = vec![0f32; t * cfg.heads];
+        runner.attend(&p, q, SeqSpec { q_len: t, q_pos, kv: dense.view() }, &mut out, &mut lse)?;
+        Ok(out)
     }
 
     /// y `[T, C]` = W_O · concat_h(o_h), from `[T, H, V]`.
-    pub fn output(&self, o: &[f32], t: usize) -> Vec<f32> {
-        let cfg = &self.cfg;
-        linear(o, &self.w.w_o, t, cfg.heads * cfg.v_dim, cfg.hidden)
+    pub fn output<C: ?Sized>(&self, cx: &C, o: &[f32], t: usize) -> Result<Vec<f32>, AttnError>
+    where
+        M: Matrix<C>,
+    {
+        self.w.w_o.apply(cx, o, t)
+    }
+
+    /// The whole layer for a pass: `x` `[T, C]` (already normed) at `pos`; stores the pass's
+    /// latent rows in `layer` of `cache`, attends, projects out. Returns `[T, C]`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward<C: Runner + ?Sized>(
+        &self,
+        cx: &C,
+        x: &[f32],
+        pos: &Positions,
+        layer: usize,
+        cache: &mut dyn CacheAccess,
+        window: Option<StreamWindow>,
+        path: MlaPath,
+    ) -> Result<Vec<f32>, AttnError>
+    where
+        M: Matrix<C>,
+    {
+        let t = pos.len();
+        let q = self.project_queries(cx, x, t)?;
+        let rows = self.compress_kv(cx, x, pos)?;
+        let l = self.cfg.latent_dim();
+        for (i, row) in rows.chunks_exact(l).enumerate() {
+            cache.write_latent(layer, pos.pos0 + i, row)?;
+        }
+        let kv = cache.view(layer, pos.pos0 + t)?;
+        let o = self.attend(cx, &q, pos, kv, window, path)?;
+        self.output(cx, &o, t)
     }
 }

@@ -110,7 +110,7 @@ pub fn mla_ref(m: &crate::mla::Mla, x: &[f32], s: usize, q0: usize) -> (Vec<f64>
     // Per token: latent c_j [R], rope key [P].
     let mut lat = Vec::new();
     for (j, xj) in xs.iter().enumerate() {
-        let kv = matvec64(&m.w.w_dkv, xj, r + p);
+        let kv = matvec64(&m.w.w_dkv.data, xj, r + p);
         let mut cj = kv[..r].to_vec();
         rms64(&mut cj, &m.w.kv_norm, cfg.eps);
         let mut kr = kv[r..].to_vec();
@@ -122,11 +122,11 @@ pub fn mla_ref(m: &crate::mla::Mla, x: &[f32], s: usize, q0: usize) -> (Vec<f64>
     let mut y_all = Vec::new();
     for (i, xi) in xs.iter().enumerate().skip(q0) {
         let q = match &m.w.q {
-            QProj::Direct { w_q } => matvec64(w_q, xi, h * qk),
+            QProj::Direct { w_q } => matvec64(&w_q.data, xi, h * qk),
             QProj::Lora { w_dq, q_norm, w_uq } => {
-                let mut cq = matvec64(w_dq, xi, q_norm.len());
+                let mut cq = matvec64(&w_dq.data, xi, q_norm.len());
                 rms64(&mut cq, q_norm, cfg.eps);
-                matvec64(w_uq, &cq, h * qk)
+                matvec64(&w_uq.data, &cq, h * qk)
             }
         };
         let mut o = vec![0f64; h * v];
@@ -152,7 +152,7 @@ pub fn mla_ref(m: &crate::mla::Mla, x: &[f32], s: usize, q0: usize) -> (Vec<f64>
                 }
             }
         }
-        y_all.extend(matvec64(&m.w.w_o, &o, c));
+        y_all.extend(matvec64(&m.w.w_o.data, &o, c));
         o_all.extend(o);
     }
     (o_all, y_all)

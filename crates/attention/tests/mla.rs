@@ -50,25 +50,34 @@ fn absorbed_and_naive_match_the_equations() {
         let x = rng.normals(s * m.cfg.hidden, 1.0);
         let c = m.cfg.hidden;
         // The cache: latent rows of every token, computed chunk by chunk like a runtime would.
-        let mut rows = m.compress_kv(&x[..q0 * c], q0, 0);
-        rows.extend(m.compress_kv(&x[q0 * c..], s - q0, q0));
+        let rope = m.cfg.rope;
+        let mut rows = m.compress_kv(&(), &x[..q0 * c], &Positions::new(&rope, 0, q0)).unwrap();
+        rows.extend(m.compress_kv(&(), &x[q0 * c..], &Positions::new(&rope, q0, s - q0)).unwrap());
         assert_eq!(rows.len(), s * (512 + 64), "only [c_KV | k_rope] is cached");
         let t = s - q0;
-        let q = m.queries(&x[q0 * c..], t, q0);
+        let pos = Positions::new(&rope, q0, t);
+        let q = m.queries(&(), &x[q0 * c..], &pos).unwrap();
+        let q_raw = m.project_queries(&(), &x[q0 * c..], t).unwrap();
         let (o_ref, y_ref) = mla_ref(&m, &x, s, q0);
         for dtype in [KvDtype::F32, KvDtype::Bf16, KvDtype::Fp8] {
             let fmt = RowFormat::latent(dtype, 64);
             let rows_d = round_trip(fmt, &rows, 576);
             let cache = DenseLatent::new(fmt, 576, 512, &rows);
-            let plan = Plan::prefill(&m.absorbed_shape());
-            let oa = p.install(|| m.attend_absorbed(&q, t, q0, cache.view(), MaskSpec::CAUSAL, &plan)).unwrap();
-            let on = p.install(|| m.attend_naive(&q, t, q0, cache.view(), MaskSpec::CAUSAL, &plan)).unwrap();
+            let run = Local(Some(Plan::prefill(&m.absorbed_shape())));
+            let oa = p.install(|| m.attend_absorbed(&run, &q, t, q0, cache.view(), MaskSpec::CAUSAL)).unwrap();
+            let on = p.install(|| m.attend_naive(&run, &q, t, q0, cache.view(), MaskSpec::CAUSAL)).unwrap();
+            // The layer's own entry (un-rotated queries, path chosen per pass) gives the same.
+            for path in [MlaPath::Absorbed, MlaPath::Naive, MlaPath::Auto] {
+                let ol = p.install(|| m.attend(&Local(None), &q_raw, &pos, cache.view(), None, path)).unwrap();
+                let d = max_abs_diff(&ol, &oa.iter().map(|&v| v as f64).collect::<Vec<_>>());
+                assert!(d < 2e-4, "H={heads} {dtype:?} {path:?}: layer vs absorbed max diff {d}");
+            }
             let d = max_abs_diff(&oa, &on.iter().map(|&v| v as f64).collect::<Vec<_>>());
             assert!(d < 2e-4, "H={heads} {dtype:?}: absorbed vs naive max diff {d}");
             if dtype == KvDtype::F32 {
                 compare(&format!("absorbed H={heads}"), &oa, &o_ref, TOL).unwrap();
                 compare(&format!("naive H={heads}"), &on, &o_ref, TOL).unwrap();
-                let y = m.output(&oa, t);
+                let y = m.output(&(), &oa, t).unwrap();
                 compare(&format!("y H={heads}"), &y, &y_ref, TOL).unwrap();
             } else {
                 // Storage rounding only; outputs stay close to exact.
@@ -177,6 +186,7 @@ fn mla_rejects_mismatched_weights() {
     let mut w = m.w.clone();
     w.w_uk.pop();
     assert!(matches!(Mla::new(m.cfg, w), Err(AttnError::Len { .. })));
-    let w = MlaWeights { q: QProj::Lora { w_dq: vec![], q_norm: vec![], w_uq: vec![] }, ..m.w.clone() };
+    let empty = Dense { rows: 0, cols: 0, data: vec![] };
+    let w = MlaWeights { q: QProj::Lora { w_dq: empty.clone(), q_norm: vec![], w_uq: empty }, ..m.w.clone() };
     assert!(matches!(Mla::new(m.cfg, w), Err(AttnError::Config(_))));
 }

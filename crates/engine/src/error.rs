@@ -10,6 +10,8 @@ pub enum EngineError {
     ContextFull { prompt: usize, gen: usize, ctx: usize },
     #[error("KV cache full: {0}")]
     CacheFull(String),
+    #[error("KV cache")]
+    Kv(#[from] latent_kv::KvError),
     #[error("{0}")]
     Invalid(String),
     #[error("thread pool: {0}")]

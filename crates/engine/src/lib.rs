@@ -11,6 +11,6 @@ pub use session::logsumexp;
 pub use cache::SeqCache;
 pub use error::EngineError;
 pub use latent_attention::KvDtype;
-pub use latent_models::{Logits, MatmulPrecision};
+pub use latent_models::{Logits, MatmulPrecision, MlaPath, StreamWindow};
 pub use sampling::{Sampler, SamplingParams};
 pub use session::{Engine, EngineOptions, GenerateOutput, PerplexityOutput, Session};

@@ -4,7 +4,7 @@ use crate::cache::SeqCache;
 use crate::sampling::{argmax, Sampler};
 use crate::EngineError;
 use latent_attention::{KvDtype, RowFormat};
-use latent_models::{CacheSpec, Exec, Logits, MatmulPrecision, Model};
+use latent_models::{CacheSpec, Exec, Logits, MatmulPrecision, MlaPath, Model, StreamWindow};
 use latent_tokenizer::{StreamDecoder, Tokenizer};
 use std::path::Path;
 use std::sync::Arc;
@@ -22,11 +22,23 @@ pub struct EngineOptions {
     pub kv_dtype: Option<KvDtype>,
     /// Tokens per prefill chunk.
     pub prefill_chunk: usize,
+    /// StreamingLLM window with attention sinks: the cache keeps the first `sinks` tokens
+    /// and the last `window`; sequences may then run past the model's context.
+    pub window: Option<StreamWindow>,
+    /// MLA execution path (`Auto`: chosen per pass).
+    pub mla_path: MlaPath,
 }
 
 impl Default for EngineOptions {
     fn default() -> Self {
-        EngineOptions { threads: 0, precision: MatmulPrecision::Fast, kv_dtype: None, prefill_chunk: 512 }
+        EngineOptions {
+            threads: 0,
+            precision: MatmulPrecision::Fast,
+            kv_dtype: None,
+            prefill_chunk: 512,
+            window: None,
+            mla_path: MlaPath::Auto,
+        }
     }
 }
 
@@ -68,6 +80,8 @@ pub struct PerplexityOutput {
     pub scored: usize,
     pub nll: f64,
     pub ppl: f64,
+    /// The most tokens the cache held at once.
+    pub kv_peak_tokens: usize,
 }
 
 impl Engine {
@@ -75,7 +89,7 @@ impl Engine {
         let path = path.as_ref();
         let file = Arc::new(
             latent_formats::gguf::GgufFile::open(path)
-                .map_err(|e| latent_models::ModelError::Gguf(format!("{}: {e}", path.display())))?,
+                .map_err(|e| latent_models::ModelError::Gguf { path: path.display().to_string(), source: e })?,
         );
         let tokenizer = Tokenizer::from_gguf(&file)?;
         let model = latent_models::load_from(file)?;
@@ -83,6 +97,21 @@ impl Engine {
     }
 
     pub fn new(model: Arc<dyn Model>, tokenizer: Tokenizer, opts: EngineOptions) -> Result<Engine, EngineError> {
+        if let Some(w) = opts.window {
+            let ctx = model.info().context;
+            if w.window == 0 || w.span() > ctx {
+                return Err(EngineError::Invalid(format!(
+                    "--window {} + --sinks {} must be between 1 and the model's context of {ctx}",
+                    w.window, w.sinks
+                )));
+            }
+            if opts.mla_path == MlaPath::Naive && matches!(model.info().cache, CacheSpec::Latent { .. }) {
+                return Err(EngineError::Invalid("the naive MLA path cannot run under a stream window".into()));
+            }
+        }
+        if opts.prefill_chunk == 0 {
+            return Err(EngineError::Invalid("prefill chunk must be ≥ 1".into()));
+        }
         let n = if opts.threads == 0 {
             std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
         } else {
@@ -114,19 +143,35 @@ impl Engine {
         }
     }
 
-    /// A new session whose cache holds up to `capacity` tokens.
+    /// The most tokens one sequence may hold: the model's context, unbounded under a stream
+    /// window (its memory is the window's, whatever the length).
+    pub fn max_sequence(&self) -> usize {
+        match self.opts.window {
+            Some(_) => usize::MAX / 2,
+            None => self.model.info().context,
+        }
+    }
+
+    /// A new session whose sequence may reach `capacity` tokens.
     pub fn session(&self, capacity: usize) -> Result<Session<'_>, EngineError> {
         let ctx = self.model.info().context;
-        if capacity > ctx {
+        if capacity > self.max_sequence() {
             return Err(EngineError::ContextFull { prompt: capacity, gen: 0, ctx });
         }
-        let cache = SeqCache::new(self.model.info().cache, self.kv_format(), capacity)
-            .map_err(|e| EngineError::CacheFull(e.to_string()))?;
+        let chunk = self.opts.prefill_chunk.max(1);
+        let cache =
+            SeqCache::with_window(self.model.info().cache, self.kv_format(), capacity, self.opts.window, chunk)?;
         Ok(Session { engine: self, cache, history: Vec::new() })
     }
 
     fn exec(&self) -> Exec<'_> {
-        Exec { pool: &self.pool, team: Some(&self.team), precision: self.opts.precision }
+        Exec {
+            pool: &self.pool,
+            team: Some(&self.team),
+            precision: self.opts.precision,
+            window: self.opts.window,
+            mla_path: self.opts.mla_path,
+        }
     }
 
     /// Generates up to `max_tokens` after `prompt`, calling `on_text` with each piece of valid
@@ -142,7 +187,7 @@ impl Engine {
         if prompt.is_empty() {
             return Err(EngineError::Invalid("empty prompt".into()));
         }
-        if prompt.len() + max_tokens > ctx {
+        if prompt.len().saturating_add(max_tokens) > self.max_sequence() {
             return Err(EngineError::ContextFull { prompt: prompt.len(), gen: max_tokens, ctx });
         }
         let mut s = self.session(prompt.len() + max_tokens)?;
@@ -151,6 +196,7 @@ impl Engine {
         let prefill_seconds = t0.elapsed().as_secs_f64();
         let t1 = Instant::now();
         let mut out = Vec::new();
+        let mut text = String::new();
         let mut dec = StreamDecoder::new(&self.tokenizer);
         let mut stop = "length";
         for i in 0..max_tokens {
@@ -163,17 +209,20 @@ impl Engine {
             let piece = dec.push(tok)?;
             if !piece.is_empty() {
                 on_text(&piece);
+                text.push_str(&piece);
             }
             if i + 1 < max_tokens {
                 logits = s.feed(&[tok], Logits::Last)?;
             }
         }
+        // A character cut by the token limit ends as U+FFFD, as it was streamed: the returned
+        // text is exactly what `on_text` received.
         let tail = dec.finish();
         if !tail.is_empty() {
             on_text(&tail);
+            text.push_str(&tail);
         }
         let decode_seconds = t1.elapsed().as_secs_f64();
-        let text = self.tokenizer.decode(&out)?;
         Ok(GenerateOutput { prompt_tokens: prompt.to_vec(), tokens: out, text, prefill_seconds, decode_seconds, stop })
     }
 
@@ -195,15 +244,23 @@ impl Engine {
         if ctx < 2 {
             return Err(EngineError::Invalid("--ctx must be ≥ 2".into()));
         }
+        if ctx > self.max_sequence() {
+            return Err(EngineError::Invalid(format!(
+                "perplexity window --ctx {ctx} exceeds the model's context of {} (use --window to stream past it)",
+                self.model.info().context
+            )));
+        }
         let windows = tokens.len() / ctx;
         if windows == 0 {
             return Err(EngineError::Invalid(format!("{} tokens are fewer than one window of {ctx}", tokens.len())));
         }
         let vocab = self.model.info().vocab;
-        let (mut nll, mut scored) = (0f64, 0usize);
+        let (mut nll, mut scored, mut peak) = (0f64, 0usize, 0usize);
         for w in 0..windows {
             let win = &tokens[w * ctx..(w + 1) * ctx];
-            let logits = self.forced_logits(win)?;
+            let mut s = self.session(win.len())?;
+            let logits = s.feed(win, Logits::All)?;
+            peak = peak.max(s.cache.peak_tokens());
             for i in 0..ctx - 1 {
                 let row = &logits[i * vocab..(i + 1) * vocab];
                 nll += logsumexp(row) - row[win[i + 1] as usize] as f64;
@@ -212,7 +269,7 @@ impl Engine {
             progress(w + 1, windows);
         }
         let mean = nll / scored as f64;
-        Ok(PerplexityOutput { tokens: tokens.len(), scored, nll: mean, ppl: mean.exp() })
+        Ok(PerplexityOutput { tokens: tokens.len(), scored, nll: mean, ppl: mean.exp(), kv_peak_tokens: peak })
     }
 }
 
@@ -236,7 +293,7 @@ impl Session<'_> {
 
     /// Feeds `tokens` (in prefill chunks) and returns the requested logits.
     pub fn feed(&mut self, tokens: &[u32], logits: Logits) -> Result<Vec<f32>, EngineError> {
-        if self.pos() + tokens.len() > self.cache.capacity() {
+        if self.pos().saturating_add(tokens.len()) > self.cache.capacity() {
             return Err(EngineError::CacheFull(format!(
                 "{} cached + {} new tokens exceed the session's {} slots",
                 self.pos(),
@@ -255,6 +312,7 @@ impl Session<'_> {
                 _ => Logits::None,
             };
             let l = self.engine.model.forward(&ex, part, self.pos(), &mut self.cache, want)?;
+            self.cache.release_dead()?;
             self.history.extend_from_slice(part);
             out.extend(l);
         }

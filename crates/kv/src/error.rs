@@ -32,6 +32,9 @@ pub enum KvError {
     /// A position (or a truncation length) past the sequence's reserved tokens.
     #[error("{seq}: position {pos} out of range (length {len})")]
     PositionOutOfRange { seq: SeqId, pos: usize, len: usize },
+    /// The position lies in a block released by a sliding window.
+    #[error("{seq}: position {pos} was released from the cache (outside the window)")]
+    Released { seq: SeqId, pos: usize },
     #[error("layer {layer} out of range ({layers} layers)")]
     LayerOutOfRange { layer: usize, layers: usize },
     /// A written row set of the wrong size.

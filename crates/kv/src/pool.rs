@@ -24,7 +24,7 @@
 use crate::error::{KvError, SeqId};
 use crate::layout::{CacheLayout, Mechanism, ALIGN};
 use crate::prefix::{chain_hash, BlockKey, ROOT_HASH};
-use latent_attention::{KvPlane, KvSeq, ValueSource};
+use latent_attention::{KvPlane, KvSeq, ValueSource, EVICTED};
 use latent_kernels::Kernels;
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
@@ -397,7 +397,7 @@ impl BlockPool {
     /// A new sequence sharing all of `seq`'s blocks (copy-on-write).
     pub fn fork(&mut self, seq: SeqId) -> Result<SeqId, KvError> {
         let s = self.seq(seq)?.clone();
-        for &b in &s.blocks {
+        for &b in s.blocks.iter().filter(|&&b| b != EVICTED) {
             self.incref(b);
         }
         let id = SeqId(self.next_id);
@@ -410,7 +410,7 @@ impl BlockPool {
     pub fn free(&mut self, seq: SeqId) -> Result<(), KvError> {
         let s = self.seqs.remove(&seq.0).ok_or(KvError::UnknownSequence(seq))?;
         // Tail first: a released prefix's later blocks are evicted before its earlier ones.
-        for &b in s.blocks.iter().rev() {
+        for &b in s.blocks.iter().rev().filter(|&&b| b != EVICTED) {
             self.decref(b);
         }
         Ok(())
@@ -428,8 +428,47 @@ impl BlockPool {
         s.len = len;
         s.tokens.truncate(len);
         s.hashes.truncate(len / bs);
-        for &b in released.iter().rev() {
+        for &b in released.iter().rev().filter(|&&b| b != EVICTED) {
             self.decref(b);
+        }
+        Ok(())
+    }
+
+    /// Returns to the pool the blocks of `seq` that lie wholly inside `positions` (a
+    /// sliding window's dead middle). Their table entries become [`EVICTED`]: reading or
+    /// writing a position in them is an error, and the kernels refuse a view whose visible
+    /// keys include one. Returns how many blocks were released.
+    pub fn release(&mut self, seq: SeqId, positions: Range<usize>) -> Result<usize, KvError> {
+        let s = self.seq(seq)?;
+        let bs = self.block_size;
+        let hi = positions.end.min(s.len);
+        let first = positions.start.div_ceil(bs);
+        let last = hi / bs; // blocks first..last are whole inside
+        let mut released = Vec::new();
+        let s = self.seqs.get_mut(&seq.0).expect("checked");
+        for i in first..last.max(first) {
+            if s.blocks[i] != EVICTED {
+                released.push(s.blocks[i]);
+                s.blocks[i] = EVICTED;
+            }
+        }
+        // Released blocks hold no reusable prefix any more for this sequence.
+        s.hashes.truncate(first.min(s.hashes.len()));
+        s.tokens.truncate((first * bs).min(s.tokens.len()));
+        for &b in &released {
+            self.decref(b);
+        }
+        Ok(released.len())
+    }
+
+    /// Blocks of `seq` currently held (released ones not counted).
+    pub fn held_blocks(&self, seq: SeqId) -> Result<usize, KvError> {
+        Ok(self.seq(seq)?.blocks.iter().filter(|&&b| b != EVICTED).count())
+    }
+
+    fn check_live(&self, seq: SeqId, s: &Seq, pos: usize) -> Result<(), KvError> {
+        if s.blocks.get(pos / self.block_size) == Some(&EVICTED) {
+            return Err(KvError::Released { seq, pos });
         }
         Ok(())
     }
@@ -515,6 +554,9 @@ impl BlockPool {
         }
         let bs = self.block_size;
         let (i0, i1) = (start / bs, (start + n - 1) / bs);
+        for i in i0..=i1 {
+            self.check_live(seq, s, i * bs)?;
+        }
         let shared: Vec<usize> = (i0..=i1).filter(|&i| self.blocks[s.blocks[i] as usize].refs > 1).collect();
         if shared.len() > self.free_blocks() {
             return Err(KvError::OutOfBlocks { needed: shared.len(), free: self.free_blocks() });
@@ -551,6 +593,7 @@ impl BlockPool {
         if pos >= s.len {
             return Err(KvError::PositionOutOfRange { seq, pos, len: s.len });
         }
+        self.check_live(seq, s, pos)?;
         let (hkv, dk, rb, bs) =
             (self.layout.kv_heads(), self.layout.key_dim(), self.layout.row_bytes(), self.block_size);
         let b = s.blocks[pos / bs] as usize;
@@ -669,6 +712,9 @@ impl BlockPool {
     fn try_publish(&mut self, seq: SeqId, idx: usize) {
         let s = &self.seqs[&seq.0];
         let (Some(&hash), Some(&b)) = (s.hashes.get(idx), s.blocks.get(idx)) else { return };
+        if b == EVICTED {
+            return;
+        }
         let full = self.layout.layers * self.block_size;
         let blk = &self.blocks[b as usize];
         if blk.key.is_some() || blk.written as usize != full || self.index.contains_key(&hash) {
@@ -759,7 +805,7 @@ impl BlockPool {
                     s.hashes.len()
                 ));
             }
-            for &b in &s.blocks {
+            for &b in s.blocks.iter().filter(|&&b| b != EVICTED) {
                 refs[b as usize] += 1;
             }
         }

@@ -3,10 +3,11 @@
 //! cache, SwiGLU.
 
 use crate::weights::Linear;
-use crate::{CacheAccess, Exec, ModelError};
-use latent_attention::{AttnParams, AttnShape, MaskSpec, Plan, RopeAngles, SeqSpec};
+use crate::{Exec, ModelError};
+use latent_attention::{AttnError, AttnParams, Matrix, MatrixDims, Plan, RopeAngles, Runner, SeqSpec};
 use latent_formats::gguf::GgufFile;
 use latent_quant::{MatmulPrecision, WeightType};
+use std::sync::Arc;
 
 /// Embedding rows `[T, C]` of `tokens` from `table` `[V, C]`.
 pub fn embed(file: &GgufFile, table: &Linear, tokens: &[u32]) -> Result<Vec<f32>, ModelError> {
@@ -134,33 +135,6 @@ pub fn add_into(x: &mut [f32], y: &[f32]) {
     }
 }
 
-/// Causal GQA attention of `q` `[T, H, D]` (positions pos0..) over the cache after storing
-/// this pass's `k`, `v` `[T, Hkv, D]`. Returns `[T, H, D]`.
-#[allow(clippy::too_many_arguments)]
-pub fn gqa_attention(
-    ex: &Exec,
-    cache: &mut dyn CacheAccess,
-    layer: usize,
-    shape: AttnShape,
-    q: &[f32],
-    k: &[f32],
-    v: &[f32],
-    pos0: usize,
-    t: usize,
-) -> Result<Vec<f32>, ModelError> {
-    let (hk, d) = (shape.kv_heads, shape.dk);
-    for i in 0..t {
-        cache.write_kv(layer, pos0 + i, &k[i * hk * d..(i + 1) * hk * d], &v[i * hk * d..(i + 1) * hk * d])?;
-    }
-    let view = cache.view(layer, pos0 + t)?;
-    let params = AttnParams { shape, scale: 1.0 / (d as f32).sqrt(), mask: MaskSpec::CAUSAL, sink_logits: None };
-    let mut out = vec![0f32; t * shape.heads * shape.dv];
-    let mut lse = vec![0f32; t * shape.heads];
-    let seqs = [SeqSpec { q_len: t, q_pos: pos0, kv: view }];
-    attention(ex, &params, q, &seqs, &mut out, &mut lse)?;
-    Ok(out)
-}
-
 /// Runs one attention call: decode steps over a short context stay on the calling thread
 /// (a pool hand-off would cost more than the work); everything else runs on the pool.
 pub fn attention(
@@ -170,7 +144,7 @@ pub fn attention(
     seqs: &[SeqSpec],
     out: &mut [f32],
     lse: &mut [f32],
-) -> Result<(), ModelError> {
+) -> Result<(), AttnError> {
     let t: usize = seqs.iter().map(|s| s.q_len).sum();
     let kv_bytes: usize = seqs.iter().map(|s| s.kv.len * s.kv.kv_heads * s.kv.k.fmt.row_bytes(s.kv.dk()) * 2).sum();
     let flops =
@@ -186,12 +160,57 @@ pub fn attention(
     Ok(())
 }
 
-/// Checks a pass of `t` tokens at positions `pos0..` against the model's context.
-pub fn check_context(t: usize, pos0: usize, ctx: usize) -> Result<(), ModelError> {
-    if pos0 + t > ctx {
-        return Err(ModelError::Context { pos: pos0, n: t, ctx });
+/// Checks a pass of `t` tokens at positions `pos0..` against the model's context. Under a
+/// stream window no query sees a distance beyond window + sinks, so only that span must fit.
+pub fn check_context(ex: &Exec, t: usize, pos0: usize, ctx: usize) -> Result<(), ModelError> {
+    match ex.window {
+        Some(w) if w.span() > ctx => Err(ModelError::Window { span: w.span(), ctx }),
+        Some(_) => pos0.checked_add(t).map(|_| ()).ok_or(ModelError::Context { pos: pos0, n: t, ctx }),
+        None if pos0.saturating_add(t) > ctx => Err(ModelError::Context { pos: pos0, n: t, ctx }),
+        None => Ok(()),
     }
-    Ok(())
+}
+
+/// Where a model's layers run: the execution settings and the file its weights live in.
+pub struct Cx<'a> {
+    pub ex: &'a Exec<'a>,
+    pub file: &'a GgufFile,
+}
+
+impl Runner for Cx<'_> {
+    fn attend(
+        &self,
+        p: &AttnParams,
+        q: &[f32],
+        seq: SeqSpec,
+        out: &mut [f32],
+        lse: &mut [f32],
+    ) -> Result<(), AttnError> {
+        attention(self.ex, p, q, &[seq], out, lse)
+    }
+}
+
+fn matrix_error(w: &Linear, e: ModelError) -> AttnError {
+    AttnError::Matrix { name: w.name.clone(), source: Arc::new(e) }
+}
+
+impl MatrixDims for Linear {
+    fn dims(&self) -> (usize, usize) {
+        (self.rows, self.cols)
+    }
+}
+
+/// A file-backed (quantized) matrix is a [`Matrix`] of the attention layers.
+impl<'a> Matrix<Cx<'a>> for Linear {
+    fn apply(&self, cx: &Cx<'a>, x: &[f32], t: usize) -> Result<Vec<f32>, AttnError> {
+        matmul(cx.ex, cx.file, self, x, t).map_err(|e| matrix_error(self, e))
+    }
+    fn apply_group(cx: &Cx<'a>, ws: &[&Linear], x: &[f32], t: usize) -> Result<Vec<Vec<f32>>, AttnError> {
+        matmuls(cx.ex, cx.file, ws, x, t).map_err(|e| match ws.first() {
+            Some(w) => matrix_error(w, e),
+            None => AttnError::Config(e.to_string()),
+        })
+    }
 }
 
 /// The requested logits of hidden states `x` `[T, C]`: final RMSNorm, then the output
@@ -214,5 +233,11 @@ pub fn logits_head(
         crate::Logits::All => x,
     };
     let xn = rms_norm(rows, norm, eps);
-    matmul(ex, file, output, &xn, rows.len() / c)
+    let n = rows.len() / c;
+    let logits = matmul(ex, file, output, &xn, n)?;
+    if let Some(i) = logits.iter().position(|v| !v.is_finite()) {
+        let row = i / output.rows.max(1);
+        return Err(ModelError::NonFinite { token: t - n + row });
+    }
+    Ok(logits)
 }

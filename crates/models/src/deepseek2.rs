@@ -8,25 +8,18 @@
 //! up-projections are kept in f32 (`[H, N, R]`, `[H, V, R]`) for the absorbed path; all other
 //! matrices stay memory-mapped in their file type.
 //!
-//! Decode (and prefill, by default) run the absorbed path: per-head queries absorbed into the
-//! latent space, one MQA pass over the cache (key dim R+P, value = c_KV), per-head outputs
-//! expanded by W_UV. [`MlaPath::Naive`] decompresses the cache into per-head K/V instead.
+//! Attention is the attention crate's [`Mla`] layer over the file's matrices: decode runs the
+//! absorbed path (per-head queries absorbed into the latent space, one MQA pass over the
+//! cache with key dim R+P and value c_KV, outputs expanded by W_UV); a fresh prefill
+//! decompresses instead (see [`Mla::choose_path`]).
 
-use crate::blocks::{add_into, attention, check_context, embed, logits_head, matmul, rms_norm, swiglu};
+use crate::blocks::{add_into, check_context, embed, logits_head, matmul, rms_norm, swiglu, Cx};
 use crate::moe::{moe_ffn, Gating, MoeConfig, MoeLayer};
-use crate::weights::{linear, meta_f32, meta_u32, vector, Linear};
+use crate::weights::{linear, vector, Linear, Meta, META_MAX};
 use crate::{CacheAccess, CacheSpec, Exec, Logits, Model, ModelError, ModelInfo};
-use latent_attention::linear::{absorb_heads, decompress_heads, expand_heads};
-use latent_attention::{AttnParams, AttnShape, DenseKv, KvDtype, MaskSpec, Rope, RopeStyle, SeqSpec, Yarn};
+use latent_attention::{Mla, MlaConfig, MlaWeights, Positions, QProj, Rope, RopeStyle, Yarn};
 use latent_formats::gguf::GgufFile;
 use std::sync::Arc;
-
-/// Which MLA execution path a forward pass uses.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum MlaPath {
-    Absorbed,
-    Naive,
-}
 
 #[derive(Clone, Debug)]
 pub struct Deepseek2Config {
@@ -44,106 +37,130 @@ pub struct Deepseek2Config {
     pub context: usize,
     pub eps: f32,
     pub rope: Rope,
-    /// Softmax scale: mscale² / √(N + P).
-    pub kq_scale: f32,
+    /// Softmax scale multiplier: mscale² (1 without YaRN).
+    pub scale_mult: f32,
     pub moe: MoeConfig,
 }
 
 impl Deepseek2Config {
     pub fn from_gguf(f: &GgufFile) -> Result<Deepseek2Config, ModelError> {
-        let k = |s: &str| format!("deepseek2.{s}");
-        let opt = |s: &str| f.get_u32(&k(s)).ok().map(|v| v as usize);
-        let hidden = meta_u32(f, &k("embedding_length"))?;
-        let heads = meta_u32(f, &k("attention.head_count"))?;
-        let kv_lora = meta_u32(f, &k("attention.kv_lora_rank"))?;
-        let rope_dim = meta_u32(f, &k("rope.dimension_count"))?;
-        let qk = opt("attention.key_length_mla")
-            .or(opt("attention.key_length"))
-            .ok_or_else(|| ModelError::Metadata { key: k("attention.key_length"), msg: "missing".into() })?;
-        let v_dim = opt("attention.value_length_mla")
-            .or(opt("attention.value_length"))
-            .ok_or_else(|| ModelError::Metadata { key: k("attention.value_length"), msg: "missing".into() })?;
-        if qk <= rope_dim || rope_dim % 2 != 0 || heads == 0 || kv_lora == 0 {
-            return Err(ModelError::Metadata {
-                key: k("attention.key_length"),
-                msg: format!("qk {qk}, rope {rope_dim}, heads {heads}, kv_lora {kv_lora}"),
-            });
-        }
-        let vocab = match opt("vocab_size") {
+        let m = Meta { f, prefix: "deepseek2." };
+        let bad = |s: &str, msg: String| ModelError::Metadata { key: m.key(s), msg };
+        let hidden = m.usize("embedding_length", 1, META_MAX)?;
+        let heads = m.usize("attention.head_count", 1, META_MAX)?;
+        let kv_lora = m.usize("attention.kv_lora_rank", 1, META_MAX)?;
+        let qk = match m.opt_usize("attention.key_length_mla", 1, META_MAX)? {
             Some(v) => v,
-            None => f
-                .get_str_array("tokenizer.ggml.tokens")
-                .map(|t| t.len())
-                .map_err(|e| ModelError::Metadata { key: "tokenizer.ggml.tokens".into(), msg: e.to_string() })?,
+            None => m.usize("attention.key_length", 1, META_MAX)?,
         };
-        let base = f.get_f32(&k("rope.freq_base")).unwrap_or(10000.0);
-        let scaling = f.get_str(&k("rope.scaling.type")).unwrap_or("none");
-        let (yarn, mscale) = if scaling == "yarn" {
-            let factor = meta_f32(f, &k("rope.scaling.factor"))?;
-            if factor.is_nan() || factor <= 0.0 {
-                return Err(ModelError::Metadata { key: k("rope.scaling.factor"), msg: format!("{factor}") });
-            }
-            let fs = 1.0 / factor;
-            let orig = meta_u32(f, &k("rope.scaling.original_context_length"))?;
-            let log_mul = f.get_f32(&k("rope.scaling.yarn_log_multiplier")).unwrap_or(0.0);
-            // RoPE's own magnitude correction (1 + 0.1·ln(1/s)) is cancelled through the attention
-            // factor, and the softmax scale carries mscale² instead, as llama.cpp does.
-            let attn_factor = 1.0 / (1.0 + 0.1 * (1.0 / fs).ln());
-            let mscale = 1.0 + log_mul * (1.0 / fs).ln();
-            (
-                Some(Yarn {
+        let v_dim = match m.opt_usize("attention.value_length_mla", 1, META_MAX)? {
+            Some(v) => v,
+            None => m.usize("attention.value_length", 1, META_MAX)?,
+        };
+        let rope_dim = m.usize("rope.dimension_count", 2, META_MAX)?;
+        if rope_dim % 2 != 0 || rope_dim >= qk {
+            return Err(bad("rope.dimension_count", format!("{rope_dim} must be even and below the key length {qk}")));
+        }
+        let vocab = m.vocab()?;
+        let context = m.usize("context_length", 1, META_MAX)?;
+        let base = m.opt_f32("rope.freq_base", "> 0", |x| x > 0.0)?.unwrap_or(10000.0);
+        let (yarn, mscale) = match m.opt_str("rope.scaling.type")? {
+            None | Some("none") => (None, 1.0),
+            Some("yarn") => {
+                let factor = m.f32("rope.scaling.factor", "≥ 1", |x| x >= 1.0)?;
+                let fs = 1.0 / factor;
+                let orig = m.usize("rope.scaling.original_context_length", 1, META_MAX)?;
+                let log_mul = m
+                    .opt_f32("rope.scaling.yarn_log_multiplier", "in [0, 10]", |x| (0.0..=10.0).contains(&x))?
+                    .unwrap_or(0.0);
+                // RoPE's own magnitude correction (1 + 0.1·ln(1/s)) is cancelled through the attention
+                // factor, and the softmax scale carries mscale² instead, as llama.cpp does.
+                let attn_factor = 1.0 / (1.0 + 0.1 * (1.0 / fs).ln());
+                let mscale = 1.0 + log_mul * (1.0 / fs).ln();
+                let yarn = Yarn {
                     freq_scale: fs,
                     orig_ctx: orig,
                     ext_factor: 1.0,
                     attn_factor,
                     beta_fast: 32.0,
                     beta_slow: 1.0,
-                }),
-                mscale,
-            )
-        } else {
-            (None, 1.0)
+                };
+                (Some(yarn), mscale)
+            }
+            Some(other) => {
+                return Err(bad("rope.scaling.type", format!("{other:?} RoPE scaling is not supported for deepseek2")))
+            }
         };
-        let q_lora = opt("attention.q_lora_rank").filter(|&r| r > 0);
-        let gating = match opt("expert_gating_func").unwrap_or(1) {
-            2 => Gating::Sigmoid,
-            _ => Gating::Softmax,
+        let q_lora = m.opt_usize("attention.q_lora_rank", 0, META_MAX)?.filter(|&r| r > 0);
+        let gating = match m.opt_usize("expert_gating_func", 0, u32::MAX as usize)? {
+            None | Some(1) => Gating::Softmax,
+            Some(2) => Gating::Sigmoid,
+            Some(g) => return Err(bad("expert_gating_func", format!("{g} is not softmax (1) or sigmoid (2)"))),
         };
+        let layers = m.usize("block_count", 1, 65536)?;
+        let experts = m.opt_usize("expert_count", 0, 65536)?.unwrap_or(0);
+        let used = m.opt_usize("expert_used_count", 0, experts)?.unwrap_or(0);
+        let dense_layers = m.opt_usize("leading_dense_block_count", 0, layers)?.unwrap_or(0);
+        if dense_layers < layers && (experts == 0 || used == 0) {
+            return Err(bad(
+                "expert_count",
+                format!("{experts} experts, {used} used, but layers {dense_layers}.. are MoE"),
+            ));
+        }
+        let groups = m.opt_usize("expert_group_count", 0, experts)?.unwrap_or(0);
+        let groups_used = m.opt_usize("expert_group_used_count", 0, groups)?.unwrap_or(0);
+        if groups > 1 && (experts % groups != 0 || groups_used == 0) {
+            return Err(bad(
+                "expert_group_count",
+                format!("{groups} groups ({groups_used} used) over {experts} experts"),
+            ));
+        }
         let moe = MoeConfig {
-            experts: opt("expert_count").unwrap_or(0),
-            used: opt("expert_used_count").unwrap_or(0),
-            shared: opt("expert_shared_count").unwrap_or(0),
-            ffn: opt("expert_feed_forward_length").unwrap_or(0),
+            experts,
+            used,
+            shared: m.opt_usize("expert_shared_count", 0, 65536)?.unwrap_or(0),
+            ffn: m.opt_usize("expert_feed_forward_length", 0, META_MAX)?.unwrap_or(0),
             gating,
-            norm_weights: f.get_bool(&k("expert_weights_norm")).unwrap_or(false),
-            weights_scale: f.get_f32(&k("expert_weights_scale")).unwrap_or(1.0),
-            groups: opt("expert_group_count").unwrap_or(0),
-            groups_used: opt("expert_group_used_count").unwrap_or(0),
+            norm_weights: m.opt_bool("expert_weights_norm")?.unwrap_or(false),
+            weights_scale: m.opt_f32("expert_weights_scale", "> 0", |x| x > 0.0)?.unwrap_or(1.0),
+            groups,
+            groups_used,
         };
         Ok(Deepseek2Config {
             vocab,
             hidden,
-            layers: meta_u32(f, &k("block_count"))?,
+            layers,
             heads,
             q_lora,
             kv_lora,
             nope: qk - rope_dim,
             rope_dim,
             v_dim,
-            ffn: opt("feed_forward_length").unwrap_or(0),
-            dense_layers: opt("leading_dense_block_count").unwrap_or(0),
-            context: meta_u32(f, &k("context_length"))?,
-            eps: meta_f32(f, &k("attention.layer_norm_rms_epsilon"))?,
+            ffn: if dense_layers > 0 { m.usize("feed_forward_length", 1, META_MAX)? } else { 0 },
+            dense_layers,
+            context,
+            eps: m.f32("attention.layer_norm_rms_epsilon", "in (0, 1)", |x| x > 0.0 && x < 1.0)?,
             rope: Rope { dims: rope_dim, base, style: RopeStyle::Interleaved, yarn },
-            kq_scale: mscale * mscale / (qk as f32).sqrt(),
+            scale_mult: mscale * mscale,
             moe,
         })
     }
-}
 
-enum QProj {
-    Direct(Linear),                 // [H·(N+P), C]
-    Lora(Linear, Vec<f32>, Linear), // [Rq, C], [Rq], [H·(N+P), Rq]
+    /// The attention crate's configuration of one MLA layer.
+    pub fn mla(&self) -> MlaConfig {
+        MlaConfig {
+            hidden: self.hidden,
+            heads: self.heads,
+            q_lora_rank: self.q_lora,
+            kv_lora_rank: self.kv_lora,
+            nope: self.nope,
+            rope_dim: self.rope_dim,
+            v_dim: self.v_dim,
+            eps: self.eps,
+            rope: self.rope,
+            scale_mult: self.scale_mult,
+        }
+    }
 }
 
 enum Ffn {
@@ -153,12 +170,7 @@ enum Ffn {
 
 struct Layer {
     attn_norm: Vec<f32>, // [C]
-    q: QProj,
-    kv_a: Linear,       // [R+P, C]
-    kv_norm: Vec<f32>,  // [R]
-    w_uk: Vec<f32>,     // [H, N, R]
-    w_uv: Vec<f32>,     // [H, V, R]
-    wo: Linear,         // [C, H·V]
+    attn: Mla<Linear>,
     ffn_norm: Vec<f32>, // [C]
     ffn: Ffn,
 }
@@ -171,7 +183,6 @@ pub struct Deepseek2 {
     out_norm: Vec<f32>,
     output: Linear,
     layers: Vec<Layer>,
-    pub path: MlaPath,
 }
 
 /// Dequantizes a whole tensor to f32 (small per-head up-projections only).
@@ -183,9 +194,12 @@ fn dequant(f: &GgufFile, name: &str, dims: &[u64]) -> Result<Vec<f32>, ModelErro
     let wtype = latent_quant::WeightType::from_ggml_id(t.ggml_type.id())
         .ok_or_else(|| ModelError::TensorType { name: name.into(), ty: t.ggml_type.name().to_string() })?;
     let row = dims[0] as usize;
-    let rows = (t.n_elements() as usize) / row;
+    let rows = (t.n_elements() as usize) / row.max(1);
     let rb = wtype.row_bytes(row)?;
     let data = f.tensor_data(t);
+    if rb.checked_mul(rows).is_none_or(|n| n > data.len()) {
+        return Err(ModelError::Shape { name: name.into(), expected: dims.to_vec(), found: t.dims.clone() });
+    }
     let mut out = vec![0f32; rows * row];
     for r in 0..rows {
         latent_quant::dequantize_row(wtype, &data[r * rb..(r + 1) * rb], &mut out[r * row..(r + 1) * row])?;
@@ -201,16 +215,16 @@ impl Deepseek2 {
         let embd = linear(f, "token_embd.weight", cfg.vocab, c)?;
         let output =
             if f.tensor("output.weight").is_some() { linear(f, "output.weight", cfg.vocab, c)? } else { embd.clone() };
-        let mut layers = Vec::with_capacity(cfg.layers);
+        let mut layers = Vec::new();
         for l in 0..cfg.layers {
             let nm = |s: &str| format!("blk.{l}.{s}.weight");
             let q = match cfg.q_lora {
-                Some(rq) => QProj::Lora(
-                    linear(f, &nm("attn_q_a"), rq, c)?,
-                    vector(f, &nm("attn_q_a_norm"), rq)?,
-                    linear(f, &nm("attn_q_b"), h * (n + p), rq)?,
-                ),
-                None => QProj::Direct(linear(f, &nm("attn_q"), h * (n + p), c)?),
+                Some(rq) => QProj::Lora {
+                    w_dq: linear(f, &nm("attn_q_a"), rq, c)?,
+                    q_norm: vector(f, &nm("attn_q_a_norm"), rq)?,
+                    w_uq: linear(f, &nm("attn_q_b"), h * (n + p), rq)?,
+                },
+                None => QProj::Direct { w_q: linear(f, &nm("attn_q"), h * (n + p), c)? },
             };
             let (w_uk, w_uv) = if f.tensor(&nm("attn_k_b")).is_some() {
                 // attn_k_b {N, R, H}: per head [R, N] → transpose to [N, R].
@@ -235,6 +249,17 @@ impl Deepseek2 {
                 }
                 (w_uk, w_uv)
             };
+            let attn = Mla::new(
+                cfg.mla(),
+                MlaWeights {
+                    q,
+                    w_dkv: linear(f, &nm("attn_kv_a_mqa"), r + p, c)?,
+                    kv_norm: vector(f, &nm("attn_kv_a_norm"), r)?,
+                    w_uk,
+                    w_uv,
+                    w_o: linear(f, &nm("attn_output"), c, h * v)?,
+                },
+            )?;
             let ffn = if l < cfg.dense_layers {
                 Ffn::Dense {
                     gate: linear(f, &nm("ffn_gate"), cfg.ffn, c)?,
@@ -246,12 +271,7 @@ impl Deepseek2 {
             };
             layers.push(Layer {
                 attn_norm: vector(f, &nm("attn_norm"), c)?,
-                q,
-                kv_a: linear(f, &nm("attn_kv_a_mqa"), r + p, c)?,
-                kv_norm: vector(f, &nm("attn_kv_a_norm"), r)?,
-                w_uk,
-                w_uv,
-                wo: linear(f, &nm("attn_output"), c, h * v)?,
+                attn,
                 ffn_norm: vector(f, &nm("ffn_norm"), c)?,
                 ffn,
             });
@@ -265,95 +285,7 @@ impl Deepseek2 {
             layers: cfg.layers,
             cache: CacheSpec::Latent { layers: cfg.layers, rank: r, rope: p },
         };
-        Ok(Deepseek2 {
-            out_norm: vector(f, "output_norm.weight", c)?,
-            file,
-            cfg,
-            info,
-            embd,
-            output,
-            layers,
-            path: MlaPath::Absorbed,
-        })
-    }
-
-    /// MLA attention of one layer for `t` tokens at `pos0..`; returns per-head outputs `[T, H, V]`.
-    #[allow(clippy::too_many_arguments)]
-    fn attention(
-        &self,
-        ex: &Exec,
-        ly: &Layer,
-        l: usize,
-        xn: &[f32],
-        t: usize,
-        pos0: usize,
-        cache: &mut dyn CacheAccess,
-    ) -> Result<Vec<f32>, ModelError> {
-        let cfg = &self.cfg;
-        let f = &*self.file;
-        let (h, r, n, p, v) = (cfg.heads, cfg.kv_lora, cfg.nope, cfg.rope_dim, cfg.v_dim);
-        let (qk, lat) = (n + p, r + p);
-        let mut q = match &ly.q {
-            QProj::Direct(w) => matmul(ex, f, w, xn, t)?,
-            QProj::Lora(a, norm, b) => {
-                let cq = rms_norm(&matmul(ex, f, a, xn, t)?, norm, cfg.eps);
-                matmul(ex, f, b, &cq, t)?
-            }
-        }; // [T, H, N+P]
-        let mut kv = matmul(ex, f, &ly.kv_a, xn, t)?; // [T, R+P]
-        for i in 0..t {
-            let ang = cfg.rope.angles(pos0 + i);
-            for hi in 0..h {
-                ang.apply(&mut q[(i * h + hi) * qk + n..][..p]);
-            }
-            let row = &mut kv[i * lat..(i + 1) * lat];
-            latent_attention::linear::rms_norm(&mut row[..r], &ly.kv_norm, cfg.eps);
-            ang.apply(&mut row[r..]);
-            cache.write_latent(l, pos0 + i, row)?;
-        }
-        let view = cache.view(l, pos0 + t)?;
-        let mask = MaskSpec::CAUSAL;
-        match self.path {
-            MlaPath::Absorbed => {
-                let mut qa = vec![0f32; t * h * lat]; // [T, H, R+P]
-                absorb_heads(&q, t, h, qk, n, &ly.w_uk, 1, r, &mut qa, lat);
-                for i in 0..t {
-                    for hi in 0..h {
-                        qa[(i * h + hi) * lat + r..][..p].copy_from_slice(&q[(i * h + hi) * qk + n..][..p]);
-                    }
-                }
-                let shape = AttnShape { heads: h, kv_heads: 1, dk: lat, dv: r };
-                let params = AttnParams { shape, scale: cfg.kq_scale, mask, sink_logits: None };
-                let mut o_lat = vec![0f32; t * h * r];
-                let mut lse = vec![0f32; t * h];
-                let seqs = [SeqSpec { q_len: t, q_pos: pos0, kv: view }];
-                attention(ex, &params, &qa, &seqs, &mut o_lat, &mut lse)?;
-                Ok(expand_heads(&o_lat, t, h, r, &ly.w_uv, 1, v))
-            }
-            MlaPath::Naive => {
-                let s = pos0 + t;
-                let rows = view.read_keys(0, 0, s); // [S, R+P]
-                let mut kk = decompress_heads(&rows, s, lat, r, &ly.w_uk, h, n, qk); // [S, H, N+P]
-                for j in 0..s {
-                    for hi in 0..h {
-                        kk[(j * h + hi) * qk + n..][..p].copy_from_slice(&rows[j * lat + r..][..p]);
-                    }
-                }
-                let vv = decompress_heads(&rows, s, lat, r, &ly.w_uv, h, v, v); // [S, H, V]
-                let dense = DenseKv::new(KvDtype::F32, h, qk, v, &kk, &vv);
-                let params = AttnParams {
-                    shape: AttnShape { heads: h, kv_heads: h, dk: qk, dv: v },
-                    scale: cfg.kq_scale,
-                    mask,
-                    sink_logits: None,
-                };
-                let mut out = vec![0f32; t * h * v];
-                let mut lse = vec![0f32; t * h];
-                let seqs = [SeqSpec { q_len: t, q_pos: pos0, kv: dense.view() }];
-                ex.pool.install(|| latent_attention::prefill(&params, &q, &seqs, &mut out, &mut lse))?;
-                Ok(out)
-            }
-        }
+        Ok(Deepseek2 { out_norm: vector(f, "output_norm.weight", c)?, file, cfg, info, embd, output, layers })
     }
 }
 
@@ -376,12 +308,13 @@ impl Model for Deepseek2 {
         if t == 0 {
             return Ok(Vec::new());
         }
-        check_context(t, pos0, cfg.context)?;
+        check_context(ex, t, pos0, cfg.context)?;
+        let cx = Cx { ex, file: f };
+        let pos = Positions::new(&cfg.rope, pos0, t);
         let mut x = embed(f, &self.embd, tokens)?; // [T, C]
         for (l, ly) in self.layers.iter().enumerate() {
             let xn = rms_norm(&x, &ly.attn_norm, cfg.eps);
-            let o = self.attention(ex, ly, l, &xn, t, pos0, cache)?; // [T, H, V]
-            add_into(&mut x, &matmul(ex, f, &ly.wo, &o, t)?);
+            add_into(&mut x, &ly.attn.forward(&cx, &xn, &pos, l, cache, ex.window, ex.mla_path)?);
             let xn = rms_norm(&x, &ly.ffn_norm, cfg.eps);
             let y = match &ly.ffn {
                 Ffn::Dense { gate, up, down } => {

@@ -3,8 +3,12 @@ use thiserror::Error;
 /// Errors loading or running a model.
 #[derive(Debug, Error)]
 pub enum ModelError {
-    #[error("GGUF: {0}")]
-    Gguf(String),
+    #[error("{path}")]
+    Gguf {
+        path: String,
+        #[source]
+        source: latent_formats::gguf::GgufError,
+    },
     #[error("unsupported architecture {0:?}")]
     UnsupportedArchitecture(String),
     #[error("missing tensor {0:?}")]
@@ -19,8 +23,10 @@ pub enum ModelError {
     Token { id: u32, vocab: usize },
     #[error("position {pos} + {n} tokens exceeds the context of {ctx}")]
     Context { pos: usize, n: usize, ctx: usize },
-    #[error("cache: {0}")]
-    Cache(String),
+    #[error("stream window of {span} tokens (window + sinks) exceeds the context of {ctx}")]
+    Window { span: usize, ctx: usize },
+    #[error("non-finite logits (NaN or infinity) at token {token}: the model's weights or settings overflow")]
+    NonFinite { token: usize },
     #[error(transparent)]
     Quant(#[from] latent_quant::QuantError),
     #[error(transparent)]

@@ -11,12 +11,14 @@ pub mod deepseek2;
 mod error;
 pub mod llama;
 pub mod moe;
+pub mod reference;
+pub mod testing;
 pub mod weights;
 
 pub use error::ModelError;
 pub use latent_quant::MatmulPrecision;
 
-use latent_attention::KvSeq;
+pub use latent_attention::{CacheAccess, MlaPath, StreamWindow};
 use latent_formats::gguf::GgufFile;
 use std::path::Path;
 use std::sync::Arc;
@@ -28,16 +30,6 @@ pub enum CacheSpec {
     Gqa { layers: usize, kv_heads: usize, head_dim: usize },
     /// One latent row `[rank | rope]` per layer (MLA).
     Latent { layers: usize, rank: usize, rope: usize },
-}
-
-/// The engine's side of the cache, lent to a forward pass for one sequence.
-pub trait CacheAccess {
-    /// Stores K `[Hkv, D]` and V `[Hkv, D]` of token `pos` in `layer`.
-    fn write_kv(&mut self, layer: usize, pos: usize, k: &[f32], v: &[f32]) -> Result<(), ModelError>;
-    /// Stores the latent row `[R + P]` of token `pos` in `layer`.
-    fn write_latent(&mut self, layer: usize, pos: usize, row: &[f32]) -> Result<(), ModelError>;
-    /// The kernels' view of `layer` covering tokens `0..len`.
-    fn view(&self, layer: usize, len: usize) -> Result<KvSeq<'_>, ModelError>;
 }
 
 /// Which logits a forward pass returns.
@@ -58,6 +50,10 @@ pub struct Exec<'a> {
     /// Single-row matrix products of a decode step (short loops, no per-op pool wake-up).
     pub team: Option<&'a latent_kernels::team::Team>,
     pub precision: MatmulPrecision,
+    /// StreamingLLM window with sinks (`None`: full causal attention).
+    pub window: Option<StreamWindow>,
+    /// MLA execution path (`Auto`: per pass, by [`latent_attention::Mla::choose_path`]).
+    pub mla_path: MlaPath,
 }
 
 /// Facts about a loaded model.
@@ -90,13 +86,17 @@ pub trait Model: Send + Sync {
 /// Loads any supported architecture from a GGUF file.
 pub fn load(path: impl AsRef<Path>) -> Result<Arc<dyn Model>, ModelError> {
     let path = path.as_ref();
-    let file = Arc::new(GgufFile::open(path).map_err(|e| ModelError::Gguf(format!("{}: {e}", path.display())))?);
+    let file =
+        Arc::new(GgufFile::open(path).map_err(|e| ModelError::Gguf { path: path.display().to_string(), source: e })?);
     load_from(file)
 }
 
 /// Loads from an open GGUF file.
 pub fn load_from(file: Arc<GgufFile>) -> Result<Arc<dyn Model>, ModelError> {
-    let arch = file.architecture().map_err(|e| ModelError::Gguf(e.to_string()))?.to_string();
+    let arch = file
+        .architecture()
+        .map_err(|e| ModelError::Metadata { key: "general.architecture".into(), msg: e.to_string() })?
+        .to_string();
     match arch.as_str() {
         "llama" => Ok(Arc::new(llama::Llama::load(file)?)),
         "deepseek2" => Ok(Arc::new(deepseek2::Deepseek2::load(file)?)),

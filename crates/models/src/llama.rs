@@ -1,18 +1,20 @@
 //! Llama (`general.architecture = llama`): RMSNorm → GQA attention with RoPE → residual →
 //! RMSNorm → SwiGLU FFN → residual; tied output embedding when `output.weight` is absent.
-//! Covers SmolLM2, Llama 2/3 and most Llama-family GGUFs. RoPE pairs dims (2i, 2i+1)
-//! (llama.cpp's "normal" mode; the GGUF converter permutes Q/K rows to match).
+//! Tested: SmolLM2 against llama.cpp (goldens), and every configuration branch below against
+//! the float64 twin (`reference::llama_forward`). RoPE pairs dims (2i, 2i+1) (llama.cpp's
+//! "normal" mode; the GGUF converter permutes Q/K rows to match); `linear` RoPE scaling is
+//! supported. Refused at load, naming the key: other RoPE scaling types (e.g. YaRN),
+//! `rope_freqs` frequency factors (Llama 3.1), value heads of another size than the keys.
+//! SentencePiece vocabularies (Llama 2, Mistral) are refused by the tokenizer.
 
-use crate::blocks::{
-    add_into, check_context, embed, gqa_attention, logits_head, matmul, matmuls, rms_norm, rope_heads, swiglu,
-};
-use crate::weights::{linear, meta_f32, meta_u32, vector, Linear};
+use crate::blocks::{add_into, check_context, embed, logits_head, matmul, matmuls, rms_norm, swiglu, Cx};
+use crate::weights::{linear, vector, Linear, Meta, META_MAX};
 use crate::{CacheAccess, CacheSpec, Exec, Logits, Model, ModelError, ModelInfo};
-use latent_attention::{AttnShape, Rope, RopeStyle};
+use latent_attention::{AttnShape, GqaLayer, Positions, Rope, RopeStyle, Yarn};
 use latent_formats::gguf::GgufFile;
 use std::sync::Arc;
 
-/// Hyper-parameters from the GGUF metadata.
+/// Hyper-parameters from the GGUF metadata, validated.
 #[derive(Clone, Debug)]
 pub struct LlamaConfig {
     pub vocab: usize,
@@ -29,50 +31,79 @@ pub struct LlamaConfig {
 
 impl LlamaConfig {
     pub fn from_gguf(f: &GgufFile) -> Result<LlamaConfig, ModelError> {
-        let k = |s: &str| format!("llama.{s}");
-        let hidden = meta_u32(f, &k("embedding_length"))?;
-        let heads = meta_u32(f, &k("attention.head_count"))?;
-        let kv_heads = f.get_u32(&k("attention.head_count_kv")).map(|v| v as usize).unwrap_or(heads);
-        if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 || hidden % heads != 0 {
+        let m = Meta { f, prefix: "llama." };
+        let bad = |s: &str, msg: String| ModelError::Metadata { key: m.key(s), msg };
+        let hidden = m.usize("embedding_length", 1, META_MAX)?;
+        let heads = m.usize("attention.head_count", 1, META_MAX)?;
+        let kv_heads = m.opt_usize("attention.head_count_kv", 1, heads)?.unwrap_or(heads);
+        if heads % kv_heads != 0 {
+            return Err(bad("attention.head_count_kv", format!("{kv_heads} does not divide {heads} heads")));
+        }
+        let head_dim = match m.opt_usize("attention.key_length", 1, META_MAX)? {
+            Some(d) => d,
+            None if hidden % heads == 0 => hidden / heads,
+            None => return Err(bad("attention.head_count", format!("{heads} heads do not divide hidden {hidden}"))),
+        };
+        if let Some(v) = m.opt_usize("attention.value_length", 1, META_MAX)? {
+            if v != head_dim {
+                return Err(bad(
+                    "attention.value_length",
+                    format!("value heads of {v} ≠ key heads of {head_dim}: not supported"),
+                ));
+            }
+        }
+        let rope_dims = m.opt_usize("rope.dimension_count", 2, head_dim)?.unwrap_or(head_dim);
+        if rope_dims % 2 != 0 {
+            return Err(bad("rope.dimension_count", format!("{rope_dims} is odd")));
+        }
+        let base = m.opt_f32("rope.freq_base", "> 0", |x| x > 0.0)?.unwrap_or(10000.0);
+        let yarn = match m.opt_str("rope.scaling.type")? {
+            None | Some("none") => None,
+            Some("linear") => {
+                let factor = m.f32("rope.scaling.factor", "≥ 1", |x| x >= 1.0)?;
+                Some(Yarn {
+                    freq_scale: 1.0 / factor,
+                    orig_ctx: 0,
+                    ext_factor: 0.0,
+                    attn_factor: 1.0,
+                    beta_fast: 32.0,
+                    beta_slow: 1.0,
+                })
+            }
+            Some(other) => {
+                return Err(bad("rope.scaling.type", format!("{other:?} RoPE scaling is not supported for llama")))
+            }
+        };
+        if f.tensor("rope_freqs.weight").is_some() {
             return Err(ModelError::Metadata {
-                key: k("attention.head_count"),
-                msg: format!("{heads} heads / {kv_heads} KV heads / hidden {hidden}"),
+                key: "rope_freqs.weight".into(),
+                msg: "RoPE frequency factors (Llama 3.1 style) are not supported".into(),
             });
         }
-        let head_dim = f.get_u32(&k("attention.key_length")).map(|v| v as usize).unwrap_or(hidden / heads);
-        let rope_dims = f.get_u32(&k("rope.dimension_count")).map(|v| v as usize).unwrap_or(head_dim);
-        let vocab = match f.get_u32(&k("vocab_size")) {
-            Ok(v) => v as usize,
-            Err(_) => f
-                .get_str_array("tokenizer.ggml.tokens")
-                .map(|t| t.len())
-                .map_err(|e| ModelError::Metadata { key: "tokenizer.ggml.tokens".into(), msg: e.to_string() })?,
-        };
+        let vocab = m.vocab()?;
+        let context = m.usize("context_length", 1, META_MAX)?;
         Ok(LlamaConfig {
             vocab,
             hidden,
-            layers: meta_u32(f, &k("block_count"))?,
+            layers: m.usize("block_count", 1, 65536)?,
             heads,
             kv_heads,
             head_dim,
-            ffn: meta_u32(f, &k("feed_forward_length"))?,
-            context: meta_u32(f, &k("context_length"))?,
-            eps: meta_f32(f, &k("attention.layer_norm_rms_epsilon"))?,
-            rope: Rope::plain(rope_dims, f.get_f32(&k("rope.freq_base")).unwrap_or(10000.0), RopeStyle::Interleaved),
+            ffn: m.usize("feed_forward_length", 1, META_MAX)?,
+            context,
+            eps: m.f32("attention.layer_norm_rms_epsilon", "in (0, 1)", |x| x > 0.0 && x < 1.0)?,
+            rope: Rope { dims: rope_dims, base, style: RopeStyle::Interleaved, yarn },
         })
     }
 }
 
 struct Layer {
     attn_norm: Vec<f32>, // [C]
-    wq: Linear,          // [H·D, C]
-    wk: Linear,          // [Hkv·D, C]
-    wv: Linear,          // [Hkv·D, C]
-    wo: Linear,          // [C, H·D]
-    ffn_norm: Vec<f32>,  // [C]
-    gate: Linear,        // [F, C]
-    up: Linear,          // [F, C]
-    down: Linear,        // [C, F]
+    attn: GqaLayer<Linear>,
+    ffn_norm: Vec<f32>, // [C]
+    gate: Linear,       // [F, C]
+    up: Linear,         // [F, C]
+    down: Linear,       // [C, F]
 }
 
 /// A loaded Llama model over its memory-mapped file.
@@ -94,15 +125,21 @@ impl Llama {
         let embd = linear(f, "token_embd.weight", cfg.vocab, c)?;
         let output =
             if f.tensor("output.weight").is_some() { linear(f, "output.weight", cfg.vocab, c)? } else { embd.clone() };
-        let mut layers = Vec::with_capacity(cfg.layers);
+        let shape = AttnShape { heads: cfg.heads, kv_heads: cfg.kv_heads, dk: cfg.head_dim, dv: cfg.head_dim };
+        let mut layers = Vec::new();
         for l in 0..cfg.layers {
             let n = |s: &str| format!("blk.{l}.{s}.weight");
+            let attn = GqaLayer::new(
+                linear(f, &n("attn_q"), hq, c)?,
+                linear(f, &n("attn_k"), hkv, c)?,
+                linear(f, &n("attn_v"), hkv, c)?,
+                linear(f, &n("attn_output"), c, hq)?,
+                shape,
+                cfg.rope,
+            )?;
             layers.push(Layer {
                 attn_norm: vector(f, &n("attn_norm"), c)?,
-                wq: linear(f, &n("attn_q"), hq, c)?,
-                wk: linear(f, &n("attn_k"), hkv, c)?,
-                wv: linear(f, &n("attn_v"), hkv, c)?,
-                wo: linear(f, &n("attn_output"), c, hq)?,
+                attn,
                 ffn_norm: vector(f, &n("ffn_norm"), c)?,
                 gate: linear(f, &n("ffn_gate"), ffn, c)?,
                 up: linear(f, &n("ffn_up"), ffn, c)?,
@@ -141,23 +178,13 @@ impl Model for Llama {
         if t == 0 {
             return Ok(Vec::new());
         }
-        check_context(t, pos0, cfg.context)?;
-        let (d, h, hk) = (cfg.head_dim, cfg.heads, cfg.kv_heads);
-        let shape = AttnShape { heads: h, kv_heads: hk, dk: d, dv: d };
-        let angles: Vec<_> = (0..t).map(|i| cfg.rope.angles(pos0 + i)).collect();
+        check_context(ex, t, pos0, cfg.context)?;
+        let cx = Cx { ex, file: f };
+        let pos = Positions::new(&cfg.rope, pos0, t);
         let mut x = embed(f, &self.embd, tokens)?; // [T, C]
         for (l, ly) in self.layers.iter().enumerate() {
-            // Attention block.
             let xn = rms_norm(&x, &ly.attn_norm, cfg.eps);
-            let mut qkv = matmuls(ex, f, &[&ly.wq, &ly.wk, &ly.wv], &xn, t)?.into_iter();
-            let (mut q, mut k, v) =
-                (qkv.next().unwrap_or_default(), qkv.next().unwrap_or_default(), qkv.next().unwrap_or_default());
-            // q [T, H, D], k [T, Hkv, D], v [T, Hkv, D]
-            rope_heads(&mut q, h, d, &angles);
-            rope_heads(&mut k, hk, d, &angles);
-            let o = gqa_attention(ex, cache, l, shape, &q, &k, &v, pos0, t)?; // [T, H, D]
-            add_into(&mut x, &matmul(ex, f, &ly.wo, &o, t)?);
-            // FFN block.
+            add_into(&mut x, &ly.attn.forward(&cx, &xn, &pos, l, cache, ex.window)?);
             let xn = rms_norm(&x, &ly.ffn_norm, cfg.eps);
             let mut gu = matmuls(ex, f, &[&ly.gate, &ly.up], &xn, t)?.into_iter();
             let (mut g, u) = (gu.next().unwrap_or_default(), gu.next().unwrap_or_default()); // [T, F] each

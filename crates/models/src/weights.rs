@@ -2,7 +2,7 @@
 //! shape, checked once at load time.
 
 use crate::ModelError;
-use latent_formats::gguf::{GgufFile, TensorInfo};
+use latent_formats::gguf::{GgufFile, MetaValue, TensorInfo};
 use latent_quant::{QMatrix, WeightType};
 use std::ops::Range;
 
@@ -68,7 +68,7 @@ pub fn linear_dims(f: &GgufFile, name: &str, rows: usize, cols: usize, dims: &[u
     let wtype = WeightType::from_ggml_id(t.ggml_type.id())
         .ok_or_else(|| ModelError::TensorType { name: name.into(), ty: t.ggml_type.name().to_string() })?;
     let rb = wtype.row_bytes(cols)?;
-    if t.n_bytes as usize != rb * rows {
+    if rb.checked_mul(rows) != Some(t.n_bytes as usize) {
         return Err(ModelError::Shape { name: name.into(), expected, found: t.dims.clone() });
     }
     let start = t.offset as usize;
@@ -88,11 +88,97 @@ pub fn vector(f: &GgufFile, name: &str, n: usize) -> Result<Vec<f32>, ModelError
     Ok(out)
 }
 
-/// Typed metadata getters with the key in the error.
-pub fn meta_u32(f: &GgufFile, key: &str) -> Result<usize, ModelError> {
-    f.get_u32(key).map(|v| v as usize).map_err(|e| ModelError::Metadata { key: key.into(), msg: e.to_string() })
+/// Hyper-parameters read from a file's metadata, each checked where it enters: a missing
+/// required key, a value of the wrong type (never replaced by a default), a value out of its
+/// range or not finite is an error naming the key.
+pub struct Meta<'a> {
+    pub f: &'a GgufFile,
+    /// Key prefix, e.g. `"llama."`.
+    pub prefix: &'a str,
 }
 
-pub fn meta_f32(f: &GgufFile, key: &str) -> Result<f32, ModelError> {
-    f.get_f32(key).map_err(|e| ModelError::Metadata { key: key.into(), msg: e.to_string() })
+/// Upper bound for any count or length read from metadata (layers, heads, dims, context):
+/// large enough for every published model, small enough that sizes computed from it fit.
+pub const META_MAX: usize = 1 << 24;
+
+impl Meta<'_> {
+    pub fn key(&self, s: &str) -> String {
+        format!("{}{s}", self.prefix)
+    }
+    fn err(&self, s: &str, msg: impl Into<String>) -> ModelError {
+        ModelError::Metadata { key: self.key(s), msg: msg.into() }
+    }
+    /// An unsigned integer in `lo..=hi`, `None` when absent.
+    pub fn opt_usize(&self, s: &str, lo: usize, hi: usize) -> Result<Option<usize>, ModelError> {
+        let Some(v) = self.f.get(&self.key(s)) else { return Ok(None) };
+        let n: u64 = match *v {
+            MetaValue::U8(x) => x as u64,
+            MetaValue::U16(x) => x as u64,
+            MetaValue::U32(x) => x as u64,
+            MetaValue::U64(x) => x,
+            MetaValue::I8(x) if x >= 0 => x as u64,
+            MetaValue::I16(x) if x >= 0 => x as u64,
+            MetaValue::I32(x) if x >= 0 => x as u64,
+            MetaValue::I64(x) if x >= 0 => x as u64,
+            _ => return Err(self.err(s, format!("expected a non-negative integer, found {}", describe(v)))),
+        };
+        if n < lo as u64 || n > hi as u64 {
+            return Err(self.err(s, format!("{n} is outside {lo}..={hi}")));
+        }
+        Ok(Some(n as usize))
+    }
+    /// A required unsigned integer in `lo..=hi`.
+    pub fn usize(&self, s: &str, lo: usize, hi: usize) -> Result<usize, ModelError> {
+        self.opt_usize(s, lo, hi)?.ok_or_else(|| self.err(s, "missing"))
+    }
+    /// A finite float with `ok(value)`, `None` when absent.
+    pub fn opt_f32(&self, s: &str, what: &str, ok: impl Fn(f32) -> bool) -> Result<Option<f32>, ModelError> {
+        let Some(v) = self.f.get(&self.key(s)) else { return Ok(None) };
+        let x = match *v {
+            MetaValue::F32(x) => x,
+            MetaValue::F64(x) => x as f32,
+            _ => return Err(self.err(s, format!("expected a float, found {}", describe(v)))),
+        };
+        if !x.is_finite() || !ok(x) {
+            return Err(self.err(s, format!("{x} is not {what}")));
+        }
+        Ok(Some(x))
+    }
+    /// A required finite float with `ok(value)`.
+    pub fn f32(&self, s: &str, what: &str, ok: impl Fn(f32) -> bool) -> Result<f32, ModelError> {
+        self.opt_f32(s, what, ok)?.ok_or_else(|| self.err(s, "missing"))
+    }
+    pub fn opt_bool(&self, s: &str) -> Result<Option<bool>, ModelError> {
+        match self.f.get(&self.key(s)) {
+            None => Ok(None),
+            Some(MetaValue::Bool(b)) => Ok(Some(*b)),
+            Some(v) => Err(self.err(s, format!("expected a bool, found {}", describe(v)))),
+        }
+    }
+    pub fn opt_str(&self, s: &str) -> Result<Option<&str>, ModelError> {
+        match self.f.get(&self.key(s)) {
+            None => Ok(None),
+            Some(MetaValue::String(x)) => Ok(Some(x)),
+            Some(v) => Err(self.err(s, format!("expected a string, found {}", describe(v)))),
+        }
+    }
+    /// The vocabulary size: `vocab_size`, else the length of `tokenizer.ggml.tokens`.
+    pub fn vocab(&self) -> Result<usize, ModelError> {
+        match self.opt_usize("vocab_size", 1, META_MAX)? {
+            Some(v) => Ok(v),
+            None => self
+                .f
+                .get_str_array("tokenizer.ggml.tokens")
+                .map(|t| t.len())
+                .map_err(|e| ModelError::Metadata { key: "tokenizer.ggml.tokens".into(), msg: e.to_string() }),
+        }
+    }
+}
+
+fn describe(v: &MetaValue) -> String {
+    match v {
+        MetaValue::String(s) => format!("the string {s:?}"),
+        MetaValue::Array(a) => format!("an array of {}", a.len()),
+        other => format!("{other:?}"),
+    }
 }

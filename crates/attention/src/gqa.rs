@@ -1,0 +1,108 @@
+//! The MHA/GQA/MQA attention layer: Q/K/V projections, RoPE, the pass's K/V stored in the
+//! lent cache, one flash attention call (two under a stream window), output projection.
+//!
+//! Dimension legend: T tokens of the pass, C hidden, H query heads, Hkv KV heads, D head dim.
+
+use crate::flash::AttnShape;
+use crate::layer::{attend_causal, CacheAccess, Matrix, MatrixDims, Positions, Runner, StreamWindow};
+use crate::rope::Rope;
+use crate::AttnError;
+
+/// One grouped-query attention layer (MHA when Hkv = H, MQA when Hkv = 1).
+#[derive(Clone, Debug)]
+pub struct GqaLayer<M> {
+    /// `[H·D, C]`
+    pub wq: M,
+    /// `[Hkv·D, C]`
+    pub wk: M,
+    /// `[Hkv·D, C]`
+    pub wv: M,
+    /// `[C, H·D]`
+    pub wo: M,
+    /// Heads and head dims (dk = dv = D).
+    pub shape: AttnShape,
+    /// RoPE on the first `rope.dims` of each query and key head.
+    pub rope: Rope,
+    /// Softmax scale (1/√D).
+    pub scale: f32,
+}
+
+impl<M: MatrixDims> GqaLayer<M> {
+    /// Checks the weights against the shape.
+    pub fn new(wq: M, wk: M, wv: M, wo: M, shape: AttnShape, rope: Rope) -> Result<GqaLayer<M>, AttnError> {
+        shape.validate()?;
+        let d = shape.dk;
+        if shape.dv != d {
+            return Err(AttnError::Config(format!("key dim {d} and value dim {} differ", shape.dv)));
+        }
+        if rope.dims > d || rope.dims % 2 != 0 {
+            return Err(AttnError::Config(format!("RoPE dims {} must be even and ≤ the head dim {d}", rope.dims)));
+        }
+        let c = wq.dims().1;
+        for (what, m, expected) in [
+            ("wq [H·D, C]", &wq, (shape.heads * d, c)),
+            ("wk [Hkv·D, C]", &wk, (shape.kv_heads * d, c)),
+            ("wv [Hkv·D, C]", &wv, (shape.kv_heads * d, c)),
+            ("wo [C, H·D]", &wo, (c, shape.heads * d)),
+        ] {
+            if m.dims() != expected {
+                let (r, k) = m.dims();
+                return Err(AttnError::Len { what, expected: expected.0 * expected.1, got: r * k });
+            }
+        }
+        Ok(GqaLayer { wq, wk, wv, wo, shape, rope, scale: 1.0 / (d as f32).sqrt() })
+    }
+}
+
+impl<M> GqaLayer<M> {
+    /// RoPE on every head of `x` `[T, heads, D]`, token i at `at(i)`.
+    fn rotate(&self, x: &mut [f32], heads: usize, pos: &Positions, at: &dyn Fn(usize) -> usize) {
+        let d = self.shape.dk;
+        for ti in 0..pos.len() {
+            let p = at(ti);
+            let own;
+            let a = if p == pos.pos0 + ti {
+                &pos.angles[ti]
+            } else {
+                own = self.rope.angles(p);
+                &own
+            };
+            for h in 0..heads {
+                a.apply(&mut x[(ti * heads + h) * d..][..d]);
+            }
+        }
+    }
+
+    /// The whole layer for a pass: `x` `[T, C]` (already normed) at `pos`; stores the pass's
+    /// K/V in `layer` of `cache`, attends, projects out. Returns `[T, C]`.
+    pub fn forward<C: Runner + ?Sized>(
+        &self,
+        cx: &C,
+        x: &[f32],
+        pos: &Positions,
+        layer: usize,
+        cache: &mut dyn CacheAccess,
+        window: Option<StreamWindow>,
+    ) -> Result<Vec<f32>, AttnError>
+    where
+        M: Matrix<C>,
+    {
+        let (t, h, hk, d) = (pos.len(), self.shape.heads, self.shape.kv_heads, self.shape.dk);
+        let mut qkv = M::apply_group(cx, &[&self.wq, &self.wk, &self.wv], x, t)?.into_iter();
+        let (Some(q), Some(mut k), Some(v)) = (qkv.next(), qkv.next(), qkv.next()) else {
+            return Err(AttnError::Config("grouped product returned fewer results".into()));
+        };
+        // q [T, H, D], k [T, Hkv, D], v [T, Hkv, D]
+        self.rotate(&mut k, hk, pos, &|i| pos.pos0 + i);
+        for i in 0..t {
+            cache.write_kv(layer, pos.pos0 + i, &k[i * hk * d..(i + 1) * hk * d], &v[i * hk * d..(i + 1) * hk * d])?;
+        }
+        let kv = cache.view(layer, pos.pos0 + t)?;
+        let o = attend_causal(cx, self.shape, self.scale, kv, pos.pos0, t, window, &|at: &dyn Fn(usize) -> usize| {
+            let mut qr = q.clone();
+            self.rotate(&mut qr, h, pos, at);
+            Ok(qr)
+        })?; // [T, H, D]
+        self.wo.apply(cx, &o, t)
+    }
+}
