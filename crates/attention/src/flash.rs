@@ -395,10 +395,11 @@ fn run_item(k: &Kernels, p: &AttnParams, plan: &Plan, q: &[f32], s: &SeqSpec, it
     // tiles; a tile spans several blocks and is processed block segment by block segment, so
     // the softmax bookkeeping is paid per tile, not per block.
     let bs = s.kv.block_size;
-    let raw_ok = s.kv.len > 0
-        && s.kv.k.raw_rows(&s.kv, it.g, 0, 1, &mut kscales).is_some()
+    // Probe the format on the first visible row (rows outside the ranges may be released).
+    let first = ranges.iter().find(|r| !r.is_empty()).map(|r| r.start);
+    let raw_ok = first.is_some_and(|j| s.kv.k.raw_rows(&s.kv, it.g, j, 1, &mut kscales).is_some())
         && match s.kv.v {
-            ValueSource::Plane(vp) => vp.raw_rows(&s.kv, it.g, 0, 1, &mut vscales).is_some(),
+            ValueSource::Plane(vp) => first.is_some_and(|j| vp.raw_rows(&s.kv, it.g, j, 1, &mut vscales).is_some()),
             ValueSource::KeyPrefix { .. } => true,
         };
     let mut segs: Vec<(usize, usize)> = Vec::new();

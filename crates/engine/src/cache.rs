@@ -63,6 +63,16 @@ impl SeqCache {
         self.pool.bytes_used()
     }
 
+    /// Bytes of one block (block size tokens of every layer, planes aligned).
+    pub fn block_bytes(&self) -> usize {
+        self.pool.block_bytes()
+    }
+
+    /// Tokens per block.
+    pub fn block_size(&self) -> usize {
+        self.pool.block_size()
+    }
+
     pub fn layout(&self) -> &CacheLayout {
         self.pool.layout()
     }
