@@ -4,7 +4,7 @@
 //! in a realistic range; norm gains are drawn around 1.
 
 use latent_attention::testing::Rng;
-use latent_formats::gguf::{GgmlType, GgufBuilder};
+use latent_formats::gguf::{GgmlType, GgufBuilder, MetaValue};
 use latent_quant::WeightType;
 
 /// Stored type of the large matrices.
@@ -65,7 +65,10 @@ impl Writer {
             self.mat("output.weight", vocab, c);
         }
     }
-    fn bytes(&self) -> Vec<u8> {
+    fn bytes(&mut self, extra: &[(String, MetaValue)]) -> Vec<u8> {
+        for (k, v) in extra {
+            self.b.meta(k.clone(), v.clone());
+        }
         self.b.build().expect("valid tiny GGUF")
     }
 }
@@ -90,6 +93,8 @@ pub struct TinyLlama {
     pub tied: bool,
     pub wtype: WeightType,
     pub seed: u64,
+    /// Metadata written last, replacing or adding keys (hostile-input tests).
+    pub extra: Vec<(String, MetaValue)>,
 }
 
 impl Default for TinyLlama {
@@ -109,6 +114,7 @@ impl Default for TinyLlama {
             tied: false,
             wtype: WeightType::F32,
             seed: 1,
+            extra: Vec::new(),
         }
     }
 }
@@ -154,7 +160,7 @@ impl TinyLlama {
             w.mat(&n("ffn_up"), self.ffn, c);
             w.mat(&n("ffn_down"), c, self.ffn);
         }
-        w.bytes()
+        w.bytes(&self.extra)
     }
 }
 
@@ -192,6 +198,8 @@ pub struct TinyDeepseek2 {
     pub tied: bool,
     pub wtype: WeightType,
     pub seed: u64,
+    /// Metadata written last, replacing or adding keys (hostile-input tests).
+    pub extra: Vec<(String, MetaValue)>,
 }
 
 impl Default for TinyDeepseek2 {
@@ -223,6 +231,7 @@ impl Default for TinyDeepseek2 {
             tied: false,
             wtype: WeightType::F32,
             seed: 2,
+            extra: Vec::new(),
         }
     }
 }
@@ -315,6 +324,6 @@ impl TinyDeepseek2 {
                 w.mat(&nm("ffn_down_shexp"), c, sf);
             }
         }
-        w.bytes()
+        w.bytes(&self.extra)
     }
 }
