@@ -3,7 +3,9 @@
 use crate::model_path;
 use anyhow::{bail, Context, Result};
 use latent_engine::sampling::SamplingError;
-use latent_engine::{Engine, EngineOptions, KvDtype, Logits, MatmulPrecision, Sampler, SamplingParams};
+use latent_engine::{
+    Engine, EngineOptions, KvDtype, Logits, MatmulPrecision, MlaPath, Sampler, SamplingParams, StreamWindow,
+};
 use latent_tokenizer::ChatMessage;
 use std::io::{BufRead, Write};
 use std::path::PathBuf;
@@ -23,6 +25,16 @@ pub struct ModelArgs {
     /// KV-cache element type: f32 (default), f16, bf16, fp8, int8.
     #[arg(long)]
     pub kv_dtype: Option<String>,
+    /// StreamingLLM: attend to the last W tokens only (plus --sinks); the cache frees what
+    /// falls out, and generation may run past the model's context.
+    #[arg(long, value_name = "W")]
+    pub window: Option<usize>,
+    /// With --window: the first S tokens stay visible (attention sinks).
+    #[arg(long, value_name = "S", default_value_t = 0)]
+    pub sinks: usize,
+    /// MLA execution path: auto (per pass), absorbed or naive.
+    #[arg(long, default_value = "auto", value_parser = ["auto", "absorbed", "naive"])]
+    pub mla_path: String,
 }
 
 impl ModelArgs {
@@ -35,10 +47,22 @@ impl ModelArgs {
                 KvDtype::parse(s).with_context(|| format!("unknown --kv-dtype {s:?} (f32, f16, bf16, fp8, int8)"))?,
             ),
         };
+        let window = match (self.window, self.sinks) {
+            (None, 0) => None,
+            (None, _) => bail!("--sinks needs --window"),
+            (Some(w), s) => Some(StreamWindow::new(w, s).map_err(|_| anyhow::anyhow!("--window must be ≥ 1"))?),
+        };
+        let mla_path = match self.mla_path.as_str() {
+            "absorbed" => MlaPath::Absorbed,
+            "naive" => MlaPath::Naive,
+            _ => MlaPath::Auto,
+        };
         let opts = EngineOptions {
             threads,
             precision: if self.exact { MatmulPrecision::Exact } else { MatmulPrecision::Fast },
             kv_dtype,
+            window,
+            mla_path,
             ..Default::default()
         };
         Engine::load(&path, opts).with_context(|| format!("loading {}", path.display()))
@@ -195,7 +219,7 @@ pub fn chat(a: ChatArgs) -> Result<()> {
         history.push(ChatMessage::user(line.trim_end().to_string()));
         let text = e.tokenizer.render_chat(&history, true)?;
         let prompt = e.tokenizer.encode(&text, true);
-        let room = e.model.info().context.saturating_sub(prompt.len());
+        let room = e.max_sequence().saturating_sub(prompt.len());
         if room == 0 {
             bail!(
                 "the conversation no longer fits the context of {} tokens; /reset to start over",
@@ -282,11 +306,18 @@ pub fn perplexity(a: PerplexityArgs) -> Result<()> {
         }
     })?;
     if a.json {
-        println!("{}", serde_json::json!({"tokens": p.tokens, "scored": p.scored, "nll": p.nll, "ppl": p.ppl}));
+        let window = e.opts.window.map(|w| serde_json::json!({"window": w.window, "sinks": w.sinks}));
+        println!(
+            "{}",
+            serde_json::json!({
+                "tokens": p.tokens, "scored": p.scored, "nll": p.nll, "ppl": p.ppl,
+                "ctx": a.ctx, "kv_peak_tokens": p.kv_peak_tokens, "stream_window": window,
+            })
+        );
     } else {
         println!(
-            "perplexity {:.4} (mean NLL {:.5} over {} scored of {} tokens, ctx {})",
-            p.ppl, p.nll, p.scored, p.tokens, a.ctx
+            "perplexity {:.4} (mean NLL {:.5} over {} scored of {} tokens, ctx {}, KV peak {} tokens)",
+            p.ppl, p.nll, p.scored, p.tokens, a.ctx, p.kv_peak_tokens
         );
     }
     Ok(())
