@@ -419,14 +419,23 @@ fn run_item(k: &Kernels, p: &AttnParams, plan: &Plan, q: &[f32], s: &SeqSpec, it
                 for &(a, len) in &segs {
                     prefetch_block_start(s, it.g, a + len, r.end, true);
                     let c0 = a - j0;
+                    let scm = MatMut { data: &mut sc[c0..], rows, cols: len, stride: n };
                     if let Some(kr) = s.kv.k.raw_rows(&s.kv, it.g, a, len, &mut kscales) {
-                        let scm = MatMut { data: &mut sc[c0..], rows, cols: len, stride: n };
                         (k.gemm_nt_raw)(p.scale, MatRef::dense(&qm, rows, dk), kr, scm);
                         if !kscales.is_empty() {
                             for srow in sc[..rows * n].chunks_exact_mut(n) {
                                 srow[c0..c0 + len].iter_mut().zip(&kscales).for_each(|(v, s)| *v *= s);
                             }
                         }
+                    } else {
+                        // A segment the raw path cannot read in place is decoded instead, never skipped.
+                        s.kv.k.load_rows(k, &s.kv, it.g, a, len, &mut kbuf[..len * dk]);
+                        (k.gemm_nt)(
+                            p.scale,
+                            MatRef::dense(&qm, rows, dk),
+                            MatRef::dense(&kbuf[..len * dk], len, dk),
+                            scm,
+                        );
                     }
                 }
             } else {
@@ -477,6 +486,20 @@ fn run_item(k: &Kernels, p: &AttnParams, plan: &Plan, q: &[f32], s: &SeqSpec, it
                         }
                         let pm = MatRef { data: &sc[c0..], rows, cols: len, stride: n };
                         (k.gemm_nn_raw)(pm, vr, MatMut::dense(&mut acc, rows, dv));
+                    } else {
+                        let pm = MatRef { data: &sc[c0..], rows, cols: len, stride: n };
+                        let accm = MatMut::dense(&mut acc, rows, dv);
+                        match s.kv.v {
+                            ValueSource::KeyPrefix { .. } => {
+                                s.kv.k.load_rows(k, &s.kv, it.g, a, len, &mut kbuf[..len * dk]);
+                                let vm = MatRef { data: &kbuf[..len * dk], rows: len, cols: dv, stride: dk };
+                                (k.gemm_nn)(pm, vm, accm)
+                            }
+                            ValueSource::Plane(vp) => {
+                                vp.load_rows(k, &s.kv, it.g, a, len, &mut vbuf[..len * dv]);
+                                (k.gemm_nn)(pm, MatRef::dense(&vbuf[..len * dv], len, dv), accm)
+                            }
+                        }
                     }
                 }
             } else {
