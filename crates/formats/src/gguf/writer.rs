@@ -257,7 +257,7 @@ fn validate_tensor(t: &PendingTensor<'_>) -> Result<u64, GgufError> {
     let Some(n) = n else {
         return err(format!("dims {:?} overflow", t.dims));
     };
-    if t.dims[0] % t.ggml_type.block_size() != 0 {
+    if !t.dims[0].is_multiple_of(t.ggml_type.block_size()) {
         return err(format!(
             "row length {} is not a multiple of the {} block size {}",
             t.dims[0],

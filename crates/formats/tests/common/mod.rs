@@ -147,7 +147,7 @@ impl Raw {
         self.0.len() as u64
     }
     pub fn pad(&mut self, alignment: usize) -> &mut Self {
-        while self.0.len() % alignment != 0 {
+        while !self.0.len().is_multiple_of(alignment) {
             self.0.push(0);
         }
         self
