@@ -2,7 +2,7 @@
 //! entry points the runtime calls (`latent_attention::decode` / `prefill`), reported beside
 //! the machine's own limits measured in the same run.
 
-use crate::util::{parse_sizes, thread_pool};
+use crate::util::{check_memory, checked_product, parse_sizes, thread_pool};
 use anyhow::{bail, Result};
 use latent_attention::testing::Rng;
 use latent_attention::*;
@@ -175,6 +175,35 @@ impl PagedCache {
     }
 }
 
+/// KV bytes of one token of `m` in `dtype` (all KV heads; keys only for MLA's latent cache).
+fn token_bytes(m: &Mech, dtype: KvDtype) -> Option<u64> {
+    let sh = m.shape;
+    let fmt = if m.latent { RowFormat::latent(dtype, 64) } else { RowFormat::plain(dtype) };
+    let per_head = fmt.row_bytes(sh.dk) as u64 + if m.latent { 0 } else { fmt.row_bytes(sh.dv) as u64 };
+    (sh.kv_heads as u64).checked_mul(per_head)
+}
+
+/// Bytes a decode case allocates: `batch` caches of `ctx` tokens (with `paged`, the pool's
+/// blocks of that size: twice the sequence's, plus two), queries and outputs. `None` when
+/// the count overflows.
+fn decode_bytes(m: &Mech, dtype: KvDtype, ctx: usize, batch: usize, paged: Option<usize>) -> Option<u64> {
+    let slots = match paged {
+        None => ctx,
+        Some(bs) => ctx.div_ceil(bs).checked_mul(2)?.checked_add(2)?.checked_mul(bs)?,
+    };
+    let cache = checked_product(&[batch, slots])?.checked_mul(token_bytes(m, dtype)?)?;
+    let sh = m.shape;
+    let io = checked_product(&[batch, sh.heads, sh.dk + sh.dv + 1, 4])?;
+    cache.checked_add(io)
+}
+
+/// Bytes a causal prefill of `t` tokens allocates: its cache, queries, outputs and LSEs.
+fn prefill_bytes(m: &Mech, dtype: KvDtype, t: usize) -> Option<u64> {
+    let sh = m.shape;
+    let cache = (t as u64).checked_mul(token_bytes(m, dtype)?)?;
+    cache.checked_add(checked_product(&[t, sh.heads, sh.dk + sh.dv + 1, 4])?)
+}
+
 /// One measured case.
 pub struct Row {
     pub mechanism: &'static str,
@@ -228,15 +257,25 @@ pub fn run(a: BenchAttnArgs) -> Result<()> {
     let dtype = KvDtype::parse(&a.kv_dtype)
         .ok_or_else(|| anyhow::anyhow!("unknown --kv-dtype {:?} (f32, f16, bf16, fp8, int8)", a.kv_dtype))?;
     let mechs: Vec<Mech> = a.mechanisms.split(',').filter(|s| !s.is_empty()).map(mechanism).collect::<Result<_>>()?;
-    let contexts = parse_sizes(&a.contexts)?;
-    let prefills = parse_sizes(&a.prefill)?;
+    let contexts = parse_sizes("--contexts", &a.contexts)?;
+    let prefills = parse_sizes("--prefill", &a.prefill)?;
     if a.batch == 0 || a.block_size == 0 {
         bail!("--batch and --block-size must be ≥ 1");
     }
-    eprintln!("measuring machine limits ({} threads)…", pool.current_num_threads());
+    // Every case's buffers fit in memory, checked before anything is allocated or measured.
+    for m in &mechs {
+        for &ctx in &contexts {
+            let what = format!("{} decode at context {ctx} × --batch {}", m.name, a.batch);
+            check_memory(&what, decode_bytes(m, dtype, ctx, a.batch, a.paged.then_some(a.block_size)))?;
+        }
+        for &t in &prefills {
+            check_memory(&format!("{} prefill of {t} tokens", m.name), prefill_bytes(m, dtype, t))?;
+        }
+    }
+    noteln!("measuring machine limits ({} threads)…", pool.current_num_threads());
     let lim = machine::measure(&pool);
     if !a.json {
-        println!(
+        outln!(
             "machine: {} threads, {}; read {:.1} GB/s, memcpy {:.1} GB/s (read+write), f32 GEMM 1024³ {:.1} GFLOP/s (gemm crate {:.1}, latent tile {:.1})",
             lim.threads,
             Kernels::best().isa.name(),
@@ -246,7 +285,7 @@ pub fn run(a: BenchAttnArgs) -> Result<()> {
             lim.gemm_crate_gflops,
             lim.tile_gemm_gflops
         );
-        println!(
+        outln!(
             "{:<5} {:<8} {:>7} {:>10} {:>10} {:>9} {:>9} {:>9}  bound   (kv {}{})",
             "mech",
             "phase",
@@ -263,10 +302,10 @@ pub fn run(a: BenchAttnArgs) -> Result<()> {
     let mut rng = Rng(2024);
     let emit = |r: Row| {
         if a.json {
-            println!("{}", r.json(&lim, &a));
+            outln!("{}", r.json(&lim, &a));
         } else {
             let j = r.json(&lim, &a);
-            println!(
+            outln!(
                 "{:<5} {:<8} {:>7} {:>10.3} {:>10.1} {:>9.2} {:>9.1} {:>9.3}  {}",
                 r.mechanism,
                 r.phase,
@@ -322,4 +361,22 @@ pub fn run(a: BenchAttnArgs) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn case_sizes_are_checked() {
+        let gqa = mechanism("gqa").unwrap();
+        // 8 KV heads × (128 + 128) bf16 = 4 KiB a token.
+        assert_eq!(token_bytes(&gqa, KvDtype::Bf16), Some(4096));
+        assert_eq!(decode_bytes(&gqa, KvDtype::Bf16, 1024, 1, None), Some(4096 * 1024 + 32 * 257 * 4));
+        // Paged, block 64: 2·16 + 2 blocks of 64 tokens.
+        assert_eq!(decode_bytes(&gqa, KvDtype::Bf16, 1024, 1, Some(64)), Some(34 * 64 * 4096 + 32 * 257 * 4));
+        assert_eq!(decode_bytes(&gqa, KvDtype::Bf16, 1 << 40, usize::MAX, None), None);
+        assert_eq!(decode_bytes(&gqa, KvDtype::Bf16, 1, 1, Some(usize::MAX)), None);
+        assert_eq!(prefill_bytes(&mechanism("mla").unwrap(), KvDtype::F32, usize::MAX), None);
+    }
 }

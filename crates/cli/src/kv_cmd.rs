@@ -40,9 +40,13 @@ fn parse_dtype(dtype: &str) -> Result<KvDtype> {
     }
 }
 
-/// Attention dims of a GGUF model from its metadata.
+/// Attention dims of a GGUF model from its metadata. The file must pass the model loader
+/// first (its checks of the hyper-parameters and tensors), so a file `latent generate` would
+/// refuse gets the loader's error here too, not a table of zeros and NaN percentages.
 pub fn dims_from_gguf(path: &PathBuf) -> Result<ModelDims> {
-    let f = GgufFile::open(path).with_context(|| format!("reading {}", path.display()))?;
+    let f = std::sync::Arc::new(GgufFile::open(path).with_context(|| format!("reading {}", path.display()))?);
+    latent_models::load_from(f.clone())
+        .with_context(|| format!("{} is not a model latent can load", path.display()))?;
     let arch = f.architecture()?.to_string();
     let key = |k: &str| format!("{arch}.{k}");
     let layers = f.get_u32(&key("block_count"))? as usize;
@@ -72,6 +76,12 @@ pub fn dims_from_gguf(path: &PathBuf) -> Result<ModelDims> {
 }
 
 pub fn run(a: KvArgs) -> Result<()> {
+    if a.groups == 0 {
+        bail!("--groups must be ≥ 1");
+    }
+    if a.window == 0 {
+        bail!("--window must be ≥ 1");
+    }
     let dims = match &a.model {
         Some(p) => dims_from_gguf(p)?,
         None => ModelDims::preset(&a.preset).with_context(|| {
@@ -97,10 +107,10 @@ pub fn run(a: KvArgs) -> Result<()> {
             key: dims.name, "layers": dims.layers, "heads": dims.heads, "kv_heads": dims.kv_heads,
             "head_dim": dims.head_dim, "dtype": a.dtype, "context": a.context, "rows": rows_j,
         });
-        println!("{j}");
+        outln!("{j}");
         return Ok(());
     }
-    println!(
+    outln!(
         "{}: {} layers, {} heads × {} dims, native {} — KV cache in {} at context {}",
         dims.name,
         dims.layers,
@@ -110,12 +120,16 @@ pub fn run(a: KvArgs) -> Result<()> {
         a.dtype,
         a.context
     );
-    println!(
+    outln!(
         "{:<15} {:>16} {:>14} {:>14} {:>9}  detail",
-        "mechanism", "elements/token", "bytes/token", "at context", "% of MHA"
+        "mechanism",
+        "elements/token",
+        "bytes/token",
+        "at context",
+        "% of MHA"
     );
     for r in &rows {
-        println!(
+        outln!(
             "{:<15} {:>16} {:>14} {:>14} {:>8.2}%  {}",
             r.mechanism,
             r.elements_per_token,

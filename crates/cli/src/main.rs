@@ -1,10 +1,11 @@
 //! `latent`: attention for large language models, from MHA to Multi-Head Latent Attention.
 
+#[macro_use]
+mod util;
 mod bench_attn;
 mod kv_cmd;
 mod model_path;
 mod run_cmds;
-mod util;
 
 use clap::{Parser, Subcommand};
 
@@ -49,7 +50,10 @@ enum BenchCmd {
 }
 
 fn main() {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => parse_failed(e),
+    };
     let r = match cli.cmd {
         Cmd::Generate(a) => run_cmds::generate(a),
         Cmd::Chat(a) => run_cmds::chat(a),
@@ -62,7 +66,27 @@ fn main() {
         Cmd::Bench(BenchCmd::Attention(a)) => bench_attn::run(a),
     };
     if let Err(e) = r {
-        eprintln!("error: {e:#}");
+        util::report_error(&util::error_chain(&e));
         std::process::exit(1);
     }
+}
+
+/// Help and version go to stdout as clap writes them; a usage error becomes one line,
+/// `error: … (see --help)`, with clap's status 2.
+fn parse_failed(e: clap::Error) -> ! {
+    use clap::error::ErrorKind;
+    if matches!(e.kind(), ErrorKind::DisplayHelp | ErrorKind::DisplayVersion) {
+        out!("{e}");
+        std::process::exit(0);
+    }
+    if e.kind() == ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand {
+        // `latent` or `latent bench` alone: clap's help text, on stderr.
+        note!("{e}");
+        std::process::exit(2);
+    }
+    let text = e.render().to_string();
+    let first = text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("invalid arguments");
+    let first = first.strip_prefix("error: ").unwrap_or(first);
+    util::report_error(&format!("{first} (see --help)"));
+    std::process::exit(e.exit_code());
 }

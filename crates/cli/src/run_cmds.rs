@@ -7,7 +7,7 @@ use latent_engine::{
     Engine, EngineOptions, KvDtype, Logits, MatmulPrecision, MlaPath, Sampler, SamplingParams, StreamWindow,
 };
 use latent_tokenizer::ChatMessage;
-use std::io::{BufRead, Write};
+use std::io::BufRead;
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -137,6 +137,9 @@ pub struct GenerateArgs {
 }
 
 pub fn generate(a: GenerateArgs) -> Result<()> {
+    if a.system.is_some() && !a.chat {
+        bail!("--system is only used with --chat (it is the chat template's system message)");
+    }
     let params = a.s.params()?;
     let e = a.m.engine()?;
     let prompt = if a.chat {
@@ -151,13 +154,11 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
         e.tokenizer.encode_with_bos(&a.prompt, false)
     };
     let mut sampler = Sampler::new(params.clone());
-    let stdout = std::io::stdout();
     let json = a.json;
+    // A closed stdout ends the process quietly (status 141) at the first piece.
     let out = e.generate(&prompt, a.max_tokens, &mut sampler, |piece| {
         if !json {
-            let mut o = stdout.lock();
-            let _ = o.write_all(piece.as_bytes());
-            let _ = o.flush();
+            out!("{piece}");
         }
     })?;
     if json {
@@ -166,10 +167,10 @@ pub fn generate(a: GenerateArgs) -> Result<()> {
             "prefill_tok_s": out.prefill_tok_s(), "decode_tok_s": out.decode_tok_s(),
             "stop": out.stop, "seed": params.seed, "threads": e.threads(),
         });
-        println!("{j}");
+        outln!("{j}");
     } else {
-        println!();
-        eprintln!(
+        outln!();
+        noteln!(
             "[{} prompt tokens at {:.1} tok/s, {} generated at {:.1} tok/s, stop: {}, seed {}]",
             out.prompt_tokens.len(),
             out.prefill_tok_s(),
@@ -203,13 +204,27 @@ pub fn chat(a: ChatArgs) -> Result<()> {
     if let Some(s) = &a.system {
         history.push(ChatMessage::system(s.clone()));
     }
-    eprintln!("chatting with {} (empty line or Ctrl-D to quit, /reset to clear history)", e.model.info().name);
+    noteln!("chatting with {} (empty line or Ctrl-D to quit, /reset to clear history)", e.model.info().name);
     let stdin = std::io::stdin();
-    let mut line = String::new();
+    let mut bytes = Vec::new();
     loop {
-        eprint!("> ");
-        line.clear();
-        if stdin.lock().read_line(&mut line)? == 0 || line.trim().is_empty() {
+        note!("> ");
+        bytes.clear();
+        if stdin.lock().read_until(b'\n', &mut bytes).context("reading stdin")? == 0 {
+            break;
+        }
+        // A line that is not UTF-8 is refused, and the session goes on.
+        let line = match std::str::from_utf8(&bytes) {
+            Ok(l) => l,
+            Err(err) => {
+                noteln!(
+                    "[that line is not valid UTF-8 (bad byte at {}); it was not sent — type it again]",
+                    err.valid_up_to()
+                );
+                continue;
+            }
+        };
+        if line.trim().is_empty() {
             break;
         }
         if line.trim() == "/reset" {
@@ -217,25 +232,35 @@ pub fn chat(a: ChatArgs) -> Result<()> {
             continue;
         }
         history.push(ChatMessage::user(line.trim_end().to_string()));
-        let text = e.tokenizer.render_chat(&history, true)?;
-        let prompt = e.tokenizer.encode(&text, true);
-        let room = e.max_sequence().saturating_sub(prompt.len());
-        if room == 0 {
-            bail!(
-                "the conversation no longer fits the context of {} tokens; /reset to start over",
-                e.model.info().context
-            );
+        // A turn that cannot run (too long for the context, a template or engine error) is
+        // dropped from the history with a message; the session goes on.
+        match chat_turn(&e, &history, a.max_tokens, &mut sampler) {
+            Ok(reply) => history.push(ChatMessage::assistant(reply)),
+            Err(err) => {
+                history.pop();
+                noteln!("[{}]", crate::util::error_chain(&err));
+            }
         }
-        let stdout = std::io::stdout();
-        let out = e.generate(&prompt, a.max_tokens.min(room), &mut sampler, |p| {
-            let mut o = stdout.lock();
-            let _ = o.write_all(p.as_bytes());
-            let _ = o.flush();
-        })?;
-        println!();
-        history.push(ChatMessage::assistant(out.text));
     }
     Ok(())
+}
+
+/// One chat reply to `history`, streamed to stdout; the reply's text.
+fn chat_turn(e: &Engine, history: &[ChatMessage], max_tokens: usize, sampler: &mut Sampler) -> Result<String> {
+    let text = e.tokenizer.render_chat(history, true)?;
+    let prompt = e.tokenizer.encode(&text, true);
+    let room = e.max_sequence().saturating_sub(prompt.len());
+    if room == 0 {
+        bail!(
+            "that message makes the conversation {} tokens, more than the context of {} holds; it was not sent \
+             (send something shorter, or /reset to start over)",
+            prompt.len(),
+            e.max_sequence()
+        );
+    }
+    let out = e.generate(&prompt, max_tokens.min(room), sampler, |p| out!("{p}"))?;
+    outln!();
+    Ok(out.text)
 }
 
 #[derive(clap::Args)]
@@ -246,7 +271,7 @@ pub struct TokenizeArgs {
     pub text: Option<String>,
     #[arg(long)]
     pub file: Option<PathBuf>,
-    /// Print {"tokens": [...]} (the default output is also that).
+    /// Print {"tokens": [ids], "pieces": [texts]} (default: one "id<TAB>piece" line per token).
     #[arg(long)]
     pub json: bool,
 }
@@ -270,7 +295,16 @@ pub fn tokenize(a: TokenizeArgs) -> Result<()> {
     let tok = latent_tokenizer::Tokenizer::from_gguf(&f)?;
     let text = read_text(&a.text, &a.file)?;
     let ids = tok.encode_with_bos(&text, false);
-    println!("{}", serde_json::json!({ "tokens": ids }));
+    // Each token's text (bytes that are not UTF-8 on their own, as U+FFFD).
+    let pieces: Vec<String> =
+        ids.iter().map(|&id| String::from_utf8_lossy(tok.token_bytes(id).unwrap_or_default()).into_owned()).collect();
+    if a.json {
+        outln!("{}", serde_json::json!({ "tokens": ids, "pieces": pieces }));
+    } else {
+        for (id, p) in ids.iter().zip(&pieces) {
+            outln!("{id}\t{p:?}");
+        }
+    }
     Ok(())
 }
 
@@ -295,19 +329,19 @@ pub fn perplexity(a: PerplexityArgs) -> Result<()> {
     let p = e.perplexity(&toks, a.ctx, |done, total| {
         let w = 30;
         let fill = done * w / total.max(1);
-        eprint!(
+        note!(
             "\r[{}{}] {done}/{total} windows, {:.1} s",
             "#".repeat(fill),
             " ".repeat(w - fill),
             t0.elapsed().as_secs_f64()
         );
         if done == total {
-            eprintln!();
+            noteln!();
         }
     })?;
     if a.json {
         let window = e.opts.window.map(|w| serde_json::json!({"window": w.window, "sinks": w.sinks}));
-        println!(
+        outln!(
             "{}",
             serde_json::json!({
                 "tokens": p.tokens, "scored": p.scored, "nll": p.nll, "ppl": p.ppl,
@@ -315,9 +349,14 @@ pub fn perplexity(a: PerplexityArgs) -> Result<()> {
             })
         );
     } else {
-        println!(
+        outln!(
             "perplexity {:.4} (mean NLL {:.5} over {} scored of {} tokens, ctx {}, KV peak {} tokens)",
-            p.ppl, p.nll, p.scored, p.tokens, a.ctx, p.kv_peak_tokens
+            p.ppl,
+            p.nll,
+            p.scored,
+            p.tokens,
+            a.ctx,
+            p.kv_peak_tokens
         );
     }
     Ok(())
@@ -363,7 +402,7 @@ pub fn logits(a: LogitsArgs) -> Result<()> {
             })
         })
         .collect();
-    println!("{}", serde_json::json!({ "tokens": toks, "positions": positions }));
+    outln!("{}", serde_json::json!({ "tokens": toks, "positions": positions }));
     Ok(())
 }
 
@@ -391,6 +430,19 @@ pub fn bench_generate(a: BenchGenArgs) -> Result<()> {
     if a.prompt_tokens == 0 || a.gen_tokens == 0 {
         bail!("--prompt-tokens and --gen-tokens must be ≥ 1");
     }
+    // Checked before the prompt is allocated.
+    let max = e.max_sequence();
+    if a.prompt_tokens.checked_add(a.gen_tokens).is_none_or(|n| n > max) {
+        let limit = match e.opts.window {
+            None => format!("the model's context of {max} tokens"),
+            Some(_) => format!("the longest sequence of {max} tokens"),
+        };
+        bail!("--prompt-tokens {} + --gen-tokens {} exceed {limit}", a.prompt_tokens, a.gen_tokens);
+    }
+    crate::util::check_memory(
+        &format!("a prompt of {} tokens", a.prompt_tokens),
+        crate::util::checked_product(&[a.prompt_tokens, 4]),
+    )?;
     let v = e.model.info().vocab as u64;
     // Random prompt tokens (fixed seed), skipping nothing: ids are drawn over the vocabulary.
     let mut state = 0x2545_F491_4F6C_DD1Du64;
@@ -414,7 +466,7 @@ pub fn bench_generate(a: BenchGenArgs) -> Result<()> {
         }
         Ok((prefill, t1.elapsed().as_secs_f64()))
     };
-    eprintln!("warm-up…");
+    noteln!("warm-up…");
     run()?;
     let (mut best_p, mut best_d) = (f64::INFINITY, f64::INFINITY);
     for _ in 0..3 {
@@ -429,9 +481,9 @@ pub fn bench_generate(a: BenchGenArgs) -> Result<()> {
         "kv_dtype": e.kv_format().dtype.name(),
     });
     if a.json {
-        println!("{j}");
+        outln!("{j}");
     } else {
-        println!(
+        outln!(
             "{}: prefill {:.1} tok/s ({} tokens), decode {:.1} tok/s ({} tokens), peak RSS {:.1} MiB, {} threads{}",
             e.model.info().name,
             a.prompt_tokens as f64 / best_p,
