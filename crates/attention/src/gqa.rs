@@ -35,7 +35,7 @@ impl<M: MatrixDims> GqaLayer<M> {
         if shape.dv != d {
             return Err(AttnError::Config(format!("key dim {d} and value dim {} differ", shape.dv)));
         }
-        if rope.dims > d || rope.dims % 2 != 0 {
+        if rope.dims > d || !rope.dims.is_multiple_of(2) {
             return Err(AttnError::Config(format!("RoPE dims {} must be even and ≤ the head dim {d}", rope.dims)));
         }
         let c = wq.dims().1;

@@ -168,9 +168,13 @@ impl Positions {
     }
 }
 
+/// Builds a pass's queries `[T, H, Dk]` rotated so that query i sits at `pos(i)`.
+pub type QueryFn<'a> = dyn Fn(&dyn Fn(usize) -> usize) -> Result<Vec<f32>, AttnError> + 'a;
+
 /// Causal attention of a pass's `t` queries at positions `pos0..` over `kv` (its length is
 /// `pos0 + t`), optionally under a [`StreamWindow`]. `queries(pos)` returns the queries
 /// `[T, H, Dk]` rotated so that query i sits at `pos(i)`. Returns `[T, H, Dv]`.
+#[allow(clippy::too_many_arguments)]
 pub fn attend_causal<R: Runner + ?Sized>(
     runner: &R,
     shape: AttnShape,
@@ -179,7 +183,7 @@ pub fn attend_causal<R: Runner + ?Sized>(
     pos0: usize,
     t: usize,
     window: Option<StreamWindow>,
-    queries: &dyn Fn(&dyn Fn(usize) -> usize) -> Result<Vec<f32>, AttnError>,
+    queries: &QueryFn,
 ) -> Result<Vec<f32>, AttnError> {
     let (h, dv) = (shape.heads, shape.dv);
     let mut out = vec![0f32; t * h * dv];

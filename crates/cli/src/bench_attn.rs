@@ -15,7 +15,9 @@ pub struct BenchAttnArgs {
     /// Threads (0 = all cores; at most 4× the cores).
     #[arg(long, default_value_t = 0)]
     threads: usize,
-    /// Mechanisms: gqa, mha, mqa, mla (absorbed decode over the latent cache).
+    /// Mechanisms: gqa, mha, mqa, mla (absorbed decode over the latent cache), mla-layer (a
+    /// whole MLA layer's attention on its absorbed and naive paths: prefill, a 512-token chunk
+    /// over each context, decode).
     #[arg(long, default_value = "gqa,mla")]
     mechanisms: String,
     /// Decode context lengths.
@@ -65,7 +67,7 @@ fn mechanism(name: &str) -> Result<Mech> {
             latent: true,
             scale: 1.0 / 192f32.sqrt(),
         },
-        _ => bail!("unknown mechanism {name:?} (gqa, mha, mqa, mla)"),
+        _ => bail!("unknown mechanism {name:?} (gqa, mha, mqa, mla, mla-layer)"),
     })
 }
 
@@ -256,7 +258,9 @@ pub fn run(a: BenchAttnArgs) -> Result<()> {
     let pool = thread_pool(a.threads)?;
     let dtype = KvDtype::parse(&a.kv_dtype)
         .ok_or_else(|| anyhow::anyhow!("unknown --kv-dtype {:?} (f32, f16, bf16, fp8, int8)", a.kv_dtype))?;
-    let mechs: Vec<Mech> = a.mechanisms.split(',').filter(|s| !s.is_empty()).map(mechanism).collect::<Result<_>>()?;
+    let mla_layer = a.mechanisms.split(',').any(|s| s == "mla-layer");
+    let mechs: Vec<Mech> =
+        a.mechanisms.split(',').filter(|s| !s.is_empty() && *s != "mla-layer").map(mechanism).collect::<Result<_>>()?;
     let contexts = parse_sizes("--contexts", &a.contexts)?;
     let prefills = parse_sizes("--prefill", &a.prefill)?;
     if a.batch == 0 || a.block_size == 0 {
@@ -359,6 +363,10 @@ pub fn run(a: BenchAttnArgs) -> Result<()> {
             let flops = 2.0 * sh.heads as f64 * (sh.dk + sh.dv) as f64 * (t as f64) * (t as f64 + 1.0) / 2.0;
             emit(Row { mechanism: m.name, phase: "prefill", context: t, seconds: secs, bytes: cache.bytes(), flops });
         }
+    }
+    if mla_layer {
+        let rows = pool.install(|| crate::bench_mla::measure(&prefills, &contexts, 512, a.reps, dtype))?;
+        crate::bench_mla::report(&rows, a.json);
     }
     Ok(())
 }

@@ -3,6 +3,7 @@
 #[macro_use]
 mod util;
 mod bench_attn;
+mod bench_mla;
 mod kv_cmd;
 mod model_path;
 mod run_cmds;
