@@ -273,20 +273,23 @@ impl<M> Mla<M> {
     }
 
     /// The path a pass of `t` new tokens over `s` keys (its own included) takes. `Auto` picks
-    /// naive when the pass's own tokens are more than half of the keys (a fresh prefill:
-    /// decompressing S rows costs less than absorbing T queries, and the MHA that follows
-    /// has the smaller key dim N+P instead of R+P) and absorbed otherwise (decode, and
-    /// chunks over a long cached prefix, where the cache is read once for all heads). Naive
-    /// is never used beyond [`NAIVE_MAX_BYTES`] of decompressed K/V, nor under a stream
-    /// window (its released rows cannot be decompressed). `latent bench attention
-    /// --mechanisms mla-layer` measures both paths.
+    /// naive when the pass's own tokens are more than a quarter of the keys (a fresh prefill,
+    /// or a chunk over a short prefix: decompressing S rows costs less than absorbing T
+    /// queries, and the MHA that follows has key dim N+P instead of R+P), absorbed otherwise
+    /// (decode, and chunks over a long cached prefix, where the cache is read once for all
+    /// heads). Naive is never used beyond [`NAIVE_MAX_BYTES`] of decompressed K/V, nor under a
+    /// stream window (its released rows cannot be decompressed). Fitted to `latent bench
+    /// attention --mechanisms mla-layer` (DeepSeek-V2-Lite shapes; docs/BENCHMARKS.md): naive
+    /// wins every fresh prefill (1.2–1.8×) and absorbed every decode step (70–150×); for a
+    /// 512-token chunk the two are within ~15% from S ≈ 3·T to 9·T, where the absorbed path
+    /// is kept for its memory (naive decompresses S·H·(N+P+V) floats).
     pub fn choose_path(&self, want: MlaPath, t: usize, s: usize, window: Option<StreamWindow>) -> MlaPath {
         let naive_ok = window.is_none() && self.naive_bytes(s) <= NAIVE_MAX_BYTES;
         match want {
             MlaPath::Absorbed => MlaPath::Absorbed,
             MlaPath::Naive if naive_ok => MlaPath::Naive,
             MlaPath::Naive => MlaPath::Absorbed,
-            MlaPath::Auto if naive_ok && 2 * t > s => MlaPath::Naive,
+            MlaPath::Auto if naive_ok && 4 * t > s => MlaPath::Naive,
             MlaPath::Auto => MlaPath::Absorbed,
         }
     }
