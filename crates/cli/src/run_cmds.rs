@@ -414,6 +414,9 @@ pub struct BenchGenArgs {
     pub prompt_tokens: usize,
     #[arg(long, default_value_t = 64)]
     pub gen_tokens: usize,
+    /// Timed runs (the best is reported); with more than one, an untimed warm-up runs first.
+    #[arg(long, default_value_t = 3)]
+    pub runs: usize,
     #[arg(long)]
     pub json: bool,
 }
@@ -427,8 +430,8 @@ pub fn peak_rss() -> Option<u64> {
 
 pub fn bench_generate(a: BenchGenArgs) -> Result<()> {
     let e = a.m.engine()?;
-    if a.prompt_tokens == 0 || a.gen_tokens == 0 {
-        bail!("--prompt-tokens and --gen-tokens must be ≥ 1");
+    if a.prompt_tokens == 0 || a.gen_tokens == 0 || a.runs == 0 {
+        bail!("--prompt-tokens, --gen-tokens and --runs must be ≥ 1");
     }
     // Checked before the prompt is allocated.
     let max = e.max_sequence();
@@ -454,6 +457,7 @@ pub fn bench_generate(a: BenchGenArgs) -> Result<()> {
             (state % v) as u32
         })
         .collect();
+    let kv_peak = std::cell::Cell::new(0usize);
     let run = || -> Result<(f64, f64)> {
         let mut s = e.session(a.prompt_tokens + a.gen_tokens)?;
         let t0 = Instant::now();
@@ -464,12 +468,15 @@ pub fn bench_generate(a: BenchGenArgs) -> Result<()> {
             let tok = latent_engine::sampling::argmax(&logits);
             logits = s.feed(&[tok], Logits::Last)?;
         }
+        kv_peak.set(kv_peak.get().max(s.cache.peak_tokens()));
         Ok((prefill, t1.elapsed().as_secs_f64()))
     };
-    noteln!("warm-up…");
-    run()?;
+    if a.runs > 1 {
+        noteln!("warm-up…");
+        run()?;
+    }
     let (mut best_p, mut best_d) = (f64::INFINITY, f64::INFINITY);
-    for _ in 0..3 {
+    for _ in 0..a.runs {
         let (p, d) = run()?;
         best_p = best_p.min(p);
         best_d = best_d.min(d);
@@ -478,7 +485,8 @@ pub fn bench_generate(a: BenchGenArgs) -> Result<()> {
         "model": e.model.info().name, "prompt_tokens": a.prompt_tokens, "gen_tokens": a.gen_tokens,
         "prefill_tok_s": a.prompt_tokens as f64 / best_p, "decode_tok_s": a.gen_tokens as f64 / best_d,
         "peak_rss_bytes": peak_rss(), "threads": e.threads(), "exact": a.m.exact,
-        "kv_dtype": e.kv_format().dtype.name(),
+        "kv_dtype": e.kv_format().dtype.name(), "kv_peak_tokens": kv_peak.get(),
+        "stream_window": e.opts.window.map(|w| serde_json::json!({"window": w.window, "sinks": w.sinks})),
     });
     if a.json {
         outln!("{j}");
