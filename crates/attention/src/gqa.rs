@@ -59,14 +59,7 @@ impl<M> GqaLayer<M> {
     fn rotate(&self, x: &mut [f32], heads: usize, pos: &Positions, at: &dyn Fn(usize) -> usize) {
         let d = self.shape.dk;
         for ti in 0..pos.len() {
-            let p = at(ti);
-            let own;
-            let a = if p == pos.pos0 + ti {
-                &pos.angles[ti]
-            } else {
-                own = self.rope.angles(p);
-                &own
-            };
+            let a = pos.at(&self.rope, ti, at(ti));
             for h in 0..heads {
                 a.apply(&mut x[(ti * heads + h) * d..][..d]);
             }

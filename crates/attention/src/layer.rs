@@ -163,6 +163,15 @@ impl Positions {
     pub fn len(&self) -> usize {
         self.angles.len()
     }
+    /// The angles for token `i` of the pass rotated at position `p`: the precomputed ones
+    /// when `p` is its own position, else computed from `rope`.
+    pub fn at(&self, rope: &Rope, i: usize, p: usize) -> std::borrow::Cow<'_, RopeAngles> {
+        if p == self.pos0 + i {
+            std::borrow::Cow::Borrowed(&self.angles[i])
+        } else {
+            std::borrow::Cow::Owned(rope.angles(p))
+        }
+    }
     pub fn is_empty(&self) -> bool {
         self.angles.is_empty()
     }

@@ -202,14 +202,7 @@ impl<M> Mla<M> {
         let (h, qk, n) = (cfg.heads, cfg.qk_dim(), cfg.nope);
         let mut q = q.to_vec();
         for ti in 0..t {
-            let p = at(ti);
-            let own;
-            let a = if p == pos.pos0 + ti {
-                &pos.angles[ti]
-            } else {
-                own = cfg.rope.angles(p);
-                &own
-            };
+            let a = pos.at(&cfg.rope, ti, at(ti));
             for hi in 0..h {
                 a.apply(&mut q[(ti * h + hi) * qk + n..][..cfg.rope_dim]);
             }
