@@ -18,7 +18,10 @@ mod unicode;
 mod unicode_tables;
 mod vocab;
 
-pub use chat::{render_template, ChatMessage};
+pub use chat::{
+    render_template, ChatMessage, CHAT_FUEL_BASE, CHAT_FUEL_PER_BYTE, CHAT_FUEL_PER_MESSAGE, CHAT_MAX_FORMAT_WIDTH,
+    CHAT_MAX_JSON_INDENT, CHAT_RECURSION_LIMIT,
+};
 pub use error::TokenizerError;
 pub use gguf::keys as gguf_keys;
 pub use pretokenize::SUPPORTED_PRE_TOKENIZERS;

@@ -64,3 +64,83 @@ fn no_template() {
     let tok = Tokenizer::new(tiny_spec(&[], &[])).unwrap();
     assert_eq!(tok.render_chat(&[ChatMessage::user("x")], true), Err(TokenizerError::NoChatTemplate));
 }
+
+/// Templates come from model files: endless loops, exponential growth and deep recursion end
+/// in a `ChatTemplate` error after bounded work (minijinja fuel and a recursion limit), on a
+/// thread with the default 2 MiB stack.
+#[test]
+fn hostile_templates_are_bounded() {
+    let hostile = [
+        // ~10^10 iterations.
+        "{% for i in range(100000) %}{% for j in range(100000) %}{{ i }}{% endfor %}{% endfor %}",
+        // A string doubled 100 times.
+        "{% set ns = namespace(s='x') %}{% for i in range(100) %}{% set ns.s = ns.s ~ ns.s %}{% endfor %}{{ ns.s }}",
+        // Unbounded recursion.
+        "{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}",
+        // A recursive loop over an ever-deeper structure.
+        "{% macro f(n) %}{% for m in messages %}{{ f(n) }}{% endfor %}{% endmacro %}{{ f(0) }}",
+        // Padding allocated before fuel was charged: a failed 100 TB allocation aborted the
+        // process, 10^9 took seconds and 2 GB.
+        "{{ '{:>99999999999999}'.format(1) }}",
+        "{{ '{:0999999999}'.format(1) }}",
+        "{{ '{:x<99999999999999999999999}'.format(1) }}",
+        // Rust's float formatting panics for exponent-form precisions of 65535 and more.
+        "{{ '{:.70000}'.format(1.5) }}",
+        "{{ '{:.65535e}'.format(1.5) }}",
+        "{{ '%.70000e'|format(1.5) }}",
+        "{{ '%(a)-+#0.65535g'|format(a=1.5) }}",
+        // Indentation written before fuel was charged: minutes and tens of GB.
+        "{{ {'a': [1]}|tojson(indent=99999999999999) }}",
+        "{{ {'a': [1]}|tojson(indent=100000) }}",
+        "{{ messages|tojson(4, indent=99999999999) }}",
+        // Quadratic in nesting depth; not available.
+        "{{ messages|pprint }}",
+    ];
+    std::thread::Builder::new()
+        .stack_size(2 << 20)
+        .spawn(move || {
+            let msgs = [ChatMessage::user("hi"), ChatMessage::assistant("yo")];
+            for t in hostile {
+                let start = std::time::Instant::now();
+                let r = render_template(t, &msgs, true, "<s>", "</s>");
+                assert!(matches!(&r, Err(TokenizerError::ChatTemplate(_))), "{t}: {r:?}");
+                assert!(start.elapsed().as_secs() < 20, "{t}: {:?}", start.elapsed());
+            }
+        })
+        .unwrap()
+        .join()
+        .unwrap();
+}
+
+/// The bounds leave room for long conversations with long messages.
+#[test]
+fn long_conversations_fit_the_bounds() {
+    let chatml = "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] | trim + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
+    let msgs: Vec<ChatMessage> = (0..5000)
+        .map(|i| ChatMessage::new(["user", "assistant"][i % 2], format!("{i} ").repeat(1 + i % 400)))
+        .collect();
+    let text = render_template(chatml, &msgs, true, "", "").unwrap();
+    assert_eq!(text.matches("<|im_start|>").count(), 5001);
+    // A message larger than the fixed budget alone could copy.
+    let big = [ChatMessage::user("x".repeat(8 << 20))];
+    assert_eq!(render_template(chatml, &big, false, "", "").unwrap().len(), (8 << 20) + 28);
+}
+
+/// The bounds on format widths and `tojson` leave ordinary formatting alone.
+#[test]
+fn formatting_within_the_bounds() {
+    let msgs = [ChatMessage::user("hi")];
+    let r = |t: &str| render_template(t, &msgs, false, "", "").unwrap();
+    assert_eq!(
+        r("{{ '{:>6}|{:<4}|{:^5}|{:.3f}|{:05d}|{:,}'.format('ab', 'c', 'd', 1.5, 42, 1234567) }}"),
+        "    ab|c   |  d  |1.500|00042|1,234,567"
+    );
+    assert_eq!(r("{{ '{0[role]}: {0[content]}'.format(messages[0]) }} {{ '{{}}{}'.format(1) }}"), "user: hi {}1");
+    assert_eq!(r("{{ '%05.1f|%-4s|%%'|format(2.25, 'x') }}"), "002.2|x   |%");
+    assert_eq!(r("{{ '%(a)3d'|format(a=7) }}"), "  7");
+    assert_eq!(r("{{ messages|tojson }}"), r#"[{"role": "user", "content": "hi"}]"#);
+    assert_eq!(r("{{ {'a': 1}|tojson(indent=2) }}"), "{\n  \"a\": 1\n}");
+    assert_eq!(r("{{ {'a': 1}|tojson(true) }}"), "{\n  \"a\": 1\n}");
+    assert_eq!(r("{{ {'a': 1}|tojson(indent=32) }}").lines().nth(1).unwrap().len(), 32 + 6);
+    assert_eq!(r("{{ '{:.1024e}'.format(1.5)|length }}"), "1030");
+}
