@@ -4,7 +4,9 @@
 //! Dimension legend: T tokens of the pass, C hidden, H query heads, Hkv KV heads, D head dim.
 
 use crate::flash::AttnShape;
-use crate::layer::{attend_causal, CacheAccess, Matrix, MatrixDims, Positions, Runner, StreamWindow};
+use crate::layer::{
+    attend_causal, BatchCache, CacheAccess, Matrix, MatrixDims, Positions, Runner, Single, StreamWindow,
+};
 use crate::rope::Rope;
 use crate::AttnError;
 
@@ -80,22 +82,53 @@ impl<M> GqaLayer<M> {
     where
         M: Matrix<C>,
     {
-        let (t, h, hk, d) = (pos.len(), self.shape.heads, self.shape.kv_heads, self.shape.dk);
-        let mut qkv = M::apply_group(cx, &[&self.wq, &self.wk, &self.wv], x, t)?.into_iter();
+        self.forward_batch(cx, x, &[pos], layer, &mut Single(cache), window)
+    }
+
+    /// The layer for a batch of sequences: `x` `[ΣT, C]` (already normed) holds segment s's
+    /// tokens at `segs[s]` as consecutive rows. The projections run once over all rows;
+    /// each segment stores its K/V in its own cache and attends over it alone, exactly as a
+    /// pass of that segment by itself would. Returns `[ΣT, C]`.
+    pub fn forward_batch<C: Runner + ?Sized>(
+        &self,
+        cx: &C,
+        x: &[f32],
+        segs: &[&Positions],
+        layer: usize,
+        cache: &mut dyn BatchCache,
+        window: Option<StreamWindow>,
+    ) -> Result<Vec<f32>, AttnError>
+    where
+        M: Matrix<C>,
+    {
+        let (h, hk, d) = (self.shape.heads, self.shape.kv_heads, self.shape.dk);
+        let total: usize = segs.iter().map(|p| p.len()).sum();
+        let mut qkv = M::apply_group(cx, &[&self.wq, &self.wk, &self.wv], x, total)?.into_iter();
         let (Some(q), Some(mut k), Some(v)) = (qkv.next(), qkv.next(), qkv.next()) else {
             return Err(AttnError::Config("grouped product returned fewer results".into()));
         };
-        // q [T, H, D], k [T, Hkv, D], v [T, Hkv, D]
-        self.rotate(&mut k, hk, pos, &|i| pos.pos0 + i);
-        for i in 0..t {
-            cache.write_kv(layer, pos.pos0 + i, &k[i * hk * d..(i + 1) * hk * d], &v[i * hk * d..(i + 1) * hk * d])?;
+        // q [ΣT, H, D], k [ΣT, Hkv, D], v [ΣT, Hkv, D]; o [ΣT, H, D]
+        let mut o = vec![0f32; total * h * d];
+        let mut r0 = 0;
+        for (si, pos) in segs.iter().enumerate() {
+            let t = pos.len();
+            let (ks, vs) = (&mut k[r0 * hk * d..(r0 + t) * hk * d], &v[r0 * hk * d..(r0 + t) * hk * d]);
+            self.rotate(ks, hk, pos, &|i| pos.pos0 + i);
+            for i in 0..t {
+                let row = i * hk * d..(i + 1) * hk * d;
+                cache.write_kv(si, layer, pos.pos0 + i, &ks[row.clone()], &vs[row])?;
+            }
+            let kv = cache.view(si, layer, pos.pos0 + t)?;
+            let qs = &q[r0 * h * d..(r0 + t) * h * d];
+            let os =
+                attend_causal(cx, self.shape, self.scale, kv, pos.pos0, t, window, &|at: &dyn Fn(usize) -> usize| {
+                    let mut qr = qs.to_vec();
+                    self.rotate(&mut qr, h, pos, at);
+                    Ok(qr)
+                })?; // [T, H, D]
+            o[r0 * h * d..(r0 + t) * h * d].copy_from_slice(&os);
+            r0 += t;
         }
-        let kv = cache.view(layer, pos.pos0 + t)?;
-        let o = attend_causal(cx, self.shape, self.scale, kv, pos.pos0, t, window, &|at: &dyn Fn(usize) -> usize| {
-            let mut qr = q.clone();
-            self.rotate(&mut qr, h, pos, at);
-            Ok(qr)
-        })?; // [T, H, D]
-        self.wo.apply(cx, &o, t)
+        self.wo.apply(cx, &o, total)
     }
 }

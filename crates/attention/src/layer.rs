@@ -110,6 +110,43 @@ pub trait CacheAccess {
     fn view(&self, layer: usize, len: usize) -> Result<KvSeq<'_>, AttnError>;
 }
 
+/// The caches of a batch of sequences, lent to a batched forward pass: segment `seg` of the
+/// batch is one sequence with its own cache (each segment's tokens are contiguous rows of the
+/// batch's activations).
+pub trait BatchCache {
+    /// Stores K `[Hkv, D]` and V `[Hkv, D]` of token `pos` of segment `seg` in `layer`.
+    fn write_kv(&mut self, seg: usize, layer: usize, pos: usize, k: &[f32], v: &[f32]) -> Result<(), AttnError>;
+    /// Stores the latent row `[R + P]` of token `pos` of segment `seg` in `layer`.
+    fn write_latent(&mut self, seg: usize, layer: usize, pos: usize, row: &[f32]) -> Result<(), AttnError>;
+    /// The kernels' view of segment `seg`'s `layer` covering tokens `0..len`.
+    fn view(&self, seg: usize, layer: usize, len: usize) -> Result<KvSeq<'_>, AttnError>;
+}
+
+/// One sequence's cache as a batch of one segment.
+pub struct Single<'a>(pub &'a mut dyn CacheAccess);
+
+impl BatchCache for Single<'_> {
+    fn write_kv(&mut self, seg: usize, layer: usize, pos: usize, k: &[f32], v: &[f32]) -> Result<(), AttnError> {
+        one_segment(seg)?;
+        self.0.write_kv(layer, pos, k, v)
+    }
+    fn write_latent(&mut self, seg: usize, layer: usize, pos: usize, row: &[f32]) -> Result<(), AttnError> {
+        one_segment(seg)?;
+        self.0.write_latent(layer, pos, row)
+    }
+    fn view(&self, seg: usize, layer: usize, len: usize) -> Result<KvSeq<'_>, AttnError> {
+        one_segment(seg)?;
+        self.0.view(layer, len)
+    }
+}
+
+fn one_segment(seg: usize) -> Result<(), AttnError> {
+    if seg != 0 {
+        return Err(AttnError::Config(format!("segment {seg} of a one-sequence batch")));
+    }
+    Ok(())
+}
+
 /// StreamingLLM (arXiv 2309.17453): every query sees the first `sinks` tokens and the last
 /// `window` tokens (itself included); everything between may be released from the cache.
 ///

@@ -17,7 +17,9 @@
 
 use crate::flash::{AttnParams, AttnShape, MaskSpec, SeqSpec};
 use crate::kv_view::{DenseKv, KvDtype, KvSeq};
-use crate::layer::{attend_causal, CacheAccess, Dense, Matrix, MatrixDims, Positions, Runner, StreamWindow};
+use crate::layer::{
+    attend_causal, BatchCache, CacheAccess, Dense, Matrix, MatrixDims, Positions, Runner, Single, StreamWindow,
+};
 use crate::linear::{absorb_heads, decompress_heads, expand_heads, rms_norm};
 use crate::rope::Rope;
 use crate::testing::Rng;
@@ -171,9 +173,19 @@ impl<M> Mla<M> {
     where
         M: Matrix<C>,
     {
+        self.compress_kv_batch(cx, x, &[pos])
+    }
+
+    /// Cache rows `[ΣT, R+P]` of a batch `x` `[ΣT, C]` whose segment s sits at `segs[s]`.
+    pub fn compress_kv_batch<C: ?Sized>(&self, cx: &C, x: &[f32], segs: &[&Positions]) -> Result<Vec<f32>, AttnError>
+    where
+        M: Matrix<C>,
+    {
         let (r, l) = (self.cfg.kv_lora_rank, self.cfg.latent_dim());
-        let mut rows = self.w.w_dkv.apply(cx, x, pos.len())?;
-        for (row, a) in rows.chunks_exact_mut(l).zip(&pos.angles) {
+        let total: usize = segs.iter().map(|p| p.len()).sum();
+        let mut rows = self.w.w_dkv.apply(cx, x, total)?;
+        let angles = segs.iter().flat_map(|p| p.angles.iter());
+        for (row, a) in rows.chunks_exact_mut(l).zip(angles) {
             rms_norm(&mut row[..r], &self.w.kv_norm, self.cfg.eps);
             a.apply(&mut row[r..]);
         }
@@ -395,15 +407,43 @@ impl<M> Mla<M> {
     where
         M: Matrix<C>,
     {
-        let t = pos.len();
-        let q = self.project_queries(cx, x, t)?;
-        let rows = self.compress_kv(cx, x, pos)?;
-        let l = self.cfg.latent_dim();
-        for (i, row) in rows.chunks_exact(l).enumerate() {
-            cache.write_latent(layer, pos.pos0 + i, row)?;
+        self.forward_batch(cx, x, &[pos], layer, &mut Single(cache), window, path)
+    }
+
+    /// The layer for a batch of sequences: `x` `[ΣT, C]` (already normed) holds segment s's
+    /// tokens at `segs[s]` as consecutive rows. The projections run once over all rows; each
+    /// segment stores its latent rows in its own cache and attends over it alone, on the
+    /// path its own pass would take ([`Mla::choose_path`] of its T and S). Returns `[ΣT, C]`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_batch<C: Runner + ?Sized>(
+        &self,
+        cx: &C,
+        x: &[f32],
+        segs: &[&Positions],
+        layer: usize,
+        cache: &mut dyn BatchCache,
+        window: Option<StreamWindow>,
+        path: MlaPath,
+    ) -> Result<Vec<f32>, AttnError>
+    where
+        M: Matrix<C>,
+    {
+        let total: usize = segs.iter().map(|p| p.len()).sum();
+        let (h, qk, v, l) = (self.cfg.heads, self.cfg.qk_dim(), self.cfg.v_dim, self.cfg.latent_dim());
+        let q = self.project_queries(cx, x, total)?; // [ΣT, H, N+P]
+        let rows = self.compress_kv_batch(cx, x, segs)?; // [ΣT, R+P]
+        let mut o = vec![0f32; total * h * v]; // [ΣT, H, V]
+        let mut r0 = 0;
+        for (si, pos) in segs.iter().enumerate() {
+            let t = pos.len();
+            for (i, row) in rows[r0 * l..(r0 + t) * l].chunks_exact(l).enumerate() {
+                cache.write_latent(si, layer, pos.pos0 + i, row)?;
+            }
+            let kv = cache.view(si, layer, pos.pos0 + t)?;
+            let os = self.attend(cx, &q[r0 * h * qk..(r0 + t) * h * qk], pos, kv, window, path)?;
+            o[r0 * h * v..(r0 + t) * h * v].copy_from_slice(&os);
+            r0 += t;
         }
-        let kv = cache.view(layer, pos.pos0 + t)?;
-        let o = self.attend(cx, &q, pos, kv, window, path)?;
-        self.output(cx, &o, t)
+        self.output(cx, &o, total)
     }
 }

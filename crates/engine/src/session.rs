@@ -2,10 +2,11 @@
 
 use crate::cache::SeqCache;
 use crate::sampling::{argmax, Sampler};
+use crate::scheduler::{Event, Finish, Request, Scheduler, SchedulerOptions, SubmitError};
 use crate::EngineError;
 use latent_attention::{KvDtype, RowFormat};
 use latent_models::{CacheSpec, Exec, Logits, MatmulPrecision, MlaPath, Model, StreamWindow};
-use latent_tokenizer::{StreamDecoder, Tokenizer};
+use latent_tokenizer::Tokenizer;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
@@ -164,7 +165,7 @@ impl Engine {
         Ok(Session { engine: self, cache, history: Vec::new() })
     }
 
-    fn exec(&self) -> Exec<'_> {
+    pub(crate) fn exec(&self) -> Exec<'_> {
         Exec {
             pool: &self.pool,
             team: Some(&self.team),
@@ -174,14 +175,42 @@ impl Engine {
         }
     }
 
+    /// KV blocks one sequence of up to `tokens` tokens needs (under a stream window, what one
+    /// pass can see: sinks + window + a prefill chunk, in blocks).
+    pub fn sequence_blocks(&self, tokens: usize) -> usize {
+        let bs = latent_kv::DEFAULT_BLOCK_SIZE;
+        let all = tokens.div_ceil(bs).max(1);
+        match self.opts.window {
+            None => all,
+            Some(w) => {
+                let pass = self.opts.prefill_chunk.max(1);
+                (w.sinks.div_ceil(bs) + w.window.saturating_add(pass).div_ceil(bs) + 2).min(all)
+            }
+        }
+    }
+
+    /// A scheduler for one sequence of up to `tokens` tokens at a time (what `generate` and
+    /// `chat` run): its pool holds exactly that sequence.
+    pub fn single_scheduler(&self, tokens: usize) -> Result<Scheduler<'_>, EngineError> {
+        let opts = SchedulerOptions {
+            max_seqs: 1,
+            max_queue: 1,
+            kv_blocks: Some(self.sequence_blocks(tokens)),
+            ..SchedulerOptions::default()
+        };
+        Scheduler::new(self, opts)
+    }
+
     /// Generates up to `max_tokens` after `prompt`, calling `on_text` with each piece of valid
-    /// UTF-8 as it is produced. Stops at an end-of-generation token.
+    /// UTF-8 as it is produced. Stops at an end-of-generation token. Runs the scheduler's
+    /// step function with this one request, so it prints exactly what `latent serve` returns
+    /// for the same request.
     pub fn generate(
         &self,
         prompt: &[u32],
         max_tokens: usize,
         sampler: &mut Sampler,
-        mut on_text: impl FnMut(&str),
+        on_text: impl FnMut(&str),
     ) -> Result<GenerateOutput, EngineError> {
         let ctx = self.model.info().context;
         if prompt.is_empty() {
@@ -190,40 +219,76 @@ impl Engine {
         if prompt.len().saturating_add(max_tokens) > self.max_sequence() {
             return Err(EngineError::ContextFull { prompt: prompt.len(), gen: max_tokens, ctx });
         }
-        let mut s = self.session(prompt.len() + max_tokens)?;
+        let mut sched = self.single_scheduler(prompt.len() + max_tokens)?;
+        let req = Request::new(prompt.to_vec(), max_tokens, sampler.params.clone());
+        self.run_request(&mut sched, req, on_text)
+    }
+
+    /// Runs `req` on `sched` to its end, calling `on_text` with each piece of text.
+    pub fn run_request(
+        &self,
+        sched: &mut Scheduler<'_>,
+        req: Request,
+        mut on_text: impl FnMut(&str),
+    ) -> Result<GenerateOutput, EngineError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let prompt_tokens = req.prompt.clone();
         let t0 = Instant::now();
-        let mut logits = s.feed(prompt, Logits::Last)?;
-        let prefill_seconds = t0.elapsed().as_secs_f64();
-        let t1 = Instant::now();
+        sched.client().submit(req, Box::new(move |e| tx.send(e).is_ok())).map_err(|e| match e {
+            SubmitError::ContextLength { prompt, max_tokens, ctx } => {
+                EngineError::ContextFull { prompt, gen: max_tokens, ctx }
+            }
+            other => EngineError::Invalid(other.to_string()),
+        })?;
         let mut out = Vec::new();
         let mut text = String::new();
-        let mut dec = StreamDecoder::new(&self.tokenizer);
-        let mut stop = "length";
-        for i in 0..max_tokens {
-            let tok = sampler.sample(&logits, &s.history);
-            if self.tokenizer.is_eog(tok) {
-                stop = "eog";
-                break;
+        let mut first: Option<f64> = None;
+        let finish = loop {
+            sched.step()?;
+            let mut end = None;
+            for e in rx.try_iter() {
+                first.get_or_insert_with(|| t0.elapsed().as_secs_f64());
+                match e {
+                    Event::Token { id, text: piece, .. } => {
+                        out.push(id);
+                        if !piece.is_empty() {
+                            on_text(&piece);
+                            text.push_str(&piece);
+                        }
+                    }
+                    Event::Done { finish, tail, .. } => {
+                        // A character cut by the token limit ends as U+FFFD, as it was
+                        // streamed: the returned text is exactly what `on_text` received.
+                        if !tail.is_empty() {
+                            on_text(&tail);
+                            text.push_str(&tail);
+                        }
+                        end = Some(finish);
+                    }
+                    Event::Failed(msg) => return Err(EngineError::Invalid(msg)),
+                }
             }
-            out.push(tok);
-            let piece = dec.push(tok)?;
-            if !piece.is_empty() {
-                on_text(&piece);
-                text.push_str(&piece);
+            if let Some(f) = end {
+                break f;
             }
-            if i + 1 < max_tokens {
-                logits = s.feed(&[tok], Logits::Last)?;
+            if sched.is_idle() {
+                return Err(EngineError::Invalid("the request ended without a result".into()));
             }
-        }
-        // A character cut by the token limit ends as U+FFFD, as it was streamed: the returned
-        // text is exactly what `on_text` received.
-        let tail = dec.finish();
-        if !tail.is_empty() {
-            on_text(&tail);
-            text.push_str(&tail);
-        }
-        let decode_seconds = t1.elapsed().as_secs_f64();
-        Ok(GenerateOutput { prompt_tokens: prompt.to_vec(), tokens: out, text, prefill_seconds, decode_seconds, stop })
+        };
+        let total = t0.elapsed().as_secs_f64();
+        let prefill_seconds = first.unwrap_or(total);
+        let stop = match finish {
+            Finish::Eog => "eog",
+            Finish::Length => "length",
+        };
+        Ok(GenerateOutput {
+            prompt_tokens,
+            tokens: out,
+            text,
+            prefill_seconds,
+            decode_seconds: total - prefill_seconds,
+            stop,
+        })
     }
 
     /// Teacher-forced logits `[T, V]` of `tokens` from an empty cache.

@@ -104,7 +104,9 @@ pub struct BlockPool {
     poison: bool,
     default_limit: usize,
     /// `[num_blocks, block_bytes]` starting at `base` (aligned to [`ALIGN`]).
-    buf: Vec<u8>,
+    /// Anonymous zero-filled mapping: the OS commits a page when it is first written, so a
+    /// pool costs memory for the blocks used, not for its capacity.
+    buf: memmap2::MmapMut,
     base: usize,
     blocks: Vec<Block>,
     free: Vec<u32>,
@@ -146,9 +148,10 @@ impl BlockPool {
             .checked_mul(block_bytes)
             .and_then(|b| b.checked_add(ALIGN - 1))
             .ok_or_else(|| KvError::Config(format!("{n} blocks of {block_bytes} bytes overflow")))?;
-        let mut buf = Vec::new();
-        buf.try_reserve_exact(bytes).map_err(|_| KvError::Alloc { bytes })?;
-        buf.resize(bytes, if cfg.poison_free_blocks { POISON } else { 0 });
+        let mut buf = memmap2::MmapMut::map_anon(bytes).map_err(|_| KvError::Alloc { bytes })?;
+        if cfg.poison_free_blocks {
+            buf.fill(POISON);
+        }
         let base = (ALIGN - buf.as_ptr() as usize % ALIGN) % ALIGN;
         let words = (layout.layers * bs).div_ceil(64);
         Ok(BlockPool {
@@ -308,7 +311,12 @@ impl BlockPool {
     /// by reference). Returns it and the number of tokens it already holds; the caller
     /// appends and computes `prompt[cached..]`.
     pub fn create_with_prefix(&mut self, prompt: &[u32]) -> (SeqId, usize) {
-        let (blocks, hashes) = self.match_prefix(prompt, self.default_limit);
+        self.create_with_prefix_upto(prompt, self.default_limit)
+    }
+
+    /// [`BlockPool::create_with_prefix`] reusing at most `max_cached` tokens (whole blocks).
+    pub fn create_with_prefix_upto(&mut self, prompt: &[u32], max_cached: usize) -> (SeqId, usize) {
+        let (blocks, hashes) = self.match_prefix(prompt, max_cached.min(self.default_limit));
         for &b in &blocks {
             self.incref(b);
         }

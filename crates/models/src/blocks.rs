@@ -213,10 +213,35 @@ impl<'a> Matrix<Cx<'a>> for Linear {
     }
 }
 
-/// The requested logits of hidden states `x` `[T, C]`: final RMSNorm, then the output
-/// projection of the last row (`[V]`) or of every row (`[T, V]`).
+/// The concatenated tokens `[ΣT]` of a batch's passes and each pass's RoPE positions, after
+/// checking every pass (non-empty, within the context).
+pub fn batch_inputs(
+    ex: &Exec,
+    passes: &[crate::Pass],
+    rope: &latent_attention::Rope,
+    ctx: usize,
+) -> Result<(Vec<u32>, Vec<latent_attention::Positions>), ModelError> {
+    let mut tokens = Vec::with_capacity(passes.iter().map(|p| p.tokens.len()).sum());
+    let mut pos = Vec::with_capacity(passes.len());
+    for p in passes {
+        if p.tokens.is_empty() {
+            return Err(ModelError::Config("a pass of a batch has no tokens".into()));
+        }
+        check_context(ex, p.tokens.len(), p.pos0, ctx)?;
+        tokens.extend_from_slice(p.tokens);
+        pos.push(latent_attention::Positions::new(rope, p.pos0, p.tokens.len()));
+    }
+    if tokens.is_empty() {
+        return Err(ModelError::Config("an empty batch".into()));
+    }
+    Ok((tokens, pos))
+}
+
+/// The requested logits of each pass of a batch from the hidden states `x` `[ΣT, C]` (pass
+/// s's rows consecutive): final RMSNorm and the output projection, run once over the rows
+/// any pass wants (its last row, `[V]`, or all of them, `[T, V]`).
 #[allow(clippy::too_many_arguments)]
-pub fn logits_head(
+pub fn logits_batch(
     ex: &Exec,
     file: &GgufFile,
     x: &[f32],
@@ -224,20 +249,36 @@ pub fn logits_head(
     norm: &[f32],
     eps: f32,
     output: &Linear,
-    want: crate::Logits,
-) -> Result<Vec<f32>, ModelError> {
-    let t = x.len() / c.max(1);
-    let rows: &[f32] = match want {
-        crate::Logits::None => return Ok(Vec::new()),
-        crate::Logits::Last => &x[(t - 1) * c..],
-        crate::Logits::All => x,
-    };
-    let xn = rms_norm(rows, norm, eps);
-    let n = rows.len() / c;
-    let logits = matmul(ex, file, output, &xn, n)?;
-    if let Some(i) = logits.iter().position(|v| !v.is_finite()) {
-        let row = i / output.rows.max(1);
-        return Err(ModelError::NonFinite { token: t - n + row });
+    passes: &[crate::Pass],
+) -> Result<Vec<Vec<f32>>, ModelError> {
+    let mut rows = Vec::new(); // [n, C] the rows whose logits are wanted
+    let mut r0 = 0;
+    for p in passes {
+        let t = p.tokens.len();
+        match p.logits {
+            crate::Logits::None => {}
+            crate::Logits::Last => rows.extend_from_slice(&x[(r0 + t - 1) * c..(r0 + t) * c]),
+            crate::Logits::All => rows.extend_from_slice(&x[r0 * c..(r0 + t) * c]),
+        }
+        r0 += t;
     }
-    Ok(logits)
+    let n = rows.len() / c.max(1);
+    let logits = if n == 0 { Vec::new() } else { matmul(ex, file, output, &rms_norm(&rows, norm, eps), n)? };
+    let v = output.rows;
+    let mut out = Vec::with_capacity(passes.len());
+    let mut at = 0;
+    for p in passes {
+        let k = match p.logits {
+            crate::Logits::None => 0,
+            crate::Logits::Last => 1,
+            crate::Logits::All => p.tokens.len(),
+        };
+        let l = logits[at * v..(at + k) * v].to_vec();
+        if let Some(i) = l.iter().position(|x| !x.is_finite()) {
+            return Err(ModelError::NonFinite { token: p.pos0 + p.tokens.len() - k + i / v.max(1) });
+        }
+        out.push(l);
+        at += k;
+    }
+    Ok(out)
 }

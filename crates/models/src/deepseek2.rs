@@ -13,10 +13,10 @@
 //! cache with key dim R+P and value c_KV, outputs expanded by W_UV); a fresh prefill
 //! decompresses instead (see [`Mla::choose_path`]).
 
-use crate::blocks::{add_into, check_context, embed, logits_head, matmul, rms_norm, swiglu, Cx};
+use crate::blocks::{add_into, batch_inputs, embed, logits_batch, matmul, rms_norm, swiglu, Cx};
 use crate::moe::{moe_ffn, Gating, MoeConfig, MoeLayer};
 use crate::weights::{linear, vector, Linear, Meta, META_MAX};
-use crate::{CacheAccess, CacheSpec, Exec, Logits, Model, ModelError, ModelInfo};
+use crate::{BatchCache, CacheSpec, Exec, Model, ModelError, ModelInfo, Pass};
 use latent_attention::{Mla, MlaConfig, MlaWeights, Positions, QProj, Rope, RopeStyle, Yarn};
 use latent_formats::gguf::GgufFile;
 use std::sync::Arc;
@@ -294,27 +294,22 @@ impl Model for Deepseek2 {
         &self.info
     }
 
-    fn forward(
+    fn forward_batch(
         &self,
         ex: &Exec,
-        tokens: &[u32],
-        pos0: usize,
-        cache: &mut dyn CacheAccess,
-        logits: Logits,
-    ) -> Result<Vec<f32>, ModelError> {
+        passes: &[Pass],
+        cache: &mut dyn BatchCache,
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
         let cfg = &self.cfg;
         let f = &*self.file;
+        let (tokens, pos) = batch_inputs(ex, passes, &cfg.rope, cfg.context)?;
+        let segs: Vec<&Positions> = pos.iter().collect();
         let t = tokens.len();
-        if t == 0 {
-            return Ok(Vec::new());
-        }
-        check_context(ex, t, pos0, cfg.context)?;
         let cx = Cx { ex, file: f };
-        let pos = Positions::new(&cfg.rope, pos0, t);
-        let mut x = embed(f, &self.embd, tokens)?; // [T, C]
+        let mut x = embed(f, &self.embd, &tokens)?; // [ΣT, C]
         for (l, ly) in self.layers.iter().enumerate() {
             let xn = rms_norm(&x, &ly.attn_norm, cfg.eps);
-            add_into(&mut x, &ly.attn.forward(&cx, &xn, &pos, l, cache, ex.window, ex.mla_path)?);
+            add_into(&mut x, &ly.attn.forward_batch(&cx, &xn, &segs, l, cache, ex.window, ex.mla_path)?);
             let xn = rms_norm(&x, &ly.ffn_norm, cfg.eps);
             let y = match &ly.ffn {
                 Ffn::Dense { gate, up, down } => {
@@ -326,6 +321,6 @@ impl Model for Deepseek2 {
             };
             add_into(&mut x, &y);
         }
-        logits_head(ex, f, &x, cfg.hidden, &self.out_norm, cfg.eps, &self.output, logits)
+        logits_batch(ex, f, &x, cfg.hidden, &self.out_norm, cfg.eps, &self.output, passes)
     }
 }

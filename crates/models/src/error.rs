@@ -25,8 +25,10 @@ pub enum ModelError {
     Context { pos: usize, n: usize, ctx: usize },
     #[error("stream window of {span} tokens (window + sinks) exceeds the context of {ctx}")]
     Window { span: usize, ctx: usize },
-    #[error("non-finite logits (NaN or infinity) at token {token}: the model's weights or settings overflow")]
+    #[error("non-finite logits (NaN or infinity) at position {token}: the model's weights or settings overflow")]
     NonFinite { token: usize },
+    #[error("invalid batch: {0}")]
+    Config(String),
     #[error(transparent)]
     Quant(#[from] latent_quant::QuantError),
     #[error(transparent)]

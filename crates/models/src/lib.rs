@@ -18,7 +18,7 @@ pub mod weights;
 pub use error::ModelError;
 pub use latent_quant::MatmulPrecision;
 
-pub use latent_attention::{CacheAccess, MlaPath, StreamWindow};
+pub use latent_attention::{BatchCache, CacheAccess, MlaPath, Single, StreamWindow};
 use latent_formats::gguf::GgufFile;
 use std::path::Path;
 use std::sync::Arc;
@@ -68,9 +68,33 @@ pub struct ModelInfo {
     pub cache: CacheSpec,
 }
 
+/// One sequence's part of a batched forward pass: `tokens` (≥ 1) at positions
+/// `pos0..pos0+T` of that sequence, and the logits it wants.
+#[derive(Clone, Copy, Debug)]
+pub struct Pass<'a> {
+    pub tokens: &'a [u32],
+    pub pos0: usize,
+    pub logits: Logits,
+}
+
 /// A runnable architecture.
+///
+/// Batch invariance: a pass's logits and cache rows are bit-identical whether it runs alone
+/// or in a batch with any others, in any order. The weight products run once over all rows
+/// of the batch with kernels whose per-row result does not depend on the other rows; each
+/// pass attends over its own cache alone, exactly as by itself.
 pub trait Model: Send + Sync {
     fn info(&self) -> &ModelInfo;
+
+    /// Runs every pass of a batch: pass s appends its K/V (or latents) to segment s of
+    /// `cache` and gets its requested logits (`[V]`, `[T, V]` or none), in order.
+    fn forward_batch(
+        &self,
+        ex: &Exec,
+        passes: &[Pass],
+        cache: &mut dyn BatchCache,
+    ) -> Result<Vec<Vec<f32>>, ModelError>;
+
     /// Runs `tokens` at positions `pos0..pos0+T`, appending their K/V (or latents) to the
     /// cache, and returns the requested logits (`[V]` or `[T, V]`).
     fn forward(
@@ -80,7 +104,13 @@ pub trait Model: Send + Sync {
         pos0: usize,
         cache: &mut dyn CacheAccess,
         logits: Logits,
-    ) -> Result<Vec<f32>, ModelError>;
+    ) -> Result<Vec<f32>, ModelError> {
+        if tokens.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut out = self.forward_batch(ex, &[Pass { tokens, pos0, logits }], &mut Single(cache))?;
+        Ok(out.pop().unwrap_or_default())
+    }
 }
 
 /// Loads any supported architecture from a GGUF file.

@@ -7,9 +7,9 @@
 //! `rope_freqs` frequency factors (Llama 3.1), value heads of another size than the keys.
 //! SentencePiece vocabularies (Llama 2, Mistral) are refused by the tokenizer.
 
-use crate::blocks::{add_into, check_context, embed, logits_head, matmul, matmuls, rms_norm, swiglu, Cx};
+use crate::blocks::{add_into, batch_inputs, embed, logits_batch, matmul, matmuls, rms_norm, swiglu, Cx};
 use crate::weights::{linear, vector, Linear, Meta, META_MAX};
-use crate::{CacheAccess, CacheSpec, Exec, Logits, Model, ModelError, ModelInfo};
+use crate::{BatchCache, CacheSpec, Exec, Model, ModelError, ModelInfo, Pass};
 use latent_attention::{AttnShape, GqaLayer, Positions, Rope, RopeStyle, Yarn};
 use latent_formats::gguf::GgufFile;
 use std::sync::Arc;
@@ -164,33 +164,28 @@ impl Model for Llama {
         &self.info
     }
 
-    fn forward(
+    fn forward_batch(
         &self,
         ex: &Exec,
-        tokens: &[u32],
-        pos0: usize,
-        cache: &mut dyn CacheAccess,
-        logits: Logits,
-    ) -> Result<Vec<f32>, ModelError> {
+        passes: &[Pass],
+        cache: &mut dyn BatchCache,
+    ) -> Result<Vec<Vec<f32>>, ModelError> {
         let cfg = &self.cfg;
         let f = &*self.file;
+        let (tokens, pos) = batch_inputs(ex, passes, &cfg.rope, cfg.context)?;
+        let segs: Vec<&Positions> = pos.iter().collect();
         let t = tokens.len();
-        if t == 0 {
-            return Ok(Vec::new());
-        }
-        check_context(ex, t, pos0, cfg.context)?;
         let cx = Cx { ex, file: f };
-        let pos = Positions::new(&cfg.rope, pos0, t);
-        let mut x = embed(f, &self.embd, tokens)?; // [T, C]
+        let mut x = embed(f, &self.embd, &tokens)?; // [ΣT, C]
         for (l, ly) in self.layers.iter().enumerate() {
             let xn = rms_norm(&x, &ly.attn_norm, cfg.eps);
-            add_into(&mut x, &ly.attn.forward(&cx, &xn, &pos, l, cache, ex.window)?);
+            add_into(&mut x, &ly.attn.forward_batch(&cx, &xn, &segs, l, cache, ex.window)?);
             let xn = rms_norm(&x, &ly.ffn_norm, cfg.eps);
             let mut gu = matmuls(ex, f, &[&ly.gate, &ly.up], &xn, t)?.into_iter();
-            let (mut g, u) = (gu.next().unwrap_or_default(), gu.next().unwrap_or_default()); // [T, F] each
+            let (mut g, u) = (gu.next().unwrap_or_default(), gu.next().unwrap_or_default()); // [ΣT, F] each
             swiglu(&mut g, &u);
             add_into(&mut x, &matmul(ex, f, &ly.down, &g, t)?);
         }
-        logits_head(ex, f, &x, cfg.hidden, &self.out_norm, cfg.eps, &self.output, logits)
+        logits_batch(ex, f, &x, cfg.hidden, &self.out_norm, cfg.eps, &self.output, passes)
     }
 }

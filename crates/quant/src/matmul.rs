@@ -348,29 +348,38 @@ unsafe fn exact_rows(kern: &Kernels, w: &QMatrix, x: &[f32], t: usize, out: &Out
     let n_all = w.rows;
     let k = w.cols;
     let rb = w.wtype.row_bytes(k).unwrap_or(0);
-    if t <= MAX_TILE {
-        if let Some(fused) = kern.exact_fused {
-            let rb = w.wtype.row_bytes(k).unwrap_or(0).max(1);
-            let panel = (FAST_PANEL_BYTES / rb).clamp(1, rows.len());
-            let mut res = vec![0f32; panel * MAX_TILE];
-            let mut p0 = rows.start;
-            while p0 < rows.end {
-                let p1 = (p0 + panel).min(rows.end);
-                let np = p1 - p0;
-                if !fused(w.wtype, &w.data[p0 * rb..p1 * rb], rb, x, t, k, &mut res[..np * MAX_TILE]) {
-                    break;
+    // Types the fused kernel covers always take it, in tiles of up to MAX_TILE activation
+    // rows over each L2-sized weight panel: an activation row's result is then the same
+    // whatever other rows share the call (batch invariance; the tile kernel below
+    // accumulates in another order on some variants).
+    if let Some(fused) = kern.exact_fused {
+        let rb = w.wtype.row_bytes(k).unwrap_or(0).max(1);
+        let panel = (FAST_PANEL_BYTES / rb).clamp(1, rows.len());
+        let mut res = vec![0f32; panel * MAX_TILE];
+        let mut p0 = rows.start;
+        let mut covered = true;
+        'panels: while p0 < rows.end {
+            let p1 = (p0 + panel).min(rows.end);
+            let np = p1 - p0;
+            for t0 in (0..t).step_by(MAX_TILE) {
+                let nt = (t - t0).min(MAX_TILE);
+                let xs = &x[t0 * k..(t0 + nt) * k];
+                if !fused(w.wtype, &w.data[p0 * rb..p1 * rb], rb, xs, nt, k, &mut res[..np * MAX_TILE]) {
+                    // Decided by the type alone: the first call, before anything was written.
+                    covered = false;
+                    break 'panels;
                 }
                 for (r, vals) in res[..np * MAX_TILE].chunks_exact(MAX_TILE).enumerate() {
-                    for (i, &v) in vals[..t].iter().enumerate() {
+                    for (i, &v) in vals[..nt].iter().enumerate() {
                         // SAFETY: row `p0 + r` belongs to this call's rows (caller contract).
-                        unsafe { out.set(i * n_all + p0 + r, v) };
+                        unsafe { out.set((t0 + i) * n_all + p0 + r, v) };
                     }
                 }
-                p0 = p1;
             }
-            if p0 == rows.end {
-                return;
-            }
+            p0 = p1;
+        }
+        if covered {
+            return;
         }
     }
     let panel = if t <= 1 {

@@ -271,3 +271,82 @@ fn fast_path_is_quantized() {
         assert_ne!(ye, yf, "{t}");
     }
 }
+
+/// Batch invariance: an activation row's outputs are bit-identical whatever other rows share
+/// the call (1 row, many, at any offset of the batch), for every type, variant and precision,
+/// and through every entry point a model uses (plain, row-split, threaded, prepared).
+#[test]
+fn rows_are_batch_invariant() {
+    let types = [
+        WeightType::F32,
+        WeightType::F16,
+        WeightType::BF16,
+        WeightType::Q4_0,
+        WeightType::Q4_1,
+        WeightType::Q8_0,
+        WeightType::Q4_K,
+        WeightType::Q5_K,
+        WeightType::Q6_K,
+    ];
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(3).build().unwrap();
+    let mut rng = Rng(0xba7c4);
+    let mut fails = Vec::new();
+    for t in types {
+        let k = *ks_for(t).last().unwrap();
+        let n = 67;
+        let data = random_matrix(t, n, k, &mut rng);
+        let w = QMatrix::new(t, n, k, &data).unwrap();
+        let tt = 37;
+        let x = random_acts(tt, k, &mut rng);
+        for v in Variant::available() {
+            for p in [MatmulPrecision::Exact, MatmulPrecision::Fast] {
+                let what = format!("{t} {v:?} {p:?}");
+                let mut all = vec![f32::NAN; tt * n];
+                matmul_rows_with(v, p, &w, &x, &mut all, tt, 0..n).unwrap();
+                // Each row alone, and sub-batches of several sizes at every offset.
+                for (size, step) in [(1, 1), (2, 3), (5, 4), (9, 7), (16, 5)] {
+                    for r0 in (0..tt - size + 1).step_by(step) {
+                        let mut y = vec![f32::NAN; size * n];
+                        matmul_rows_with(v, p, &w, &x[r0 * k..(r0 + size) * k], &mut y, size, 0..n).unwrap();
+                        for (i, (a, b)) in y.iter().zip(&all[r0 * n..(r0 + size) * n]).enumerate() {
+                            if a.to_bits() != b.to_bits() {
+                                fails.push(format!(
+                                    "{what}: row {} col {} alone in {size} rows: {a} vs {b} in {tt}",
+                                    r0 + i / n,
+                                    i % n
+                                ));
+                                break;
+                            }
+                        }
+                    }
+                }
+                if v != Variant::best() {
+                    continue;
+                }
+                // The threaded and prepared entry points the models call.
+                let mut par = vec![f32::NAN; tt * n];
+                matmul_par(&pool, p, &w, &x, &mut par, tt).unwrap();
+                if !par.iter().zip(&all).all(|(a, b)| a.to_bits() == b.to_bits()) {
+                    fails.push(format!("{what}: matmul_par"));
+                }
+                for r in 0..tt {
+                    let xr = &x[r * k..(r + 1) * k];
+                    let input = prepare_input(p, t, xr, 1, k).unwrap();
+                    let mut y = vec![f32::NAN; n];
+                    matmul_prepared_rows(&w, &input, &mut y, 0..21).unwrap();
+                    let mut rest = vec![f32::NAN; n - 21];
+                    let rb = t.row_bytes(k).unwrap();
+                    let sub = QMatrix::new(t, n - 21, k, &data[21 * rb..]).unwrap();
+                    matmul_prepared_rows(&sub, &input, &mut rest, 0..n - 21).unwrap();
+                    y[21..].copy_from_slice(&rest);
+                    let want = &all[r * n..(r + 1) * n];
+                    if !y.iter().zip(want).all(|(a, b)| a.to_bits() == b.to_bits()) {
+                        fails.push(format!("{what}: prepared row {r}"));
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    assert!(fails.is_empty(), "{} rows differ:\n{}", fails.len(), fails.join("\n"));
+}

@@ -25,7 +25,7 @@ pub use chat::{
 pub use error::TokenizerError;
 pub use gguf::keys as gguf_keys;
 pub use pretokenize::SUPPORTED_PRE_TOKENIZERS;
-pub use stream::StreamDecoder;
+pub use stream::{DecodeState, StreamDecoder};
 pub use tokenizer::{Tokenizer, TokenizerSpec};
 pub use unicode_tables::UNICODE_VERSION;
 pub use vocab::token_type;

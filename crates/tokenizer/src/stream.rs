@@ -11,33 +11,53 @@ use crate::tokenizer::Tokenizer;
 #[derive(Debug)]
 pub struct StreamDecoder<'a> {
     tok: &'a Tokenizer,
-    pending: Vec<u8>,
-    skip_special: bool,
+    state: DecodeState,
 }
 
 impl<'a> StreamDecoder<'a> {
     pub fn new(tok: &'a Tokenizer) -> Self {
-        StreamDecoder { tok, pending: Vec::new(), skip_special: false }
+        StreamDecoder { tok, state: DecodeState::default() }
     }
 
     /// Control and unknown tokens produce no text (default: they produce their text).
     pub fn skip_special(mut self, yes: bool) -> Self {
-        self.skip_special = yes;
+        self.state.skip_special = yes;
         self
     }
 
     /// Adds one token; returns the text that became complete (possibly empty).
     pub fn push(&mut self, id: u32) -> Result<String, TokenizerError> {
-        let piece = self.tok.piece(id)?;
-        if !self.skip_special || self.tok.renders_when_skipping(id) {
-            self.pending.extend_from_slice(piece);
-        }
-        Ok(self.take_complete())
+        self.state.push(self.tok, id)
     }
 
     /// Bytes held back (an incomplete character).
     pub fn pending_bytes(&self) -> &[u8] {
-        &self.pending
+        &self.state.pending
+    }
+
+    /// Flushes what is held: an incomplete character becomes U+FFFD.
+    pub fn finish(self) -> String {
+        self.state.finish()
+    }
+}
+
+/// The state of a [`StreamDecoder`] without the borrow of its tokenizer, for decoders that
+/// live beside the tokenizer's owner (e.g. one per sequence of a batch); every call is given
+/// the tokenizer.
+#[derive(Clone, Debug, Default)]
+pub struct DecodeState {
+    pending: Vec<u8>,
+    skip_special: bool,
+}
+
+impl DecodeState {
+    /// Adds one token; returns the text that became complete (possibly empty).
+    pub fn push(&mut self, tok: &Tokenizer, id: u32) -> Result<String, TokenizerError> {
+        let piece = tok.piece(id)?;
+        if !self.skip_special || tok.renders_when_skipping(id) {
+            self.pending.extend_from_slice(piece);
+        }
+        Ok(self.take_complete())
     }
 
     /// Flushes what is held: an incomplete character becomes U+FFFD.

@@ -37,6 +37,27 @@ pub struct TokenizerSpec {
 }
 
 impl TokenizerSpec {
+    /// A byte-level vocabulary of `vocab` tokens (≥ 258): the 256 bytes (id = byte), then
+    /// control tokens `<|ctl_N|>`, the last being end-of-sequence. No merges: every byte is
+    /// a token. For tiny test models and tools that need a tokenizer beside a model.
+    pub fn byte_level(vocab: usize) -> TokenizerSpec {
+        let vocab = vocab.max(258);
+        let mut tokens: Vec<String> = (0..=255u8).map(|b| crate::unicode::char_of_byte(b).to_string()).collect();
+        let mut token_types = vec![crate::vocab::token_type::NORMAL; 256];
+        for i in 256..vocab {
+            tokens.push(format!("<|ctl_{i}|>"));
+            token_types.push(crate::vocab::token_type::CONTROL);
+        }
+        TokenizerSpec {
+            model: "gpt2".into(),
+            pre: "gpt-2".into(),
+            tokens,
+            token_types,
+            eos: Some(vocab as u32 - 1),
+            ..Default::default()
+        }
+    }
+
     /// The `add_bos` llama.cpp assumes for a model/pre-tokenizer pair when the metadata has
     /// no `tokenizer.ggml.add_bos_token` (true for the llama3 family).
     pub fn default_add_bos(model: &str, pre: &str) -> bool {
