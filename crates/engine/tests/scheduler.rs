@@ -40,7 +40,7 @@ fn prompt(n: usize, seed: u64) -> Vec<u32> {
     (0..n).map(|_| r.below(256) as u32).collect()
 }
 
-/// A generated token: its id, the bits of its log-probability, and its top alternatives'
+/// A generated token: its id, the bits of its log-probability, and its top alternatives:
 /// ids with their log-probability bits.
 type TokenBits = (u32, u32, Vec<(u32, u32)>);
 
