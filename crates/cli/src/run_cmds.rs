@@ -4,7 +4,8 @@ use crate::model_path;
 use anyhow::{bail, Context, Result};
 use latent_engine::sampling::SamplingError;
 use latent_engine::{
-    Engine, EngineOptions, KvDtype, Logits, MatmulPrecision, MlaPath, Sampler, SamplingParams, StreamWindow,
+    Engine, EngineOptions, KvDtype, Logits, MatmulPrecision, MlaPath, Request, Sampler, SamplingParams, Scheduler,
+    StreamWindow,
 };
 use latent_tokenizer::ChatMessage;
 use std::io::BufRead;
@@ -198,8 +199,12 @@ pub struct ChatArgs {
 }
 
 pub fn chat(a: ChatArgs) -> Result<()> {
-    let mut sampler = Sampler::new(a.s.params()?);
+    let params = a.s.params()?;
     let e = a.m.engine()?;
+    // One sequence kept cached between turns (a session of the scheduler): each turn computes
+    // only what its rendered conversation adds to the tokens already cached.
+    let mut sched = e.single_scheduler(e.max_sequence().min(e.model.info().context.max(1) * 64))?;
+    let mut turn = 0u64;
     let mut history = Vec::new();
     if let Some(s) = &a.system {
         history.push(ChatMessage::system(s.clone()));
@@ -234,7 +239,9 @@ pub fn chat(a: ChatArgs) -> Result<()> {
         history.push(ChatMessage::user(line.trim_end().to_string()));
         // A turn that cannot run (too long for the context, a template or engine error) is
         // dropped from the history with a message; the session goes on.
-        match chat_turn(&e, &history, a.max_tokens, &mut sampler) {
+        turn += 1;
+        let params = SamplingParams { seed: params.seed.wrapping_add(turn - 1), ..params.clone() };
+        match chat_turn(&e, &mut sched, &history, a.max_tokens, params) {
             Ok(reply) => history.push(ChatMessage::assistant(reply)),
             Err(err) => {
                 history.pop();
@@ -246,7 +253,13 @@ pub fn chat(a: ChatArgs) -> Result<()> {
 }
 
 /// One chat reply to `history`, streamed to stdout; the reply's text.
-fn chat_turn(e: &Engine, history: &[ChatMessage], max_tokens: usize, sampler: &mut Sampler) -> Result<String> {
+fn chat_turn(
+    e: &Engine,
+    sched: &mut Scheduler<'_>,
+    history: &[ChatMessage],
+    max_tokens: usize,
+    params: SamplingParams,
+) -> Result<String> {
     let text = e.tokenizer.render_chat(history, true)?;
     let prompt = e.tokenizer.encode(&text, true);
     let room = e.max_sequence().saturating_sub(prompt.len());
@@ -258,7 +271,8 @@ fn chat_turn(e: &Engine, history: &[ChatMessage], max_tokens: usize, sampler: &m
             e.max_sequence()
         );
     }
-    let out = e.generate(&prompt, max_tokens.min(room), sampler, |p| out!("{p}"))?;
+    let req = Request { session: Some(1), ..Request::new(prompt, max_tokens.min(room), params) };
+    let out = e.run_request(sched, req, |p| out!("{p}"))?;
     outln!();
     Ok(out.text)
 }

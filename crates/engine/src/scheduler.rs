@@ -180,6 +180,8 @@ pub enum SubmitError {
     ContextLength { prompt: usize, max_tokens: usize, ctx: usize },
     #[error("{need} tokens exceed the KV cache of {have} tokens (raise --kv-memory)")]
     KvTooSmall { need: usize, have: usize },
+    #[error("token id {id} is outside the vocabulary of {vocab}")]
+    Token { id: u32, vocab: usize },
     #[error("{0}")]
     Invalid(String),
     #[error("the engine has stopped")]
@@ -272,7 +274,7 @@ impl Client {
             return Err(SubmitError::Invalid("the prompt is empty".into()));
         }
         if let Some(&bad) = req.prompt.iter().find(|&&t| t as usize >= l.vocab) {
-            return Err(SubmitError::Invalid(format!("token id {bad} is outside the vocabulary of {}", l.vocab)));
+            return Err(SubmitError::Token { id: bad, vocab: l.vocab });
         }
         if req.logprobs.is_some_and(|n| n > MAX_TOP_LOGPROBS) {
             return Err(SubmitError::Invalid(format!("at most {MAX_TOP_LOGPROBS} top log-probabilities")));

@@ -238,6 +238,7 @@ impl Engine {
             SubmitError::ContextLength { prompt, max_tokens, ctx } => {
                 EngineError::ContextFull { prompt, gen: max_tokens, ctx }
             }
+            SubmitError::Token { id, vocab } => latent_models::ModelError::Token { id, vocab }.into(),
             other => EngineError::Invalid(other.to_string()),
         })?;
         let mut out = Vec::new();

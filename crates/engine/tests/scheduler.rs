@@ -276,7 +276,7 @@ fn submission_limits_are_clear_refusals() {
     let c = s.client();
     let sub = |r: Request| c.submit(r, Box::new(|_| true));
     assert!(matches!(sub(request(vec![], 4, 0)), Err(SubmitError::Invalid(_))));
-    assert!(matches!(sub(request(vec![VOCAB as u32], 4, 0)), Err(SubmitError::Invalid(_))));
+    assert!(matches!(sub(request(vec![VOCAB as u32], 4, 0)), Err(SubmitError::Token { vocab: VOCAB, .. })));
     assert!(matches!(sub(request(prompt(500, 1), 13, 0)), Err(SubmitError::ContextLength { ctx: 512, .. })));
     assert!(matches!(sub(request(prompt(100, 1), 100, 0)), Err(SubmitError::KvTooSmall { have: 128, .. })));
     let bad = Request { logprobs: Some(21), ..request(prompt(3, 1), 4, 0) };
