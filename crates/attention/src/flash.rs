@@ -382,15 +382,18 @@ fn run_item(k: &Kernels, p: &AttnParams, plan: &Plan, q: &[f32], s: &SeqSpec, it
         }
     }
     let mut acc = vec![0f32; rows * dv];
-    let mut kbuf = vec![0f32; kt * dk];
+    let ranges = p.mask.ranges(p0, p1, s.kv.len);
+    // Tiles hold at most `kt` keys of one range: the scratch is sized for the longest tile
+    // this item can have, not the plan's (a short decode would clear the plan's size).
+    let span = ranges.iter().map(|r| r.len()).max().unwrap_or(0).clamp(1, kt);
+    let mut kbuf = vec![0f32; span * dk];
     let mut vbuf = match s.kv.v {
-        ValueSource::Plane(_) => vec![0f32; kt * dv],
+        ValueSource::Plane(_) => vec![0f32; span * dv],
         ValueSource::KeyPrefix { .. } => Vec::new(),
     };
-    let mut sc = vec![0f32; rows * kt];
-    let (mut kscales, mut vscales) = (Vec::with_capacity(kt), Vec::with_capacity(kt));
+    let mut sc = vec![0f32; rows * span];
+    let (mut kscales, mut vscales) = (Vec::with_capacity(span), Vec::with_capacity(span));
 
-    let ranges = p.mask.ranges(p0, p1, s.kv.len);
     // Plain-typed rows (and 8-bit rows with one scale group) are read in place by the GEMM
     // tiles; a tile spans several blocks and is processed block segment by block segment, so
     // the softmax bookkeeping is paid per tile, not per block.
