@@ -148,10 +148,9 @@ impl BlockPool {
             .checked_mul(block_bytes)
             .and_then(|b| b.checked_add(ALIGN - 1))
             .ok_or_else(|| KvError::Config(format!("{n} blocks of {block_bytes} bytes overflow")))?;
-        let mut buf = memmap2::MmapMut::map_anon(bytes).map_err(|_| KvError::Alloc { bytes })?;
-        if cfg.poison_free_blocks {
-            buf.fill(POISON);
-        }
+        // Zero pages until first written; with poisoning, a block is filled when it is first
+        // handed out (`alloc`), so an unused capacity costs no memory in any build.
+        let buf = memmap2::MmapMut::map_anon(bytes).map_err(|_| KvError::Alloc { bytes })?;
         let base = (ALIGN - buf.as_ptr() as usize % ALIGN) % ALIGN;
         let words = (layout.layers * bs).div_ceil(64);
         Ok(BlockPool {
@@ -655,7 +654,10 @@ impl BlockPool {
     /// least recently released cached one (evicted from the prefix index).
     fn alloc(&mut self) -> u32 {
         let b = match self.free.pop() {
-            Some(b) => b,
+            Some(b) => {
+                self.poison_slots_from(b, 0);
+                b
+            }
             None => {
                 let (_, b) = self.lru.pop_first().expect("caller checked free_blocks");
                 self.unpublish(b);
