@@ -20,6 +20,9 @@ pub struct Q8Acts {
     pub(crate) k: usize,
     pub(crate) qs: Vec<i8>,
     pub(crate) d: Vec<f32>,
+    /// 32-blocks: each block's `d` repeated 8 times (one per i32 lane of its dot), filled by
+    /// [`Q8Acts::spread_scales`] for the kernels that scale two blocks per register.
+    pub(crate) d8: Vec<f32>,
     /// 32-blocks: `d * sum(q)` per block.
     pub(crate) s: Vec<f32>,
     /// 256-blocks: sum of each 16 `q`.
@@ -31,6 +34,8 @@ pub struct Q8Acts {
 pub(crate) struct ActRow<'a> {
     pub qs: &'a [i8],
     pub d: &'a [f32],
+    /// Each block's `d` × 8 (32-blocks, when spread; else empty).
+    pub d8: &'a [f32],
     pub s: &'a [f32],
     pub bsums: &'a [i16],
 }
@@ -47,6 +52,7 @@ impl Q8Acts {
             k,
             qs: vec![0; t * k],
             d: vec![0.0; nb],
+            d8: Vec::new(),
             s: if block == QK { vec![0.0; nb] } else { Vec::new() },
             bsums: if block == QK_K { vec![0; t * k / 16] } else { Vec::new() },
         }
@@ -57,8 +63,16 @@ impl Q8Acts {
         ActRow {
             qs: &self.qs[t * self.k..(t + 1) * self.k],
             d: &self.d[t * nb..(t + 1) * nb],
+            d8: if self.d8.is_empty() { &[] } else { &self.d8[t * nb * 8..(t + 1) * nb * 8] },
             s: if self.block == QK { &self.s[t * nb..(t + 1) * nb] } else { &[] },
             bsums: if self.block == QK_K { &self.bsums[t * self.k / 16..(t + 1) * self.k / 16] } else { &[] },
+        }
+    }
+
+    /// Fills `d8` from `d` (32-blocks only).
+    pub(crate) fn spread_scales(&mut self) {
+        if self.block == QK {
+            self.d8 = self.d.iter().flat_map(|&d| [d; 8]).collect();
         }
     }
 

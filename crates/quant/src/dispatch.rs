@@ -143,6 +143,8 @@ pub(crate) struct Kernels {
     pub exact_fused: Option<ExactFusedFn>,
     pub fast_dot: FastDotFn,
     pub quant_acts: QuantActsFn,
+    /// The fast dots read [`crate::acts::ActRow::d8`] (activation scales spread per lane).
+    pub spread_scales: bool,
 }
 
 static SCALAR: Kernels = Kernels {
@@ -153,6 +155,7 @@ static SCALAR: Kernels = Kernels {
     exact_fused: None,
     fast_dot: crate::scalar::fast_dot,
     quant_acts: crate::acts::quantize_acts_scalar,
+    spread_scales: false,
 };
 
 fn table(v: Variant) -> &'static Kernels {

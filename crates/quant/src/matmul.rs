@@ -116,6 +116,9 @@ fn prepare_with<'a>(
             let block = if wtype.is_k_quant() { QK_K } else { QK };
             let mut acts = Q8Acts::alloc(block, t, k);
             (kern.quant_acts)(x, &mut acts);
+            if kern.spread_scales {
+                acts.spread_scales();
+            }
             Some(acts)
         }
         _ => None,

@@ -18,6 +18,7 @@ pub(crate) static KERNELS: Kernels = Kernels {
     exact_fused: None,
     fast_dot: crate::scalar::fast_dot,
     quant_acts: crate::acts::quantize_acts_scalar,
+    spread_scales: false,
 };
 
 fn tile(w: &[f32], nr: usize, x: &[f32], nt: usize, k: usize, out: &mut [[f32; MAX_TILE]; MAX_TILE]) {

@@ -10,8 +10,16 @@ use crate::reference::scale_min_k4;
 use crate::types::WeightType;
 use crate::MAX_TILE;
 
-pub(crate) static KERNELS: Kernels =
-    Kernels { variant: Variant::Avx2, dequant, tile, tile_nt: 2, exact_fused: None, fast_dot, quant_acts };
+pub(crate) static KERNELS: Kernels = Kernels {
+    variant: Variant::Avx2,
+    dequant,
+    tile,
+    tile_nt: 2,
+    exact_fused: None,
+    fast_dot,
+    quant_acts,
+    spread_scales: false,
+};
 
 // ---------------------------------------------------------------------------------------
 // Bounds-checked loads and stores.

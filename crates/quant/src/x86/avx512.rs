@@ -17,6 +17,7 @@ pub(crate) static KERNELS_BW: Kernels = Kernels {
     exact_fused: Some(exact_fused),
     fast_dot: bw::fast_dot,
     quant_acts: avx2::quant_acts,
+    spread_scales: true,
 };
 
 pub(crate) static KERNELS_VNNI: Kernels = Kernels {
@@ -27,6 +28,7 @@ pub(crate) static KERNELS_VNNI: Kernels = Kernels {
     exact_fused: Some(exact_fused),
     fast_dot: vnni::fast_dot,
     quant_acts: avx2::quant_acts,
+    spread_scales: true,
 };
 
 #[inline]
@@ -372,7 +374,7 @@ macro_rules! int_dots {
     ($feat:literal, $dot:item) => {
         use std::arch::x86_64::*;
 
-        use super::{f16_pair, f32_pair, ld512i8, nibbles2, spread_pair};
+        use super::{f16_pair, f32_pair, ld512i8, ld_ps, nibbles2, spread_pair};
         use crate::acts::ActRow;
         use crate::scalar::{q4_0_block, q4_1_block, q8_0_block};
         use crate::types::WeightType;
@@ -440,11 +442,11 @@ macro_rules! int_dots {
                 let acc = &mut $acc;
                 let (b0, b1) = pr.split_at(18);
                 let ws = _mm512_sub_epi8(nibbles2(ld128(&b0[2..18]), ld128(&b1[2..18])), _mm512_set1_epi8(8));
-                let dw = f16_pair(b0, b1, 0);
+                let dw = spread_pair(f16_pair(b0, b1, 0));
                 for t in 0..N {
                     let r = &rows[t];
                     let v = signed_dot(ws, ld512i8(&r.qs[64 * p..64 * p + 64]));
-                    let s = spread_pair(_mm_mul_ps(dw, f32_pair(&r.d[2 * p..])));
+                    let s = _mm512_mul_ps(dw, ld_ps(&r.d8[16 * p..16 * p + 16]));
                     acc[t] = _mm512_fmadd_ps(s, _mm512_cvtepi32_ps(v), acc[t]);
                 }
             }};
@@ -474,12 +476,12 @@ macro_rules! int_dots {
                 let acc = &mut $acc;
                 let (b0, b1) = pr.split_at(20);
                 let wq = nibbles2(ld128(&b0[4..20]), ld128(&b1[4..20]));
-                let dw = f16_pair(b0, b1, 0);
+                let dw = spread_pair(f16_pair(b0, b1, 0));
                 let mw = f16_pair(b0, b1, 2);
                 for t in 0..N {
                     let r = &rows[t];
                     let v = dot(wq, ld512i8(&r.qs[64 * p..64 * p + 64]));
-                    let s = spread_pair(_mm_mul_ps(dw, f32_pair(&r.d[2 * p..])));
+                    let s = _mm512_mul_ps(dw, ld_ps(&r.d8[16 * p..16 * p + 16]));
                     acc.0[t] = _mm512_fmadd_ps(s, _mm512_cvtepi32_ps(v), acc.0[t]);
                     acc.1[t] = _mm_fmadd_ps(mw, f32_pair(&r.s[2 * p..]), acc.1[t]);
                 }
@@ -512,11 +514,11 @@ macro_rules! int_dots {
                 let acc = &mut $acc;
                 let (b0, b1) = pr.split_at(34);
                 let wv = _mm512_inserti64x4(_mm512_castsi256_si512(ld256(&b0[2..34])), ld256(&b1[2..34]), 1);
-                let dw = f16_pair(b0, b1, 0);
+                let dw = spread_pair(f16_pair(b0, b1, 0));
                 for t in 0..N {
                     let r = &rows[t];
                     let v = signed_dot(wv, ld512i8(&r.qs[64 * p..64 * p + 64]));
-                    let s = spread_pair(_mm_mul_ps(dw, f32_pair(&r.d[2 * p..])));
+                    let s = _mm512_mul_ps(dw, ld_ps(&r.d8[16 * p..16 * p + 16]));
                     acc[t] = _mm512_fmadd_ps(s, _mm512_cvtepi32_ps(v), acc[t]);
                 }
             }};
