@@ -4,9 +4,11 @@
 mod util;
 mod bench_attn;
 mod bench_mla;
+mod bench_serve;
 mod kv_cmd;
 mod model_path;
 mod run_cmds;
+mod serve_cmd;
 
 use clap::{Parser, Subcommand};
 
@@ -35,6 +37,8 @@ enum Cmd {
         #[arg(long)]
         force: bool,
     },
+    /// OpenAI-compatible HTTP server (completions, chat, streaming, metrics).
+    Serve(serve_cmd::ServeArgs),
     /// KV-cache size per token for MHA, GQA, MQA, MLA and sliding window.
     Kv(kv_cmd::KvArgs),
     /// Benchmarks (each reports achieved GB/s and GFLOP/s beside the machine's own limits).
@@ -48,6 +52,8 @@ enum BenchCmd {
     Attention(bench_attn::BenchAttnArgs),
     /// Prefill and decode tokens/s of a model, with peak RSS.
     Generate(run_cmds::BenchGenArgs),
+    /// Streaming requests against the server at several concurrency levels: tok/s, TTFT, ITL.
+    Serve(bench_serve::BenchServeArgs),
 }
 
 fn main() {
@@ -63,8 +69,10 @@ fn main() {
         Cmd::Logits(a) => run_cmds::logits(a),
         Cmd::Pull { force } => model_path::pull(force).map(|_| ()),
         Cmd::Bench(BenchCmd::Generate(a)) => run_cmds::bench_generate(a),
+        Cmd::Serve(a) => serve_cmd::run(a),
         Cmd::Kv(a) => kv_cmd::run(a),
         Cmd::Bench(BenchCmd::Attention(a)) => bench_attn::run(a),
+        Cmd::Bench(BenchCmd::Serve(a)) => bench_serve::run(a),
     };
     if let Err(e) = r {
         util::report_error(&util::error_chain(&e));

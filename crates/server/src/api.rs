@@ -2,8 +2,11 @@
 //! OpenAI error naming the field) and validation into what the scheduler runs.
 
 use crate::error::ApiError;
-use axum::body::Bytes;
+use crate::state::AppState;
+use axum::body::Body;
 use axum::extract::{FromRequest, Request};
+use axum::http::StatusCode;
+use futures_util::StreamExt;
 use latent_engine::scheduler::MAX_TOP_LOGPROBS;
 use latent_engine::{Engine, SamplingParams};
 use latent_tokenizer::ChatMessage;
@@ -23,29 +26,54 @@ pub const MAX_STOP_BYTES: usize = 1024;
 /// malformed JSON and oversized bodies become OpenAI errors (never axum's plain text).
 pub struct ApiJson<T>(pub T);
 
-impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for ApiJson<T> {
+impl<T: DeserializeOwned> FromRequest<AppState> for ApiJson<T> {
     type Rejection = ApiError;
 
-    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
-        let bytes = Bytes::from_request(req, state).await.map_err(|r| {
-            let status = r.status();
-            if status == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
-                ApiError::new(status, "invalid_request_error", "the request body is too large")
-                    .with_code("request_too_large")
-            } else {
-                ApiError::new(
-                    status,
-                    "invalid_request_error",
-                    format!("could not read the request body: {}", r.body_text()),
-                )
-            }
-        })?;
+    async fn from_request(req: Request, state: &AppState) -> Result<Self, ApiError> {
+        let bytes = read_body(req.into_body(), state.config().max_body_bytes).await?;
         parse_json(&bytes).map(ApiJson)
     }
 }
 
+/// Reads a body of at most `limit` bytes. A larger one is read on (and dropped) up to
+/// [`DRAIN_FACTOR`] × `limit` before the 413 goes out, so that a client still sending gets
+/// the answer rather than a reset connection.
+async fn read_body(body: Body, limit: usize) -> Result<Vec<u8>, ApiError> {
+    let too_large = || {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "invalid_request_error",
+            format!("the request body is larger than {limit} bytes"),
+        )
+        .with_code("request_too_large")
+    };
+    let mut stream = body.into_data_stream();
+    let mut buf = Vec::new();
+    let mut seen = 0usize;
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| ApiError::invalid(format!("could not read the request body: {e}"), None))?;
+        seen = seen.saturating_add(chunk.len());
+        if seen <= limit {
+            buf.extend_from_slice(&chunk);
+        } else if seen > limit.saturating_mul(DRAIN_FACTOR) {
+            return Err(too_large());
+        }
+    }
+    if seen > limit {
+        return Err(too_large());
+    }
+    Ok(buf)
+}
+
+/// How much of an oversized body is read before answering 413 (× the limit).
+const DRAIN_FACTOR: usize = 4;
+
 /// Parses `bytes` as a `T`; errors name the field (`param`) where serde knows it.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    // serde reads a struct from an array too (`["m", …]`): only objects are bodies.
+    if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(ApiError::invalid("the request body must be a JSON object", None));
+    }
     let mut de = serde_json::Deserializer::from_slice(bytes);
     let v: T = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();

@@ -120,14 +120,15 @@ impl ApiError {
             e @ SubmitError::KvTooSmall { .. } => {
                 ApiError::invalid(e.to_string(), Some(tokens_param)).with_code("kv_cache_too_small")
             }
-            e @ SubmitError::Token { .. } => ApiError::invalid(e.to_string(), Some(prompt_param)),
-            SubmitError::Invalid(msg) => {
-                let param = (msg.contains("prompt") || msg.contains("token id")).then_some(prompt_param);
-                ApiError::invalid(msg, param)
-            }
             SubmitError::Stopped => {
                 ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "server_error", "the server is shutting down")
                     .with_code("shutting_down")
+            }
+            // Malformed requests (an empty prompt, a token id outside the vocabulary, …).
+            other => {
+                let msg = other.to_string();
+                let param = (msg.contains("prompt") || msg.contains("token id")).then_some(prompt_param);
+                ApiError::invalid(msg, param)
             }
         }
     }

@@ -16,7 +16,6 @@ use std::fmt::Write as _;
 
 /// The server's routes over `state`.
 pub fn router(state: AppState) -> Router {
-    let limit = state.config().max_body_bytes;
     Router::new()
         .route("/health", get(health))
         .route("/metrics", get(metrics))
@@ -26,7 +25,8 @@ pub fn router(state: AppState) -> Router {
         .route("/v1/chat/completions", post(chat))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
-        .layer(DefaultBodyLimit::max(limit))
+        // Bodies are read (and bounded) by `ApiJson` itself.
+        .layer(DefaultBodyLimit::disable())
         .layer(middleware::from_fn_with_state(state.clone(), auth))
         .layer(middleware::from_fn_with_state(state.clone(), count))
         .with_state(state)
@@ -108,7 +108,9 @@ async fn model(State(st): State<AppState>, Path(id): Path<String>) -> Response {
     }
 }
 
-async fn not_found(req: Request) -> ApiError {
+async fn not_found(State(st): State<AppState>, req: Request) -> ApiError {
+    // The fallback runs outside the route layers: counted here.
+    st.count("other", StatusCode::NOT_FOUND.as_u16());
     ApiError::not_found(format!("no route {} {}", req.method(), req.uri().path()))
 }
 
