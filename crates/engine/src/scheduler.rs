@@ -668,21 +668,31 @@ impl<'e> Scheduler<'e> {
             let r = &mut self.running[i];
             r.computed = e;
             if let (Some(w), Some(seq)) = (window, r.seq) {
-                let len = self.pool.len(seq)?;
-                self.pool.release(seq, w.dead_range(len))?;
+                let released = self.pool.len(seq).and_then(|len| self.pool.release(seq, w.dead_range(len)));
+                if let Err(e) = released {
+                    done.push((i, Err(format!("KV cache: {e}"))));
+                    continue;
+                }
             }
             if l.is_empty() {
                 continue;
             }
             report.sampled += 1;
-            if let Some(f) = self.sample(i, &l)? {
-                done.push((i, f));
+            match self.sample(i, &l) {
+                Ok(Some(f)) => done.push((i, Ok(f))),
+                Ok(None) => {}
+                // This sequence fails (e.g. a sampled id the tokenizer cannot decode); the
+                // others of the step go on.
+                Err(e) => done.push((i, Err(e.to_string()))),
             }
         }
         done.sort_unstable_by_key(|d| d.0);
-        for &(i, f) in done.iter().rev() {
+        for (i, f) in done.into_iter().rev() {
             let r = self.running.remove(i);
-            self.finish(r, f);
+            match f {
+                Ok(f) => self.finish(r, f),
+                Err(msg) => self.fail(r, &msg),
+            }
         }
         self.publish_gauges();
         Ok(report)

@@ -330,3 +330,36 @@ fn a_session_continues_from_its_cached_history() {
     s.run_until_idle().unwrap();
     assert_eq!(collect(&rx).usage.cached_tokens, 0);
 }
+
+#[test]
+fn a_token_the_tokenizer_cannot_decode_fails_only_its_request() {
+    // The model's vocabulary (300) is larger than the tokenizer's (258): sampling an id the
+    // tokenizer lacks fails that request with a message; the others finish, blocks come back.
+    let f = Arc::new(GgufFile::from_bytes(llama(WeightType::Q4_1)).unwrap());
+    let m = latent_models::load_from(f).unwrap();
+    let tok = Tokenizer::new(TokenizerSpec::byte_level(258)).unwrap();
+    let e = Engine::new(m, tok, opts(16, MatmulPrecision::Fast)).unwrap();
+    let mut s = Scheduler::new(&e, SchedulerOptions::default()).unwrap();
+    let c = s.client();
+    let mut rxs = Vec::new();
+    for i in 0..12 {
+        let (tx, rx) = sink();
+        let sampling = SamplingParams { temperature: 1.0, seed: i, ..SamplingParams::default() };
+        let req = Request { logprobs: Some(0), ..Request::new(prompt(8, i), 3, sampling) };
+        c.submit(req, tx).unwrap();
+        rxs.push(rx);
+    }
+    s.run_until_idle().unwrap();
+    let outcomes: Vec<Outcome> = rxs.iter().map(collect).collect();
+    let failed = outcomes.iter().filter(|o| o.failed.is_some()).count();
+    assert!(failed > 0, "some request sampled an id ≥ 258");
+    assert!(failed < outcomes.len(), "the others finished");
+    for o in &outcomes {
+        assert!(o.failed.is_some() != o.finish.is_some(), "{o:?}");
+        if let Some(m) = &o.failed {
+            assert!(m.contains("258") || m.to_lowercase().contains("token"), "{m}");
+        }
+    }
+    let (total, free) = s.kv_blocks();
+    assert_eq!(free, total);
+}
