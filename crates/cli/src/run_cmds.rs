@@ -495,10 +495,31 @@ pub fn bench_generate(a: BenchGenArgs) -> Result<()> {
         best_p = best_p.min(p);
         best_d = best_d.min(d);
     }
+    // Peak RSS of the runs, before the bandwidth probe below allocates its buffer.
+    let rss = peak_rss();
+    // The weight-streaming roofline of a decode step: every weight tensor is read once per
+    // token (the token embedding only where it is also the output matrix; else one row),
+    // plus the K/V of the cached context (on average prompt + gen/2 tokens), against the
+    // read bandwidth measured now with the engine's thread count.
+    let path = model_path::resolve(a.m.model.as_deref())?;
+    let file = latent_formats::gguf::GgufFile::open(&path).with_context(|| path.display().to_string())?;
+    let tied = file.tensor("output.weight").is_none();
+    let weight_bytes: u64 =
+        file.tensors().iter().filter(|t| tied || t.name != "token_embd.weight").map(|t| t.n_bytes).sum();
+    let kv_bytes =
+        (e.session(1)?.cache.bytes_per_token() as f64) * (a.prompt_tokens as f64 + a.gen_tokens as f64 / 2.0);
+    let pool = crate::util::thread_pool(e.threads())?;
+    let read_gbps = latent_kernels::machine::read_bandwidth(&pool, 512 << 20);
+    let decode_tok_s = a.gen_tokens as f64 / best_d;
+    let bytes_per_token = weight_bytes as f64 + kv_bytes;
+    let roofline_tok_s = read_gbps * 1e9 / bytes_per_token;
     let j = serde_json::json!({
         "model": e.model.info().name, "prompt_tokens": a.prompt_tokens, "gen_tokens": a.gen_tokens,
-        "prefill_tok_s": a.prompt_tokens as f64 / best_p, "decode_tok_s": a.gen_tokens as f64 / best_d,
-        "peak_rss_bytes": peak_rss(), "threads": e.threads(), "exact": a.m.exact,
+        "prefill_tok_s": a.prompt_tokens as f64 / best_p, "decode_tok_s": decode_tok_s,
+        "decode_bytes_per_token": bytes_per_token, "weight_bytes_per_token": weight_bytes,
+        "read_gbps": read_gbps, "decode_gbps": decode_tok_s * bytes_per_token / 1e9,
+        "roofline_tok_s": roofline_tok_s, "roofline_fraction": decode_tok_s / roofline_tok_s,
+        "peak_rss_bytes": rss, "threads": e.threads(), "exact": a.m.exact,
         "kv_dtype": e.kv_format().dtype.name(), "kv_peak_tokens": kv_peak.get(),
         "stream_window": e.opts.window.map(|w| serde_json::json!({"window": w.window, "sinks": w.sinks})),
     });
@@ -506,13 +527,17 @@ pub fn bench_generate(a: BenchGenArgs) -> Result<()> {
         outln!("{j}");
     } else {
         outln!(
-            "{}: prefill {:.1} tok/s ({} tokens), decode {:.1} tok/s ({} tokens), peak RSS {:.1} MiB, {} threads{}",
+            "{}: prefill {:.1} tok/s ({} tokens), decode {:.1} tok/s ({} tokens; {:.1} GB/s, {:.0}% of the \
+             {:.1} GB/s read roofline), peak RSS {:.1} MiB, {} threads{}",
             e.model.info().name,
             a.prompt_tokens as f64 / best_p,
             a.prompt_tokens,
-            a.gen_tokens as f64 / best_d,
+            decode_tok_s,
             a.gen_tokens,
-            peak_rss().unwrap_or(0) as f64 / (1 << 20) as f64,
+            decode_tok_s * bytes_per_token / 1e9,
+            100.0 * decode_tok_s / roofline_tok_s,
+            read_gbps,
+            rss.unwrap_or(0) as f64 / (1 << 20) as f64,
             e.threads(),
             if a.m.exact { ", exact" } else { "" }
         );
