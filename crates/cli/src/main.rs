@@ -5,6 +5,7 @@ mod util;
 mod bench_attn;
 mod bench_mla;
 mod bench_serve;
+mod convert_cmd;
 mod kv_cmd;
 mod model_path;
 mod run_cmds;
@@ -39,6 +40,8 @@ enum Cmd {
     },
     /// OpenAI-compatible HTTP server (completions, chat, streaming, metrics).
     Serve(serve_cmd::ServeArgs),
+    /// Convert a Llama-architecture GQA/MHA model to DeepSeek-style MLA (--report: quality vs KV size).
+    Convert(convert_cmd::ConvertArgs),
     /// KV-cache size per token for MHA, GQA, MQA, MLA and sliding window.
     Kv(kv_cmd::KvArgs),
     /// Benchmarks (each reports achieved GB/s and GFLOP/s beside the machine's own limits).
@@ -71,6 +74,7 @@ fn main() {
         Cmd::Bench(BenchCmd::Generate(a)) => run_cmds::bench_generate(a),
         Cmd::Serve(a) => serve_cmd::run(a),
         Cmd::Kv(a) => kv_cmd::run(a),
+        Cmd::Convert(a) => convert_cmd::run(a),
         Cmd::Bench(BenchCmd::Attention(a)) => bench_attn::run(a),
         Cmd::Bench(BenchCmd::Serve(a)) => bench_serve::run(a),
     };

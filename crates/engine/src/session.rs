@@ -5,7 +5,7 @@ use crate::sampling::{argmax, Sampler};
 use crate::scheduler::{Event, Finish, Request, Scheduler, SchedulerOptions, SubmitError};
 use crate::EngineError;
 use latent_attention::{KvDtype, RowFormat};
-use latent_models::{CacheSpec, Exec, Logits, MatmulPrecision, MlaPath, Model, StreamWindow};
+use latent_models::{CacheSpec, Exec, Logits, MatmulPrecision, MlaPath, Model, StreamWindow, Tap};
 use latent_tokenizer::Tokenizer;
 use std::path::Path;
 use std::sync::Arc;
@@ -172,6 +172,7 @@ impl Engine {
             precision: self.opts.precision,
             window: self.opts.window,
             mla_path: self.opts.mla_path,
+            tap: None,
         }
     }
 
@@ -298,6 +299,14 @@ impl Engine {
         s.feed(tokens, Logits::All)
     }
 
+    /// Runs `tokens` from an empty cache with `tap` observing the forward pass (no logits).
+    pub fn observe(&self, tokens: &[u32], tap: &dyn Tap) -> Result<(), EngineError> {
+        let mut s = self.session(tokens.len())?;
+        let ex = Exec { tap: Some(tap), ..self.exec() };
+        s.feed_with(&ex, tokens, Logits::None)?;
+        Ok(())
+    }
+
     /// Perplexity with the protocol of `latent perplexity`: consecutive non-overlapping
     /// windows of `ctx` tokens (a shorter tail is dropped), each from an empty cache, scoring
     /// positions 1..ctx−1 of every window.
@@ -359,6 +368,12 @@ impl Session<'_> {
 
     /// Feeds `tokens` (in prefill chunks) and returns the requested logits.
     pub fn feed(&mut self, tokens: &[u32], logits: Logits) -> Result<Vec<f32>, EngineError> {
+        let ex = self.engine.exec();
+        self.feed_with(&ex, tokens, logits)
+    }
+
+    /// [`Session::feed`] under the given execution settings.
+    fn feed_with(&mut self, ex: &Exec, tokens: &[u32], logits: Logits) -> Result<Vec<f32>, EngineError> {
         if self.pos().saturating_add(tokens.len()) > self.cache.capacity() {
             return Err(EngineError::CacheFull(format!(
                 "{} cached + {} new tokens exceed the session's {} slots",
@@ -367,7 +382,6 @@ impl Session<'_> {
                 self.cache.capacity()
             )));
         }
-        let ex = self.engine.exec();
         let chunk = self.engine.opts.prefill_chunk.max(1);
         let mut out = Vec::new();
         let n_chunks = tokens.len().div_ceil(chunk);
@@ -377,7 +391,7 @@ impl Session<'_> {
                 Logits::Last if ci + 1 == n_chunks => Logits::Last,
                 _ => Logits::None,
             };
-            let l = self.engine.model.forward(&ex, part, self.pos(), &mut self.cache, want)?;
+            let l = self.engine.model.forward(ex, part, self.pos(), &mut self.cache, want)?;
             self.cache.release_dead()?;
             self.history.extend_from_slice(part);
             out.extend(l);

@@ -135,7 +135,14 @@ fn non_finite_logits_are_an_error() {
     }
     let m = load(b.build().unwrap()).unwrap();
     let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
-    let ex = Exec { pool: &pool, team: None, precision: MatmulPrecision::Exact, window: None, mla_path: MlaPath::Auto };
+    let ex = Exec {
+        pool: &pool,
+        team: None,
+        precision: MatmulPrecision::Exact,
+        window: None,
+        mla_path: MlaPath::Auto,
+        tap: None,
+    };
     let mut cache = SeqCache::new(m.info().cache, RowFormat::plain(KvDtype::F32), 8).unwrap();
     let r = m.forward(&ex, &[1, 2, 3], 0, &mut cache, Logits::Last);
     assert!(matches!(r, Err(ModelError::NonFinite { .. })), "{r:?}");

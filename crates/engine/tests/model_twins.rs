@@ -26,7 +26,7 @@ fn load(bytes: Vec<u8>) -> (Arc<GgufFile>, Arc<dyn Model>) {
 /// Runtime logits `[T, V]` of `tokens` fed in passes of `chunks` (the last repeats).
 fn run(m: &dyn Model, tokens: &[u32], chunks: &[usize], window: Option<StreamWindow>, path: MlaPath) -> Vec<f32> {
     let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
-    let ex = Exec { pool: &pool, team: None, precision: MatmulPrecision::Exact, window, mla_path: path };
+    let ex = Exec { pool: &pool, team: None, precision: MatmulPrecision::Exact, window, mla_path: path, tap: None };
     let fmt = match m.info().cache {
         CacheSpec::Gqa { .. } => RowFormat::plain(KvDtype::F32),
         CacheSpec::Latent { rope, .. } => RowFormat::latent(KvDtype::F32, rope),
@@ -156,8 +156,14 @@ fn stream_window_releases_blocks_and_holds_flat_memory() {
     let (_, m) = load(TinyLlama { context: 128, ..TinyLlama::default() }.gguf());
     let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().unwrap();
     let win = StreamWindow::new(32, 4).unwrap();
-    let ex =
-        Exec { pool: &pool, team: None, precision: MatmulPrecision::Exact, window: Some(win), mla_path: MlaPath::Auto };
+    let ex = Exec {
+        pool: &pool,
+        team: None,
+        precision: MatmulPrecision::Exact,
+        window: Some(win),
+        mla_path: MlaPath::Auto,
+        tap: None,
+    };
     let n = 1000;
     let mut cache = SeqCache::with_window(m.info().cache, RowFormat::plain(KvDtype::F32), n, Some(win), 1).unwrap();
     let toks = tokens(n, 300, 10);

@@ -15,7 +15,7 @@
 
 use crate::blocks::{add_into, batch_inputs, embed, logits_batch, matmul, rms_norm, swiglu, Cx};
 use crate::moe::{moe_ffn, Gating, MoeConfig, MoeLayer};
-use crate::weights::{linear, vector, Linear, Meta, META_MAX};
+use crate::weights::{dequantize, linear, vector, Linear, Meta, META_MAX};
 use crate::{BatchCache, CacheSpec, Exec, Model, ModelError, ModelInfo, Pass};
 use latent_attention::{Mla, MlaConfig, MlaWeights, Positions, QProj, Rope, RopeStyle, Yarn};
 use latent_formats::gguf::GgufFile;
@@ -185,28 +185,6 @@ pub struct Deepseek2 {
     layers: Vec<Layer>,
 }
 
-/// Dequantizes a whole tensor to f32 (small per-head up-projections only).
-fn dequant(f: &GgufFile, name: &str, dims: &[u64]) -> Result<Vec<f32>, ModelError> {
-    let t = f.tensor(name).ok_or_else(|| ModelError::MissingTensor(name.into()))?;
-    if t.dims != dims {
-        return Err(ModelError::Shape { name: name.into(), expected: dims.to_vec(), found: t.dims.clone() });
-    }
-    let wtype = latent_quant::WeightType::from_ggml_id(t.ggml_type.id())
-        .ok_or_else(|| ModelError::TensorType { name: name.into(), ty: t.ggml_type.name().to_string() })?;
-    let row = dims[0] as usize;
-    let rows = (t.n_elements() as usize) / row.max(1);
-    let rb = wtype.row_bytes(row)?;
-    let data = f.tensor_data(t);
-    if rb.checked_mul(rows).is_none_or(|n| n > data.len()) {
-        return Err(ModelError::Shape { name: name.into(), expected: dims.to_vec(), found: t.dims.clone() });
-    }
-    let mut out = vec![0f32; rows * row];
-    for r in 0..rows {
-        latent_quant::dequantize_row(wtype, &data[r * rb..(r + 1) * rb], &mut out[r * row..(r + 1) * row])?;
-    }
-    Ok(out)
-}
-
 impl Deepseek2 {
     pub fn load(file: Arc<GgufFile>) -> Result<Deepseek2, ModelError> {
         let f = &*file;
@@ -228,7 +206,7 @@ impl Deepseek2 {
             };
             let (w_uk, w_uv) = if f.tensor(&nm("attn_k_b")).is_some() {
                 // attn_k_b {N, R, H}: per head [R, N] → transpose to [N, R].
-                let kb = dequant(f, &nm("attn_k_b"), &[n as u64, r as u64, h as u64])?;
+                let kb = dequantize(f, &nm("attn_k_b"), &[n as u64, r as u64, h as u64])?;
                 let mut w_uk = vec![0f32; h * n * r];
                 for hi in 0..h {
                     for ri in 0..r {
@@ -237,10 +215,10 @@ impl Deepseek2 {
                         }
                     }
                 }
-                (w_uk, dequant(f, &nm("attn_v_b"), &[r as u64, v as u64, h as u64])?)
+                (w_uk, dequantize(f, &nm("attn_v_b"), &[r as u64, v as u64, h as u64])?)
             } else {
                 // Legacy attn_kv_b {R, H·(N+V)}: per head rows [k_nope (N); v (V)].
-                let kvb = dequant(f, &nm("attn_kv_b"), &[r as u64, (h * (n + v)) as u64])?;
+                let kvb = dequantize(f, &nm("attn_kv_b"), &[r as u64, (h * (n + v)) as u64])?;
                 let (mut w_uk, mut w_uv) = (Vec::with_capacity(h * n * r), Vec::with_capacity(h * v * r));
                 for hi in 0..h {
                     let base = hi * (n + v) * r;
@@ -309,6 +287,9 @@ impl Model for Deepseek2 {
         let mut x = embed(f, &self.embd, &tokens)?; // [ΣT, C]
         for (l, ly) in self.layers.iter().enumerate() {
             let xn = rms_norm(&x, &ly.attn_norm, cfg.eps);
+            if let Some(tap) = ex.tap {
+                tap.attn_input(l, &xn);
+            }
             add_into(&mut x, &ly.attn.forward_batch(&cx, &xn, &segs, l, cache, ex.window, ex.mla_path)?);
             let xn = rms_norm(&x, &ly.ffn_norm, cfg.eps);
             let y = match &ly.ffn {

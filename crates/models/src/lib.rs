@@ -54,6 +54,14 @@ pub struct Exec<'a> {
     pub window: Option<StreamWindow>,
     /// MLA execution path (`Auto`: per pass, by [`latent_attention::Mla::choose_path`]).
     pub mla_path: MlaPath,
+    /// Observer of intermediate activations (`None` in inference).
+    pub tap: Option<&'a dyn Tap>,
+}
+
+/// Observes a forward pass's activations (calibration statistics for `latent convert`).
+pub trait Tap: Sync {
+    /// Layer `layer`'s normalized attention input `[ΣT, C]` (the rows of every pass, in order).
+    fn attn_input(&self, layer: usize, xn: &[f32]);
 }
 
 /// Facts about a loaded model.

@@ -179,6 +179,9 @@ impl Model for Llama {
         let mut x = embed(f, &self.embd, &tokens)?; // [ΣT, C]
         for (l, ly) in self.layers.iter().enumerate() {
             let xn = rms_norm(&x, &ly.attn_norm, cfg.eps);
+            if let Some(tap) = ex.tap {
+                tap.attn_input(l, &xn);
+            }
             add_into(&mut x, &ly.attn.forward_batch(&cx, &xn, &segs, l, cache, ex.window)?);
             let xn = rms_norm(&x, &ly.ffn_norm, cfg.eps);
             let mut gu = matmuls(ex, f, &[&ly.gate, &ly.up], &xn, t)?.into_iter();

@@ -182,3 +182,25 @@ fn describe(v: &MetaValue) -> String {
         other => format!("{other:?}"),
     }
 }
+
+/// Dequantizes a whole tensor (of exactly `dims`, ggml order) to f32, row-major.
+pub fn dequantize(f: &GgufFile, name: &str, dims: &[u64]) -> Result<Vec<f32>, ModelError> {
+    let t = f.tensor(name).ok_or_else(|| ModelError::MissingTensor(name.into()))?;
+    if t.dims != dims {
+        return Err(ModelError::Shape { name: name.into(), expected: dims.to_vec(), found: t.dims.clone() });
+    }
+    let wtype = latent_quant::WeightType::from_ggml_id(t.ggml_type.id())
+        .ok_or_else(|| ModelError::TensorType { name: name.into(), ty: t.ggml_type.name().to_string() })?;
+    let row = dims[0] as usize;
+    let rows = (t.n_elements() as usize) / row.max(1);
+    let rb = wtype.row_bytes(row)?;
+    let data = f.tensor_data(t);
+    if rb.checked_mul(rows).is_none_or(|n| n > data.len()) {
+        return Err(ModelError::Shape { name: name.into(), expected: dims.to_vec(), found: t.dims.clone() });
+    }
+    let mut out = vec![0f32; rows * row];
+    for r in 0..rows {
+        latent_quant::dequantize_row(wtype, &data[r * rb..(r + 1) * rb], &mut out[r * row..(r + 1) * row])?;
+    }
+    Ok(out)
+}

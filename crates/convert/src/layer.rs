@@ -1,0 +1,639 @@
+//! One attention layer, GQA → MLA, from calibration activations.
+//!
+//! Dimension legend: T calibration tokens (S sequences of L), C hidden, H query heads,
+//! G KV heads, D head dim, P rope dim of the MLA key, Nk = G·D − P position-free key dims,
+//! R latent rank, N nope dim per head in the file, Ny = Nk + G·D (keys and values that go
+//! through the latent).
+//!
+//! The recipe, each step exact or a least-squares optimum on the calibration set:
+//! 1. **RoRoPE.** For every RoPE frequency i, the G heads' 2-D key components are mixed by an
+//!    orthogonal G×G matrix U_i (PCA over heads of the calibration keys). A scalar mix of
+//!    heads commutes with the rotation, so with every query's per-head coefficients mixed the
+//!    same way, q·k is unchanged. The first mixed head carries most key energy.
+//! 2. **Shared RoPE key.** The first mixed head's components at the frequencies the file's
+//!    RoPE can express (every D/P-th) become the shared `k_rope`: exact.
+//! 3. **Position-free keys.** Every other (head, frequency) component loses its rotation.
+//!    Baseline: qᵀR(−Δθ)k ≈ qᵀk. Refit (`rope_avg`): qᵀ M k with M = E_a[R(−Δθ)], the
+//!    expected rotation under the teacher's attention over distances Δ (the least-squares
+//!    position-free bilinear form when q, k are independent of Δ): high frequencies shrink
+//!    towards 0 instead of adding noise, low ones stay.
+//! 4. **Latent.** c = A·x of rank R, the best rank-R linear map reconstructing
+//!    Y = [k_nope; v] in a metric Ω (PCA of Ω^½·Y). Baseline: keys scaled to the values'
+//!    energy (TransMLA's balancing). Refit (`metric`): Ω_K = the heads' query second moment
+//!    (error in scores), Ω_V = W_oᵀW_o per group (error in the layer output), their balance
+//!    searched per layer on the measured layer-output error.
+//! 5. **Value refit** (`v_refit`): W_UV per head by least squares against the teacher's
+//!    per-head attention output, with the converted model's own attention weights.
+//!
+//! Keys are then `k_nope = B_k·c` (LS), values `v_h = W_UV,h·c`; queries fold in B_k when
+//! R ≤ Nk (N = R, W_UK = I) and the softmax-scale change √(N+P)/√D.
+
+use crate::linalg::{cross, gram, matmul, solve_spd_right, sqrt_and_inv_sqrt, sym_eigen, transpose};
+use latent_attention::Rope;
+use rayon::prelude::*;
+
+/// Ridge of the value refit, relative to the mean diagonal of ZᵀZ.
+const V_RIDGE: f64 = 1e-3;
+
+/// Which refits run (cumulative steps of the report).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Method {
+    pub rope_avg: bool,
+    pub metric: bool,
+    pub v_refit: bool,
+}
+
+impl Method {
+    pub const BASELINE: Method = Method { rope_avg: false, metric: false, v_refit: false };
+    pub const FULL: Method = Method { rope_avg: true, metric: true, v_refit: true };
+
+    /// The cumulative steps, in report order, with their names.
+    pub fn steps() -> [(&'static str, Method); 4] {
+        [
+            ("baseline (RoRoPE + balanced joint PCA)", Method::BASELINE),
+            ("+ expected-rotation keys", Method { rope_avg: true, ..Method::BASELINE }),
+            ("+ score/output-metric latent", Method { rope_avg: true, metric: true, v_refit: false }),
+            ("+ value refit", Method::FULL),
+        ]
+    }
+
+    pub fn parse(s: &str) -> Option<Method> {
+        Some(match s {
+            "baseline" => Method::BASELINE,
+            "rope-avg" => Method { rope_avg: true, ..Method::BASELINE },
+            "metric" => Method { rope_avg: true, metric: true, v_refit: false },
+            "full" => Method::FULL,
+            _ => return None,
+        })
+    }
+}
+
+/// Shapes of the source and target attention.
+#[derive(Clone, Copy, Debug)]
+pub struct Dims {
+    pub c: usize,
+    pub h: usize,
+    pub g: usize,
+    pub d: usize,
+    pub p: usize,
+    pub r: usize,
+}
+
+impl Dims {
+    pub fn nk(&self) -> usize {
+        self.g * self.d - self.p
+    }
+    pub fn ny(&self) -> usize {
+        self.nk() + self.g * self.d
+    }
+    /// Nope dim per head in the file.
+    pub fn n(&self) -> usize {
+        if self.nk() == 0 {
+            1 // the format needs a nope dim; its query rows and W_UK are zero
+        } else {
+            self.r.min(self.nk())
+        }
+    }
+    fn absorbed(&self) -> bool {
+        self.nk() > 0 && self.r <= self.nk()
+    }
+}
+
+/// One layer's source attention weights, dequantized.
+pub struct SrcAttn {
+    pub wq: Vec<f32>, // [H·D, C]
+    pub wk: Vec<f32>, // [G·D, C]
+    pub wv: Vec<f32>, // [G·D, C]
+    pub wo: Vec<f32>, // [C, H·D]
+}
+
+/// Calibration inputs of one layer: S sequences of L tokens at positions 0..L.
+pub struct Calib<'a> {
+    pub x: &'a [f32], // [T, C], T = S·L
+    pub seqs: usize,
+    pub len: usize,
+}
+
+/// A converted layer in the file's layout (before the latent scaling of the norm trick).
+pub struct MlaAttn {
+    pub wq: Vec<f32>,    // [H·(N+P), C], per head [nope N; rope P], softmax scale folded in
+    pub wkv_a: Vec<f32>, // [R+P, C]: latent rows, then the shared RoPE key
+    pub w_uk: Vec<f32>,  // [H, N, R]
+    pub w_uv: Vec<f32>,  // [H, D, R]
+    /// Largest mean square of a calibration token's latent.
+    pub latent_ms_max: f64,
+    /// Relative error of the layer's attention output on the calibration set.
+    pub rel_err: f64,
+    /// The chosen K/V balance (metric step), relative to equal energy.
+    pub balance: f64,
+}
+
+/// Per-layer teacher quantities shared by every method.
+struct Teacher {
+    k: Vec<f32>,    // [T, G·D] (unrotated)
+    o: Vec<f32>,    // [T, H·D]: per-head attention outputs
+    hist: Vec<f64>, // [L]: attention mass at each distance Δ = p − j (all heads)
+}
+
+fn rope_rows(x: &mut [f32], t: usize, heads: usize, d: usize, len: usize, rope: &Rope) {
+    x.par_chunks_mut(heads * d).enumerate().for_each(|(ti, row)| {
+        let pos = ti % len;
+        for hh in 0..heads {
+            rope.apply(&mut row[hh * d..(hh + 1) * d], pos);
+        }
+    });
+    let _ = t;
+}
+
+/// Causal softmax attention of one (sequence, head): q `[L, dq]`, k `[L, dq]` → probabilities
+/// `[L, L]` (zero above the diagonal).
+fn probs(q: &[f32], k: &[f32], l: usize, dq: usize, scale: f32) -> Vec<f32> {
+    let mut s = matmul(q, k, l, dq, l, true);
+    for p in 0..l {
+        let row = &mut s[p * l..(p + 1) * l];
+        let mut m = f32::NEG_INFINITY;
+        for v in row[..=p].iter_mut() {
+            *v *= scale;
+            m = m.max(*v);
+        }
+        let mut sum = 0f32;
+        for v in row[..=p].iter_mut() {
+            *v = (*v - m).exp();
+            sum += *v;
+        }
+        let inv = 1.0 / sum;
+        for v in row[..=p].iter_mut() {
+            *v *= inv;
+        }
+        row[p + 1..].fill(0.0);
+    }
+    s
+}
+
+/// Gathers columns `[c0, c0+w)` of the rows `r0..r0+n` of a `[*, stride]` matrix.
+fn cols(a: &[f32], stride: usize, r0: usize, n: usize, c0: usize, w: usize) -> Vec<f32> {
+    let mut out = Vec::with_capacity(n * w);
+    for r in r0..r0 + n {
+        out.extend_from_slice(&a[r * stride + c0..r * stride + c0 + w]);
+    }
+    out
+}
+
+fn teacher(src: &SrcAttn, cal: &Calib, dm: &Dims, rope: &Rope) -> Teacher {
+    let (c, h, g, d) = (dm.c, dm.h, dm.g, dm.d);
+    let t = cal.seqs * cal.len;
+    let q = matmul(cal.x, &src.wq, t, c, h * d, true);
+    let k = matmul(cal.x, &src.wk, t, c, g * d, true);
+    let v = matmul(cal.x, &src.wv, t, c, g * d, true);
+    let (mut qr, mut kr) = (q.clone(), k.clone());
+    rope_rows(&mut qr, t, h, d, cal.len, rope);
+    rope_rows(&mut kr, t, g, d, cal.len, rope);
+    let l = cal.len;
+    let scale = 1.0 / (d as f32).sqrt();
+    let jobs: Vec<(usize, usize)> = (0..cal.seqs).flat_map(|s| (0..h).map(move |hh| (s, hh))).collect();
+    let parts: Vec<(usize, usize, Vec<f32>, Vec<f64>)> = jobs
+        .par_iter()
+        .map(|&(s, hh)| {
+            let gi = hh / (h / g);
+            let qh = cols(&qr, h * d, s * l, l, hh * d, d);
+            let kh = cols(&kr, g * d, s * l, l, gi * d, d);
+            let vh = cols(&v, g * d, s * l, l, gi * d, d);
+            let pr = probs(&qh, &kh, l, d, scale);
+            let mut hist = vec![0f64; l];
+            for p in 0..l {
+                for j in 0..=p {
+                    hist[p - j] += pr[p * l + j] as f64;
+                }
+            }
+            (s, hh, matmul(&pr, &vh, l, l, d, false), hist)
+        })
+        .collect();
+    let mut o = vec![0f32; t * h * d];
+    let mut hist = vec![0f64; l];
+    for (s, hh, oh, hs) in parts {
+        for p in 0..l {
+            o[(s * l + p) * h * d + hh * d..][..d].copy_from_slice(&oh[p * d..(p + 1) * d]);
+        }
+        for (a, b) in hist.iter_mut().zip(&hs) {
+            *a += b;
+        }
+    }
+    Teacher { k, o, hist }
+}
+
+/// The RoRoPE mixes: `[D/2][G·G]`, rows = mixed heads (descending key energy).
+fn rorope(k: &[f32], t: usize, g: usize, d: usize) -> Vec<Vec<f64>> {
+    (0..d / 2)
+        .map(|i| {
+            let mut cov = vec![0f64; g * g];
+            for ti in 0..t {
+                let row = &k[ti * g * d..(ti + 1) * g * d];
+                for a in 0..g {
+                    for b in 0..g {
+                        cov[a * g + b] += (row[a * d + 2 * i] as f64) * (row[b * d + 2 * i] as f64)
+                            + (row[a * d + 2 * i + 1] as f64) * (row[b * d + 2 * i + 1] as f64);
+                    }
+                }
+            }
+            sym_eigen(&cov, g).1
+        })
+        .collect()
+}
+
+/// The expected rotation E_a[R(−Δθ_i)] as (E cos, E sin) for every pair i.
+fn expected_rotation(hist: &[f64], rope: &Rope, d: usize) -> Vec<(f64, f64)> {
+    let total: f64 = hist.iter().sum::<f64>().max(f64::MIN_POSITIVE);
+    (0..d / 2)
+        .map(|i| {
+            let (mut ec, mut es) = (0f64, 0f64);
+            for (dl, &w) in hist.iter().enumerate() {
+                if w > 0.0 {
+                    let (c, s) = rope.cos_sin(dl, i);
+                    ec += w * c as f64;
+                    es += w * s as f64;
+                }
+            }
+            (ec / total, es / total)
+        })
+        .collect()
+}
+
+/// Linear maps of the mixed representation (rows over C).
+struct Mixed {
+    wk_pe: Vec<f32>,        // [P, C]
+    wq_pe: Vec<Vec<f32>>,   // H × [P, C]
+    wk_nope: Vec<f32>,      // [Nk, C]
+    wq_nope: Vec<Vec<f32>>, // H × [Nk, C]
+}
+
+fn mixed(src: &SrcAttn, dm: &Dims, u: &[Vec<f64>], rot: Option<&[(f64, f64)]>) -> Mixed {
+    let (c, h, g, d, p) = (dm.c, dm.h, dm.g, dm.d, dm.p);
+    let stride = d / p; // every stride-th frequency keeps RoPE on the first mixed head
+    let per = h / g;
+    let row = |w: &[f32], r: usize| -> Vec<f64> { w[r * c..(r + 1) * c].iter().map(|&x| x as f64).collect() };
+    let mut wk_pe = vec![0f32; p * c];
+    let mut wq_pe = vec![vec![0f32; p * c]; h];
+    let mut wk_nope = Vec::with_capacity(dm.nk() * c);
+    let mut wq_nope = vec![Vec::with_capacity(dm.nk() * c); h];
+    for m in 0..g {
+        for i in 0..d / 2 {
+            let ui = &u[i];
+            // Mixed key components (2 rows) of mixed head m at frequency i.
+            let mut kc = [vec![0f64; c], vec![0f64; c]];
+            for gi in 0..g {
+                let coef = ui[m * g + gi];
+                for (comp, kcc) in kc.iter_mut().enumerate() {
+                    for (a, b) in kcc.iter_mut().zip(row(&src.wk, gi * d + 2 * i + comp)) {
+                        *a += coef * b;
+                    }
+                }
+            }
+            let roped = m == 0 && i % stride == 0;
+            if roped {
+                let ip = i / stride;
+                for comp in 0..2 {
+                    for (dst, v) in wk_pe[(2 * ip + comp) * c..][..c].iter_mut().zip(&kc[comp]) {
+                        *dst = *v as f32;
+                    }
+                    for hh in 0..h {
+                        let coef = ui[m * g + hh / per] as f32;
+                        let q = &src.wq[(hh * d + 2 * i + comp) * c..][..c];
+                        for (dst, v) in wq_pe[hh][(2 * ip + comp) * c..][..c].iter_mut().zip(q) {
+                            *dst = coef * v;
+                        }
+                    }
+                }
+            } else {
+                // k̃ = M·k with M = [[E cos, E sin], [−E sin, E cos]] (identity without refit).
+                let (ec, es) = rot.map(|r| r[i]).unwrap_or((1.0, 0.0));
+                let k0: Vec<f32> = kc[0].iter().zip(&kc[1]).map(|(a, b)| (ec * a + es * b) as f32).collect();
+                let k1: Vec<f32> = kc[0].iter().zip(&kc[1]).map(|(a, b)| (-es * a + ec * b) as f32).collect();
+                wk_nope.extend(k0);
+                wk_nope.extend(k1);
+                for (hh, wqn) in wq_nope.iter_mut().enumerate() {
+                    let coef = ui[m * g + hh / per] as f32;
+                    for comp in 0..2 {
+                        wqn.extend(src.wq[(hh * d + 2 * i + comp) * c..][..c].iter().map(|v| coef * v));
+                    }
+                }
+            }
+        }
+    }
+    Mixed { wk_pe, wq_pe, wk_nope, wq_nope }
+}
+
+/// The converted layer for one candidate latent metric; returns it with its layer-output
+/// relative error on the calibration rows `seqs`.
+#[allow(clippy::too_many_arguments)]
+fn build(
+    src: &SrcAttn,
+    cal: &Calib,
+    dm: &Dims,
+    rope: &Rope,
+    te: &Teacher,
+    mx: &Mixed,
+    y: &[f32],          // [T, Ny]
+    omega_half: &[f64], // [Ny, Ny]: Ω^½
+    v_refit: bool,
+    seqs: usize,
+) -> (MlaAttn, f64) {
+    let (c, h, g, d, p, r) = (dm.c, dm.h, dm.g, dm.d, dm.p, dm.r);
+    let (nk, ny) = (dm.nk(), dm.ny());
+    let t = cal.seqs * cal.len;
+    let l = cal.len;
+    // PCA of Ω^½ Y: M = Ω^½ Cov_Y Ω^½.
+    let cov = gram(y, t, ny);
+    let oh = omega_half;
+    let tmp = mat64(oh, &cov, ny, ny, ny);
+    let m = mat64(&tmp, oh, ny, ny, ny);
+    let (_, vecs) = sym_eigen(&m, ny);
+    // A = U_R Ω^½ W_Y with W_Y = [Wk_nope; Wv] ([Ny, C]).
+    let ur_oh = mat64(&vecs[..r.min(ny) * ny], oh, r.min(ny), ny, ny);
+    let mut wy = mx.wk_nope.clone();
+    wy.extend_from_slice(&src.wv);
+    let ur_oh32: Vec<f32> = ur_oh.iter().map(|&v| v as f32).collect();
+    let mut a = matmul(&ur_oh32, &wy, r.min(ny), ny, c, false); // [R, C]
+    a.resize(r * c, 0.0); // rank beyond Ny: zero rows
+    let mut lat = matmul(cal.x, &a, t, c, r, true); // [T, R]
+                                                    // Unit RMS latent (any scale of c is absorbed by B and W_UV; the query rows and the
+                                                    // file's types then see the source's magnitudes).
+    let ms = lat.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / lat.len().max(1) as f64;
+    if ms > 0.0 && ms.is_finite() {
+        let k = (1.0 / ms.sqrt()) as f32;
+        a.iter_mut().for_each(|v| *v *= k);
+        lat.iter_mut().for_each(|v| *v *= k);
+    }
+    let latent_ms_max =
+        lat.chunks(r).map(|row| row.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / r as f64).fold(0f64, f64::max);
+    // B = (Yᵀc)(cᵀc)⁻¹: [Ny, R].
+    let gc = gram(&lat, t, r);
+    let yc = cross(y, &lat, t, ny, r);
+    let b = solve_spd_right(&gc, &yc, r, ny, 1e-9);
+    let bk: Vec<f32> = b[..nk * r].iter().map(|&v| v as f32).collect(); // [Nk, R]
+    let bv: Vec<f32> = b[nk * r..].iter().map(|&v| v as f32).collect(); // [G·D, R]
+    if std::env::var_os("LATENT_CONVERT_DEBUG").is_some() {
+        let mx_ = |v: &[f32]| v.iter().fold(0f32, |m, x| if x.is_nan() { f32::NAN } else { m.max(x.abs()) });
+        eprintln!("ms {ms:e} |A| {} |lat| {} |bk| {} |bv| {} gc00 {:e}", mx_(&a), mx_(&lat), mx_(&bk), mx_(&bv), gc[0]);
+    }
+    // Student attention: keys [k_pe (rotated) | B_k c], per-head queries [q_pe | q_nope].
+    let mut kpe = matmul(cal.x, &mx.wk_pe, t, c, p, true);
+    rope_rows(&mut kpe, t, 1, p, l, &sub_rope(rope, p, d));
+    let knope = matmul(&lat, &bk, t, r, nk, true); // [T, Nk]
+    let scale = 1.0 / (d as f32).sqrt();
+    let per = h / g;
+    let jobs: Vec<(usize, usize)> = (0..seqs).flat_map(|s| (0..h).map(move |hh| (s, hh))).collect();
+    let z: Vec<(usize, usize, Vec<f32>)> = jobs
+        .par_iter()
+        .map(|&(s, hh)| {
+            let xs = &cal.x[s * l * c..(s + 1) * l * c];
+            let mut qpe = matmul(xs, &mx.wq_pe[hh], l, c, p, true);
+            rope_rows(&mut qpe, l, 1, p, l, &sub_rope(rope, p, d));
+            let qn = matmul(xs, &mx.wq_nope[hh], l, c, nk, true);
+            let (mut qf, mut kf) = (Vec::with_capacity(l * (p + nk)), Vec::with_capacity(l * (p + nk)));
+            for i in 0..l {
+                qf.extend_from_slice(&qpe[i * p..(i + 1) * p]);
+                qf.extend_from_slice(&qn[i * nk..(i + 1) * nk]);
+                kf.extend_from_slice(&kpe[(s * l + i) * p..(s * l + i + 1) * p]);
+                kf.extend_from_slice(&knope[(s * l + i) * nk..(s * l + i + 1) * nk]);
+            }
+            let pr = probs(&qf, &kf, l, p + nk, scale);
+            (s, hh, matmul(&pr, &lat[s * l * r..(s + 1) * l * r], l, l, r, false))
+            // z: [L, R]
+        })
+        .collect();
+    // Per-head value maps [D, R].
+    let mut w_uv = vec![0f32; h * d * r];
+    let ts = seqs * l;
+    for hh in 0..h {
+        let gi = hh / per;
+        let dst = &mut w_uv[hh * d * r..(hh + 1) * d * r];
+        if v_refit {
+            let mut zh = vec![0f32; ts * r];
+            for (s, h2, zz) in &z {
+                if *h2 == hh {
+                    zh[s * l * r..(s + 1) * l * r].copy_from_slice(zz);
+                }
+            }
+            let oh = cols(&te.o, h * d, 0, ts, hh * d, d); // [Ts, D]
+                                                           // Ridge towards the PCA map: directions the attention never averages over (a
+                                                           // head that only looks at the first token sees a rank-1 Z) keep B_v.
+            let gz = gram(&zh, ts, r);
+            let mut oz = cross(&oh, &zh, ts, d, r);
+            let lam = V_RIDGE * (0..r).map(|i| gz[i * r + i]).sum::<f64>() / r as f64;
+            for (o, b) in oz.iter_mut().zip(&bv[gi * d * r..(gi + 1) * d * r]) {
+                *o += lam * *b as f64;
+            }
+            let w = solve_spd_right(&gz, &oz, r, d, V_RIDGE);
+            for (a, b) in dst.iter_mut().zip(&w) {
+                *a = *b as f32;
+            }
+        } else {
+            dst.copy_from_slice(&bv[gi * d * r..(gi + 1) * d * r]);
+        }
+    }
+    // Layer-output error: Σ_p ‖W_o (o' − o)‖² / Σ_p ‖W_o o‖² over the rows used.
+    let mut diff = vec![0f32; ts * h * d];
+    for (s, hh, zz) in &z {
+        let oh = matmul(zz, &w_uv[hh * d * r..(hh + 1) * d * r], l, r, d, true); // [L, D]
+        for i in 0..l {
+            let row = (s * l + i) * h * d + hh * d;
+            for e in 0..d {
+                diff[row + e] = oh[i * d + e] - te.o[row + e];
+            }
+        }
+    }
+    let err = matmul(&diff, &src.wo, ts, h * d, c, true);
+    let refo = matmul(&te.o[..ts * h * d], &src.wo, ts, h * d, c, true);
+    let num: f64 = err.iter().map(|&v| (v as f64).powi(2)).sum();
+    let den: f64 = refo.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().max(f64::MIN_POSITIVE);
+    let rel_err = (num / den).sqrt();
+    if std::env::var_os("LATENT_CONVERT_DEBUG").is_some() {
+        let mx_ = |v: &[f32]| v.iter().fold(0f32, |m, x| if x.is_nan() { f32::NAN } else { m.max(x.abs()) });
+        eprintln!(
+            "  rel_err {rel_err} |w_uv| {} |z| {}",
+            mx_(&w_uv),
+            z.iter().map(|(_, _, zz)| mx_(zz)).fold(0f32, f32::max)
+        );
+    }
+    // File layout.
+    let n = dm.n();
+    let qscale = (((n + p) as f64).sqrt() / (d as f64).sqrt()) as f32;
+    let mut wq = Vec::with_capacity(h * (n + p) * c);
+    let mut w_uk = vec![0f32; h * n * r];
+    for hh in 0..h {
+        if nk == 0 {
+            wq.extend(std::iter::repeat_n(0f32, n * c));
+        } else if dm.absorbed() {
+            // q_nope' = B_kᵀ·Wq_nope,h: [R, C]; W_UK = I.
+            let bkt = transpose(&bk, nk, r);
+            wq.extend(matmul(&bkt, &mx.wq_nope[hh], r, nk, c, false).iter().map(|v| v * qscale));
+            for i in 0..r {
+                w_uk[hh * n * r + i * r + i] = 1.0;
+            }
+        } else {
+            wq.extend(mx.wq_nope[hh].iter().map(|v| v * qscale));
+            w_uk[hh * n * r..(hh + 1) * n * r].copy_from_slice(&bk);
+        }
+        wq.extend(mx.wq_pe[hh].iter().map(|v| v * qscale));
+    }
+    let mut wkv_a = a;
+    wkv_a.extend_from_slice(&mx.wk_pe);
+    (MlaAttn { wq, wkv_a, w_uk, w_uv, latent_ms_max, rel_err, balance: 1.0 }, rel_err)
+}
+
+/// The MLA key's RoPE (P dims, same base): pair i' has the frequency of source pair i'·D/P.
+pub fn sub_rope(rope: &Rope, p: usize, _d: usize) -> Rope {
+    Rope { dims: p, ..*rope }
+}
+
+/// `[m, k] × [k, n]` in f64.
+fn mat64(a: &[f64], b: &[f64], m: usize, k: usize, n: usize) -> Vec<f64> {
+    let mut c = vec![0f64; m * n];
+    c.par_chunks_mut(n.max(1)).enumerate().for_each(|(i, ci)| {
+        for kk in 0..k {
+            let av = a[i * k + kk];
+            if av != 0.0 {
+                for (cv, bv) in ci.iter_mut().zip(&b[kk * n..(kk + 1) * n]) {
+                    *cv += av * bv;
+                }
+            }
+        }
+    });
+    c
+}
+
+/// Block-diagonal Ω^½ from a keys block `[Nk, Nk]` (scaled by `wk`) and G value blocks `[D, D]`.
+fn omega_half(kb: &[f64], vbs: &[Vec<f64>], nk: usize, d: usize, wk: f64) -> Vec<f64> {
+    let g = vbs.len();
+    let ny = nk + g * d;
+    let mut o = vec![0f64; ny * ny];
+    let (ks, _) = sqrt_and_inv_sqrt(kb, nk, 1e-8);
+    for i in 0..nk {
+        for j in 0..nk {
+            o[i * ny + j] = ks[i * nk + j] * wk.sqrt();
+        }
+    }
+    for (gi, vb) in vbs.iter().enumerate() {
+        let (vs, _) = sqrt_and_inv_sqrt(vb, d, 1e-8);
+        let off = nk + gi * d;
+        for i in 0..d {
+            for j in 0..d {
+                o[(off + i) * ny + off + j] = vs[i * d + j];
+            }
+        }
+    }
+    o
+}
+
+fn trace_prod(a: &[f64], b: &[f64], n: usize, off: usize, w: usize, ny: usize) -> f64 {
+    // tr(A · B[off.., off..]) for A [w, w], B [ny, ny].
+    let mut s = 0f64;
+    for i in 0..w {
+        for j in 0..w {
+            s += a[i * w + j] * b[(off + j) * ny + off + i];
+        }
+    }
+    let _ = n;
+    s
+}
+
+/// Converts one layer.
+pub fn convert_layer(src: &SrcAttn, cal: &Calib, dm: &Dims, rope: &Rope, method: Method) -> MlaAttn {
+    let (c, h, g, d) = (dm.c, dm.h, dm.g, dm.d);
+    let (nk, ny) = (dm.nk(), dm.ny());
+    let t = cal.seqs * cal.len;
+    let te = teacher(src, cal, dm, rope);
+    let u = rorope(&te.k, t, g, d);
+    let rot = method.rope_avg.then(|| expected_rotation(&te.hist, rope, d));
+    let mx = mixed(src, dm, &u, rot.as_deref());
+    let kn = matmul(cal.x, &mx.wk_nope, t, c, nk, true); // [T, Nk]
+    let v = matmul(cal.x, &src.wv, t, c, g * d, true); // [T, G·D]
+    let mut y = Vec::with_capacity(t * ny);
+    for i in 0..t {
+        y.extend_from_slice(&kn[i * nk..(i + 1) * nk]);
+        y.extend_from_slice(&v[i * g * d..(i + 1) * g * d]);
+    }
+    let cov = gram(&y, t, ny);
+    let all = cal.seqs;
+    if !method.metric {
+        // Balanced: keys scaled to the values' total energy.
+        let ek: f64 = (0..nk).map(|i| cov[i * ny + i]).sum();
+        let ev: f64 = (nk..ny).map(|i| cov[i * ny + i]).sum();
+        let w = (ev / ek.max(f64::MIN_POSITIVE)).sqrt();
+        let mut oh = vec![0f64; ny * ny];
+        for i in 0..ny {
+            oh[i * ny + i] = if i < nk { w } else { 1.0 };
+        }
+        return build(src, cal, dm, rope, &te, &mx, &y, &oh, method.v_refit, all).0;
+    }
+    // Ω_K: the heads' nope-query second moment (score error), Ω_V: W_oᵀW_o per group.
+    let mut qk = vec![0f64; nk * nk];
+    for hh in 0..h {
+        let qn = matmul(cal.x, &mx.wq_nope[hh], t, c, nk, true);
+        for (a, b) in qk.iter_mut().zip(gram(&qn, t, nk)) {
+            *a += b / (t as f64 * d as f64);
+        }
+    }
+    let per = h / g;
+    let wo_t = transpose(&src.wo, c, h * d); // [H·D, C]
+    let vbs: Vec<Vec<f64>> = (0..g)
+        .map(|gi| {
+            let mut m = vec![0f64; d * d];
+            for hh in gi * per..(gi + 1) * per {
+                let rows = &wo_t[hh * d * c..(hh + 1) * d * c]; // [D, C]
+                let gg = gram(&transpose(rows, d, c), c, d);
+                for (a, b) in m.iter_mut().zip(gg) {
+                    *a += b;
+                }
+            }
+            m
+        })
+        .collect();
+    // Equal weighted energy, then a search over the balance on the layer-output error.
+    let ek = trace_prod(&qk, &cov, ny, 0, nk, ny);
+    let ev: f64 = vbs.iter().enumerate().map(|(gi, vb)| trace_prod(vb, &cov, ny, nk + gi * d, d, ny)).sum();
+    let w0 = ev / ek.max(f64::MIN_POSITIVE);
+    let search = all.min(2);
+    let mut best: Option<(f64, f64)> = None;
+    for &f in &[1.0 / 16.0, 0.25, 1.0, 4.0, 16.0] {
+        let oh = omega_half(&qk, &vbs, nk, d, w0 * f);
+        let (_, e) = build(src, cal, dm, rope, &te, &mx, &y, &oh, method.v_refit, search);
+        if best.is_none_or(|(_, be)| e < be) {
+            best = Some((f, e));
+        }
+    }
+    let f = best.map(|b| b.0).unwrap_or(1.0);
+    let oh = omega_half(&qk, &vbs, nk, d, w0 * f);
+    let (mut out, _) = build(src, cal, dm, rope, &te, &mx, &y, &oh, method.v_refit, all);
+    out.balance = f;
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use latent_attention::RopeStyle;
+
+    #[test]
+    fn expected_rotation_of_one_distance_is_that_rotation() {
+        // All attention at Δ = 5: qᵀ M k must equal the rotated score at distance 5.
+        let rope = Rope::plain(8, 10000.0, RopeStyle::Interleaved);
+        let mut hist = vec![0f64; 16];
+        hist[5] = 2.0;
+        let rot = expected_rotation(&hist, &rope, 8);
+        let (q, k) = ([0.3f32, -1.2], [0.7f32, 0.4]);
+        for (i, &(ec, es)) in rot.iter().enumerate() {
+            let km = [ec * k[0] as f64 + es * k[1] as f64, -es * k[0] as f64 + ec * k[1] as f64];
+            let approx = q[0] as f64 * km[0] + q[1] as f64 * km[1];
+            // Exact: (R(p)q)·(R(p−5)k) at p = 9.
+            let mut qq = [0f32; 8];
+            let mut kk = [0f32; 8];
+            qq[2 * i..2 * i + 2].copy_from_slice(&q);
+            kk[2 * i..2 * i + 2].copy_from_slice(&k);
+            rope.apply(&mut qq, 9);
+            rope.apply(&mut kk, 4);
+            let exact: f64 = qq.iter().zip(&kk).map(|(a, b)| (*a as f64) * (*b as f64)).sum();
+            assert!((approx - exact).abs() < 1e-5, "pair {i}: {approx} vs {exact}");
+        }
+    }
+}

@@ -1,0 +1,160 @@
+//! The converter on tiny random Llama models built in memory.
+
+use latent_convert::{convert, Calibration, ConvertError, ConvertOptions, Method, Source, WeightType};
+use latent_engine::{Engine, EngineOptions, MatmulPrecision, MlaPath};
+use latent_formats::gguf::{GgufFile, MetaValue};
+use latent_models::testing::{TinyDeepseek2, TinyLlama};
+use latent_tokenizer::{Tokenizer, TokenizerSpec};
+use std::sync::Arc;
+
+fn source(t: &TinyLlama) -> Source {
+    let f = Arc::new(GgufFile::from_bytes(t.gguf()).expect("tiny gguf"));
+    Source::from_file(f, "tiny").expect("llama source")
+}
+
+fn ids(n: usize, vocab: usize, seed: u64) -> Vec<u32> {
+    let mut s = seed;
+    (0..n)
+        .map(|_| {
+            s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            ((s >> 33) % vocab as u64) as u32
+        })
+        .collect()
+}
+
+fn logits(file: Arc<GgufFile>, toks: &[u32], path: MlaPath) -> Vec<f32> {
+    let model = latent_models::load_from(file).expect("model");
+    let tok = Tokenizer::new(TokenizerSpec::byte_level(model.info().vocab)).expect("tokenizer");
+    let e = Engine::new(
+        model,
+        tok,
+        EngineOptions { threads: 2, precision: MatmulPrecision::Exact, mla_path: path, ..Default::default() },
+    )
+    .expect("engine");
+    e.forced_logits(toks).expect("logits")
+}
+
+/// A conversion that drops nothing: one KV head (MQA) keeps RoPE on every frequency (P = D,
+/// no position-free key dims) and the latent has the values' full rank (R = D). The file
+/// runs as latent's deepseek2 model (absorbed and naive MLA, f32 weights and cache) and
+/// gives the source's logits.
+#[test]
+fn lossless_conversion_gives_the_source_logits() {
+    let t = TinyLlama { kv_heads: 1, heads: 4, hidden: 64, layers: 2, seed: 5, ..TinyLlama::default() };
+    let src = source(&t);
+    let d = src.cfg.head_dim;
+    let cal = Calibration::collect_ids(&src, &ids(96, t.vocab, 1), 48, 2).expect("calibration");
+    let want = logits(src.file.clone(), &ids(40, t.vocab, 9), MlaPath::Auto);
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    for method in [Method::BASELINE, Method::FULL] {
+        let opts = ConvertOptions { kv_rank: d, rope_dim: d, method, q_type: WeightType::F32 };
+        let conv = convert(&src, &cal, &opts).expect("convert");
+        for l in &conv.layers {
+            assert!(l.rel_err < 1e-5, "{method:?}: calibration attention error {}", l.rel_err);
+        }
+        let file = Arc::new(GgufFile::from_bytes(conv.bytes).expect("written gguf parses"));
+        for path in [MlaPath::Absorbed, MlaPath::Naive] {
+            let got = logits(file.clone(), &ids(40, t.vocab, 9), path);
+            let err = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+            assert!(err <= 1e-4 * scale.max(1.0), "{method:?} {path:?}: max |Δlogit| {err} (logit scale {scale})");
+        }
+    }
+}
+
+/// A lossy conversion of a GQA model (RoPE dropped on mixed heads, latent below full rank)
+/// gives finite logits close to, but not equal to, the source's, with every method; the
+/// refits do not make the calibration error worse than the baseline's.
+#[test]
+fn lossy_gqa_conversion_runs_and_the_refits_help_on_calibration() {
+    let t = TinyLlama { kv_heads: 2, heads: 4, hidden: 64, layers: 2, seed: 7, ..TinyLlama::default() };
+    let src = source(&t);
+    let d = src.cfg.head_dim;
+    let cal = Calibration::collect_ids(&src, &ids(128, t.vocab, 2), 64, 2).expect("calibration");
+    let toks = ids(48, t.vocab, 11);
+    let want = logits(src.file.clone(), &toks, MlaPath::Auto);
+    let mut errs = Vec::new();
+    for (name, method) in Method::steps() {
+        let opts = ConvertOptions { kv_rank: d, rope_dim: d / 2, method, q_type: WeightType::Q8_0 };
+        let conv = convert(&src, &cal, &opts).expect("convert");
+        let e: f64 = conv.layers.iter().map(|l| l.rel_err).sum::<f64>() / conv.layers.len() as f64;
+        assert!(e.is_finite() && e > 1e-4, "{name}: lossy conversion reports error {e}");
+        errs.push(e);
+        let got = logits(Arc::new(GgufFile::from_bytes(conv.bytes).expect("gguf")), &toks, MlaPath::Auto);
+        assert!(got.iter().all(|v| v.is_finite()), "{name}: non-finite logits");
+        let cos = {
+            let (mut ab, mut aa, mut bb) = (0f64, 0f64, 0f64);
+            for (a, b) in got.iter().zip(&want) {
+                ab += (*a as f64) * (*b as f64);
+                aa += (*a as f64).powi(2);
+                bb += (*b as f64).powi(2);
+            }
+            ab / (aa.sqrt() * bb.sqrt())
+        };
+        assert!(cos > 0.9, "{name}: logits cosine {cos} to the source");
+    }
+    assert!(errs[3] <= errs[0] * 1.001, "full method error {} above the baseline's {}", errs[3], errs[0]);
+}
+
+#[test]
+fn written_file_has_deepseek2_metadata_and_shapes() {
+    let t = TinyLlama { kv_heads: 2, heads: 4, hidden: 64, layers: 2, tied: true, seed: 3, ..TinyLlama::default() };
+    let src = source(&t);
+    let d = src.cfg.head_dim; // 16
+    let cal = Calibration::collect_ids(&src, &ids(64, t.vocab, 4), 32, 1).expect("calibration");
+    let (r, p) = (12, d / 2);
+    let opts = ConvertOptions { kv_rank: r, rope_dim: p, method: Method::BASELINE, q_type: WeightType::Q8_0 };
+    let f = GgufFile::from_bytes(convert(&src, &cal, &opts).expect("convert").bytes).expect("gguf");
+    assert_eq!(f.architecture().unwrap(), "deepseek2");
+    let u = |k: &str| f.get_u32(&format!("deepseek2.{k}")).unwrap_or_else(|e| panic!("{k}: {e}")) as usize;
+    let nk = 2 * d - p; // 24 position-free key dims ≥ R: queries absorb B_k, N = R
+    assert!(r <= nk);
+    assert_eq!(u("attention.kv_lora_rank"), r);
+    assert_eq!(u("attention.q_lora_rank"), 0);
+    assert_eq!(u("attention.head_count"), 4);
+    assert_eq!(u("attention.head_count_kv"), 1);
+    assert_eq!(u("attention.key_length"), r + p);
+    assert_eq!(u("attention.value_length"), r);
+    assert_eq!(u("attention.key_length_mla"), r + p);
+    assert_eq!(u("attention.value_length_mla"), d);
+    assert_eq!(u("rope.dimension_count"), p);
+    assert_eq!(u("leading_dense_block_count"), 2);
+    assert_eq!(f.get("latent.convert.norm_free_latent"), Some(&MetaValue::Bool(true)));
+    let dims = |n: &str| f.tensor(n).unwrap_or_else(|| panic!("{n} missing")).dims.clone();
+    assert_eq!(dims("blk.0.attn_q.weight"), vec![64, (4 * (r + p)) as u64]);
+    assert_eq!(dims("blk.1.attn_kv_a_mqa.weight"), vec![64, (r + p) as u64]);
+    assert_eq!(dims("blk.1.attn_kv_a_norm.weight"), vec![r as u64]);
+    assert_eq!(dims("blk.0.attn_k_b.weight"), vec![r as u64, r as u64, 4]);
+    assert_eq!(dims("blk.0.attn_v_b.weight"), vec![r as u64, d as u64, 4]);
+    assert_eq!(dims("blk.0.attn_output.weight"), vec![64, 64]);
+    // Tied source embeddings get their own output matrix (llama.cpp's deepseek2 needs one).
+    assert_eq!(f.tensor_data_by_name("output.weight"), f.tensor_data_by_name("token_embd.weight"));
+    assert!(f.tensor("blk.0.attn_k.weight").is_none());
+}
+
+#[test]
+fn bad_arguments_are_clear_errors() {
+    let t = TinyLlama { kv_heads: 2, heads: 4, hidden: 64, layers: 1, ..TinyLlama::default() };
+    let src = source(&t);
+    let d = src.cfg.head_dim; // 16: Ny = 3·2·16 − P
+    let bad = |r: usize, p: usize, want: &str| {
+        let o = ConvertOptions { kv_rank: r, rope_dim: p, method: Method::FULL, q_type: WeightType::Q8_0 };
+        match o.check(&src) {
+            Err(ConvertError::Invalid(m)) => assert!(m.contains(want), "R={r} P={p}: {m}"),
+            other => panic!("R={r} P={p}: expected an argument error, got {other:?}"),
+        }
+    };
+    bad(0, d, "--kv-rank 0");
+    bad(3 * 2 * d - d + 1, d, "--kv-rank");
+    bad(8, 3, "--rope-dim 3");
+    bad(8, 12, "--rope-dim 12");
+    bad(8, 2 * d, "--rope-dim");
+    bad(8, 0, "--rope-dim 0");
+    let f = Arc::new(GgufFile::from_bytes(TinyDeepseek2::default().gguf()).unwrap());
+    match Source::from_file(f, "ds.gguf") {
+        Err(ConvertError::Invalid(m)) => assert!(m.contains("llama-architecture"), "{m}"),
+        Err(e) => panic!("unexpected error {e}"),
+        Ok(_) => panic!("a deepseek2 source was accepted"),
+    }
+    let cal = Calibration::collect_ids(&src, &ids(10, t.vocab, 1), 32, 1);
+    assert!(matches!(cal, Err(ConvertError::Invalid(_))), "too few calibration tokens accepted");
+}
