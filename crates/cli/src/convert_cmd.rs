@@ -32,8 +32,8 @@ pub struct ConvertArgs {
     /// Tokens per calibration sequence.
     #[arg(long, default_value_t = 512)]
     calib_len: usize,
-    /// Fitting method: baseline, rope-avg, metric or full (every refit).
-    #[arg(long, default_value = "full", value_parser = ["baseline", "rope-avg", "metric", "full"])]
+    /// Fitting method: baseline, metric, full (metric latent + value refit) or full+rope-avg.
+    #[arg(long, default_value = "full", value_parser = ["baseline", "metric", "full", "full+rope-avg"])]
     method: String,
     /// Type of the new query matrices: q8_0 (default), f16 or f32.
     #[arg(long, default_value = "q8_0", value_parser = ["q8_0", "f16", "f32"])]
@@ -136,7 +136,7 @@ pub fn run(a: ConvertArgs) -> Result<()> {
 
 fn run_report(a: &ConvertArgs, src: &Source, text: &str, threads: usize, q_type: WeightType) -> Result<()> {
     let d = src.cfg.head_dim;
-    let budgets = if a.quick { vec![(0.5, d)] } else { vec![(0.5, d), (0.375, d), (0.25, d / 2), (0.125, d / 4)] };
+    let budgets = if a.quick { vec![(0.5, d)] } else { vec![(0.5, d), (0.375, d), (0.25, d), (0.125, d / 2)] };
     let methods: Vec<(String, Method)> = Method::steps()
         .into_iter()
         .filter(|(_, m)| !a.quick || *m == Method::BASELINE || *m == Method::FULL)

@@ -331,6 +331,12 @@ pub struct PerplexityArgs {
     /// Window length.
     #[arg(long, default_value_t = 512)]
     pub ctx: usize,
+    /// Tokens of the text skipped before the first window (e.g. text used for calibration).
+    #[arg(long, default_value_t = 0)]
+    pub skip: usize,
+    /// Score at most this many windows (default: every whole window).
+    #[arg(long)]
+    pub windows: Option<usize>,
     #[arg(long)]
     pub json: bool,
 }
@@ -338,7 +344,14 @@ pub struct PerplexityArgs {
 pub fn perplexity(a: PerplexityArgs) -> Result<()> {
     let e = a.m.engine()?;
     let text = read_text(&None, &Some(a.file.clone()))?;
-    let toks = e.tokenizer.encode(&text, false);
+    let all = e.tokenizer.encode(&text, false);
+    if a.skip >= all.len() {
+        anyhow::bail!("--skip {} leaves nothing of the {} tokens of {}", a.skip, all.len(), a.file.display());
+    }
+    let mut toks = all[a.skip..].to_vec();
+    if let Some(w) = a.windows {
+        toks.truncate(w.saturating_mul(a.ctx));
+    }
     let t0 = Instant::now();
     let p = e.perplexity(&toks, a.ctx, |done, total| {
         let w = 30;
@@ -359,7 +372,7 @@ pub fn perplexity(a: PerplexityArgs) -> Result<()> {
             "{}",
             serde_json::json!({
                 "tokens": p.tokens, "scored": p.scored, "nll": p.nll, "ppl": p.ppl,
-                "ctx": a.ctx, "kv_peak_tokens": p.kv_peak_tokens, "stream_window": window,
+                "ctx": a.ctx, "skip": a.skip, "kv_peak_tokens": p.kv_peak_tokens, "stream_window": window,
             })
         );
     } else {

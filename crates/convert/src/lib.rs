@@ -101,7 +101,7 @@ impl ConvertOptions {
     pub fn check(&self, src: &Source) -> Result<(), ConvertError> {
         let (g, d) = (src.cfg.kv_heads, src.cfg.head_dim);
         let p = self.rope_dim;
-        if p < 2 || p % 2 != 0 || p > d || d % p != 0 || !(d / p).is_power_of_two() {
+        if p < 2 || !p.is_multiple_of(2) || p > d || !d.is_multiple_of(p) || !(d / p).is_power_of_two() {
             return Err(ConvertError::Invalid(format!(
                 "--rope-dim {p}: must be the head dim {d} or {d} divided by a power of two (≥ 2); \
                  the file's RoPE has one frequency per pair, taken from every (D/P)-th source frequency"

@@ -91,73 +91,156 @@ pub fn transpose<T: Copy + Default>(a: &[T], r: usize, c: usize) -> Vec<T> {
 }
 
 /// Eigendecomposition of a symmetric `[n, n]` matrix: eigenvalues in descending order and the
-/// matching unit eigenvectors as the rows of `[n, n]` (cyclic Jacobi rotations until the
-/// off-diagonal mass is below 1e-22 of the total, at most 60 sweeps).
+/// matching unit eigenvectors as the rows of `[n, n]` (Householder reduction to tridiagonal
+/// form, then the implicit QL iteration with Wilkinson shifts; O(n³)).
 pub fn sym_eigen(a: &[f64], n: usize) -> (Vec<f64>, Vec<f64>) {
     assert_eq!(a.len(), n * n);
-    let mut m = a.to_vec();
-    // Symmetrize (inputs are sums of products and may differ in the last bits).
+    if n == 0 {
+        return (Vec::new(), Vec::new());
+    }
+    // z: row-major working copy, symmetrized (sums of products differ in the last bits).
+    let mut z = vec![0f64; n * n];
     for i in 0..n {
+        for j in 0..n {
+            z[i * n + j] = 0.5 * (a[i * n + j] + a[j * n + i]);
+        }
+    }
+    let mut d = vec![0f64; n];
+    let mut e = vec![0f64; n];
+    // Householder tridiagonalization; z accumulates the orthogonal transform.
+    for i in (1..n).rev() {
+        let l = i - 1;
+        let mut h = 0f64;
+        if l > 0 {
+            let scale: f64 = (0..=l).map(|k| z[i * n + k].abs()).sum();
+            if scale == 0.0 {
+                e[i] = z[i * n + l];
+            } else {
+                for k in 0..=l {
+                    z[i * n + k] /= scale;
+                    h += z[i * n + k] * z[i * n + k];
+                }
+                let f = z[i * n + l];
+                let g = if f >= 0.0 { -h.sqrt() } else { h.sqrt() };
+                e[i] = scale * g;
+                h -= f * g;
+                z[i * n + l] = f - g;
+                let mut f = 0f64;
+                for j in 0..=l {
+                    z[j * n + i] = z[i * n + j] / h;
+                    let mut g = 0f64;
+                    for k in 0..=j {
+                        g += z[j * n + k] * z[i * n + k];
+                    }
+                    for k in j + 1..=l {
+                        g += z[k * n + j] * z[i * n + k];
+                    }
+                    e[j] = g / h;
+                    f += e[j] * z[i * n + j];
+                }
+                let hh = f / (h + h);
+                for j in 0..=l {
+                    let f = z[i * n + j];
+                    let g = e[j] - hh * f;
+                    e[j] = g;
+                    for k in 0..=j {
+                        z[j * n + k] -= f * e[k] + g * z[i * n + k];
+                    }
+                }
+            }
+        } else {
+            e[i] = z[i * n + l];
+        }
+        d[i] = h;
+    }
+    d[0] = 0.0;
+    e[0] = 0.0;
+    for i in 0..n {
+        if d[i] != 0.0 {
+            for j in 0..i {
+                let mut g = 0f64;
+                for k in 0..i {
+                    g += z[i * n + k] * z[k * n + j];
+                }
+                for k in 0..i {
+                    z[k * n + j] -= g * z[k * n + i];
+                }
+            }
+        }
+        d[i] = z[i * n + i];
+        z[i * n + i] = 1.0;
         for j in 0..i {
-            let v = 0.5 * (m[i * n + j] + m[j * n + i]);
-            m[i * n + j] = v;
-            m[j * n + i] = v;
+            z[j * n + i] = 0.0;
+            z[i * n + j] = 0.0;
         }
     }
-    let mut v = vec![0f64; n * n]; // rows: eigenvectors
-    for i in 0..n {
-        v[i * n + i] = 1.0;
+    // Implicit QL on the tridiagonal (d, e); eigenvectors are the columns of z.
+    for i in 1..n {
+        e[i - 1] = e[i];
     }
-    let total: f64 = m.iter().map(|x| x * x).sum::<f64>().max(f64::MIN_POSITIVE);
-    for _sweep in 0..60 {
-        let mut off = 0f64;
-        for i in 0..n {
-            for j in 0..n {
-                if i != j {
-                    off += m[i * n + j] * m[i * n + j];
+    e[n - 1] = 0.0;
+    for l in 0..n {
+        let mut iter = 0;
+        loop {
+            let mut m = l;
+            while m + 1 < n {
+                let dd = d[m].abs() + d[m + 1].abs();
+                if e[m].abs() <= f64::EPSILON * dd {
+                    break;
+                }
+                m += 1;
+            }
+            if m == l || iter >= 64 {
+                break;
+            }
+            iter += 1;
+            let mut g = (d[l + 1] - d[l]) / (2.0 * e[l]);
+            let mut r = g.hypot(1.0);
+            g = d[m] - d[l] + e[l] / (g + if g >= 0.0 { r.abs() } else { -r.abs() });
+            let (mut s, mut c, mut p) = (1f64, 1f64, 0f64);
+            let mut underflow = false;
+            let mut i = m;
+            while i > l {
+                i -= 1;
+                let f = s * e[i];
+                let b = c * e[i];
+                r = f.hypot(g);
+                e[i + 1] = r;
+                if r == 0.0 {
+                    d[i + 1] -= p;
+                    e[m] = 0.0;
+                    underflow = true;
+                    break;
+                }
+                s = f / r;
+                c = g / r;
+                g = d[i + 1] - p;
+                r = (d[i] - g) * s + 2.0 * c * b;
+                p = s * r;
+                d[i + 1] = g + p;
+                g = c * r - b;
+                for k in 0..n {
+                    let f = z[k * n + i + 1];
+                    z[k * n + i + 1] = s * z[k * n + i] + c * f;
+                    z[k * n + i] = c * z[k * n + i] - s * f;
                 }
             }
-        }
-        if off <= 1e-22 * total {
-            break;
-        }
-        for p in 0..n {
-            for q in p + 1..n {
-                let apq = m[p * n + q];
-                if apq.abs() < 1e-300 {
-                    continue;
-                }
-                let (app, aqq) = (m[p * n + p], m[q * n + q]);
-                let theta = (aqq - app) / (2.0 * apq);
-                let t = theta.signum() / (theta.abs() + (theta * theta + 1.0).sqrt());
-                let t = if theta == 0.0 { 1.0 } else { t };
-                let c = 1.0 / (t * t + 1.0).sqrt();
-                let s = t * c;
-                // Rotate columns p, q then rows p, q of m.
-                for k in 0..n {
-                    let (mkp, mkq) = (m[k * n + p], m[k * n + q]);
-                    m[k * n + p] = c * mkp - s * mkq;
-                    m[k * n + q] = s * mkp + c * mkq;
-                }
-                for k in 0..n {
-                    let (mpk, mqk) = (m[p * n + k], m[q * n + k]);
-                    m[p * n + k] = c * mpk - s * mqk;
-                    m[q * n + k] = s * mpk + c * mqk;
-                }
-                for k in 0..n {
-                    let (vpk, vqk) = (v[p * n + k], v[q * n + k]);
-                    v[p * n + k] = c * vpk - s * vqk;
-                    v[q * n + k] = s * vpk + c * vqk;
-                }
+            if underflow {
+                continue;
             }
+            d[l] -= p;
+            e[l] = g;
+            e[m] = 0.0;
         }
     }
     let mut order: Vec<usize> = (0..n).collect();
-    order.sort_by(|&a, &b| m[b * n + b].total_cmp(&m[a * n + a]));
-    let vals = order.iter().map(|&i| m[i * n + i]).collect();
+    order.sort_by(|&a, &b| d[b].total_cmp(&d[a]));
+    let vals = order.iter().map(|&i| d[i]).collect();
     let mut vecs = vec![0f64; n * n];
     for (r, &i) in order.iter().enumerate() {
-        vecs[r * n..(r + 1) * n].copy_from_slice(&v[i * n..(i + 1) * n]);
+        for k in 0..n {
+            vecs[r * n + k] = z[k * n + i];
+        }
     }
     (vals, vecs)
 }
@@ -265,7 +348,7 @@ mod tests {
     #[test]
     fn eigen_reconstructs_and_orders() {
         let mut r = rng(7);
-        for &n in &[1usize, 2, 3, 17, 64] {
+        for &n in &[1usize, 2, 3, 17, 64, 129] {
             let x: Vec<f64> = (0..n * (n + 5)).map(|_| r()).collect();
             // A = Xᵀ X / rows: SPD with spread eigenvalues.
             let rows = n + 5;
@@ -290,6 +373,31 @@ mod tests {
             }
             assert!(err < 1e-9 * vals[0].max(1.0), "n={n}: reconstruction error {err}");
         }
+    }
+
+    #[test]
+    fn eigen_of_degenerate_matrices() {
+        let n = 6;
+        let check = |a: &[f64]| {
+            let (vals, vecs) = sym_eigen(a, n);
+            for i in 0..n {
+                for j in 0..n {
+                    let rec: f64 = (0..n).map(|e| vals[e] * vecs[e * n + i] * vecs[e * n + j]).sum();
+                    assert!((rec - a[i * n + j]).abs() < 1e-12, "reconstruction");
+                    let dot: f64 = (0..n).map(|k| vecs[i * n + k] * vecs[j * n + k]).sum();
+                    assert!((dot - if i == j { 1.0 } else { 0.0 }).abs() < 1e-12, "orthonormal");
+                }
+            }
+            vals
+        };
+        assert!(check(&vec![0f64; n * n]).iter().all(|&v| v == 0.0));
+        let eye: Vec<f64> = (0..n * n).map(|i| if i % (n + 1) == 0 { 1.0 } else { 0.0 }).collect();
+        assert!(check(&eye).iter().all(|&v| (v - 1.0).abs() < 1e-14));
+        let u = [0.3, -1.0, 2.0, 0.0, 0.5, 1.5];
+        let r1: Vec<f64> = (0..n * n).map(|i| u[i / n] * u[i % n]).collect();
+        let vals = check(&r1);
+        let norm2: f64 = u.iter().map(|x| x * x).sum();
+        assert!((vals[0] - norm2).abs() < 1e-12 && vals[1..].iter().all(|v| v.abs() < 1e-12));
     }
 
     #[test]

@@ -158,3 +158,43 @@ fn bad_arguments_are_clear_errors() {
     let cal = Calibration::collect_ids(&src, &ids(10, t.vocab, 1), 32, 1);
     assert!(matches!(cal, Err(ConvertError::Invalid(_))), "too few calibration tokens accepted");
 }
+
+/// RoPE on every other frequency (P = D/2) is exact when the source's keys have nothing at
+/// the other frequencies: with those key rows zeroed in the source, the conversion at full
+/// latent rank gives the source's logits.
+#[test]
+fn half_rope_is_exact_when_the_dropped_frequencies_are_empty() {
+    use latent_formats::gguf::GgufBuilder;
+    let t = TinyLlama { kv_heads: 1, heads: 4, hidden: 64, layers: 2, seed: 13, ..TinyLlama::default() };
+    let f = GgufFile::from_bytes(t.gguf()).expect("tiny");
+    let d = 16;
+    let mut b = GgufBuilder::new();
+    for (k, v) in f.metadata() {
+        b.meta(k.clone(), v.clone());
+    }
+    for ti in f.tensors() {
+        let mut data = f.tensor_data(ti).to_vec();
+        if ti.name.ends_with("attn_k.weight") {
+            let c = ti.dims[0] as usize;
+            for row in 0..ti.dims[1] as usize {
+                if (row % d) / 2 % 2 == 1 {
+                    data[row * c * 4..(row + 1) * c * 4].fill(0);
+                }
+            }
+        }
+        b.tensor(ti.name.clone(), &ti.dims, ti.ggml_type, data);
+    }
+    let file = Arc::new(GgufFile::from_bytes(b.build().unwrap()).unwrap());
+    let src = Source::from_file(file, "tiny-half").unwrap();
+    let cal = Calibration::collect_ids(&src, &ids(96, t.vocab, 1), 48, 2).expect("calibration");
+    let toks = ids(40, t.vocab, 9);
+    let want = logits(src.file.clone(), &toks, MlaPath::Auto);
+    let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
+    let (p, nk) = (d / 2, d / 2);
+    let opts = ConvertOptions { kv_rank: nk + d, rope_dim: p, method: Method::BASELINE, q_type: WeightType::F32 };
+    let conv = convert(&src, &cal, &opts).expect("convert");
+    let conv_errs: Vec<f64> = conv.layers.iter().map(|l| l.rel_err).collect();
+    let got = logits(Arc::new(GgufFile::from_bytes(conv.bytes).unwrap()), &toks, MlaPath::Auto);
+    let err = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(err <= 1e-4 * scale.max(1.0), "max |Δlogit| {err} (logit scale {scale}); calibration {:?}", conv_errs);
+}
