@@ -46,16 +46,6 @@ pub struct Row {
     pub calib_attn_err: Option<f64>,
 }
 
-fn dtype_name(d: KvDtype) -> &'static str {
-    match d {
-        KvDtype::F32 => "f32",
-        KvDtype::F16 => "f16",
-        KvDtype::Bf16 => "bf16",
-        KvDtype::Fp8 => "fp8",
-        KvDtype::Int8 => "int8",
-    }
-}
-
 /// Perplexity of a model file (bytes) over `tokens` with an f32 or 8-bit cache.
 pub fn perplexity(
     file: Arc<GgufFile>,
@@ -115,7 +105,7 @@ pub fn run(
                 method: "GQA".into(),
                 kv_elems: full,
                 kv_kept: 1.0,
-                kv_dtype: dtype_name(d).into(),
+                kv_dtype: d.name().into(),
                 kv_bytes_per_token: gqa_bytes(d),
                 kv_rank: None,
                 rope_dim: None,
@@ -146,7 +136,7 @@ pub fn run(
                         method: name.clone(),
                         kv_elems: elems,
                         kv_kept: elems as f64 / full as f64,
-                        kv_dtype: dtype_name(d).into(),
+                        kv_dtype: d.name().into(),
                         kv_bytes_per_token: lat_bytes(r, p, d),
                         kv_rank: Some(r),
                         rope_dim: Some(p),
