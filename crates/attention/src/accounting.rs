@@ -42,11 +42,13 @@ impl ModelDims {
             "smollm2-135m" => d(30, 9, 3, 64, None),
             // 32 layers, 32 heads × 128 (MHA).
             "llama-2-7b" => d(32, 32, 32, 128, None),
+            // 32 layers, 32 query / 8 KV heads × 128.
+            "llama-3-8b" => d(32, 32, 8, 128, None),
             _ => return None,
         })
     }
-    pub const PRESETS: [&'static str; 5] =
-        ["deepseek-v2", "deepseek-v2-lite", "deepseek-v3", "smollm2-135m", "llama-2-7b"];
+    pub const PRESETS: [&'static str; 6] =
+        ["deepseek-v2", "deepseek-v2-lite", "deepseek-v3", "smollm2-135m", "llama-2-7b", "llama-3-8b"];
 
     /// The model's own mechanism name.
     pub fn native(&self) -> &'static str {
@@ -84,8 +86,10 @@ pub struct KvTableOpts {
     pub context: usize,
     /// GQA group count for models that are not GQA themselves.
     pub gqa_groups: usize,
-    /// Add a sliding-window row (the native mechanism holding at most W tokens).
+    /// Add a sliding-window row (the native mechanism holding at most W + `sinks` tokens).
     pub window: Option<usize>,
+    /// Sink tokens kept beside the window.
+    pub sinks: usize,
 }
 
 /// The per-mechanism rows for `m`. Models without MLA get an MLA row sized like DeepSeek-V2
@@ -106,6 +110,7 @@ pub fn kv_table(m: &ModelDims, o: &KvTableOpts) -> Vec<KvRow> {
             2 * groups * dh * l,
         ),
         ("mqa", format!("d_h={dh}{}", if native == "mqa" { " (native)" } else { "" }), 2 * dh * l),
+        ("low-rank", format!("r=d_c={dc}, no RoPE key"), dc * l),
         ("mla", format!("d_c={dc}, d_h^R={dr} ({mla_note})"), (dc + dr) * l),
     ];
     let mha = rows[0].2 as f64;
@@ -113,6 +118,7 @@ pub fn kv_table(m: &ModelDims, o: &KvTableOpts) -> Vec<KvRow> {
     let plain = crate::RowFormat::plain(o.dtype);
     let kv_bytes = |heads: u64| (2 * heads * l) as f64 * plain.row_bytes(dh as usize) as f64;
     let mla_bytes = l as f64 * crate::RowFormat::latent(o.dtype, dr as usize).row_bytes((dc + dr) as usize) as f64;
+    let low_rank_bytes = l as f64 * plain.row_bytes(dc as usize) as f64;
     let mut out: Vec<KvRow> = rows
         .drain(..)
         .map(|(mech, detail, e)| {
@@ -120,6 +126,7 @@ pub fn kv_table(m: &ModelDims, o: &KvTableOpts) -> Vec<KvRow> {
                 "mha" => kv_bytes(nh),
                 "gqa" => kv_bytes(groups),
                 "mqa" => kv_bytes(1),
+                "low-rank" => low_rank_bytes,
                 _ => mla_bytes,
             };
             KvRow {
@@ -136,8 +143,12 @@ pub fn kv_table(m: &ModelDims, o: &KvTableOpts) -> Vec<KvRow> {
         let base = out.iter().find(|r| r.mechanism == native).cloned().unwrap_or_else(|| out[0].clone());
         out.push(KvRow {
             mechanism: "sliding-window",
-            detail: format!("{native} keeping W={w} tokens"),
-            bytes_at_context: base.bytes_per_token * o.context.min(w) as f64,
+            detail: if o.sinks > 0 {
+                format!("{native} keeping W={w} + {} sink tokens", o.sinks)
+            } else {
+                format!("{native} keeping W={w} tokens")
+            },
+            bytes_at_context: base.bytes_per_token * o.context.min(w.saturating_add(o.sinks)) as f64,
             ..base
         });
     }

@@ -1,7 +1,7 @@
 use latent_attention::accounting::{kv_table, KvTableOpts, ModelDims};
 
 fn opts() -> KvTableOpts {
-    KvTableOpts { dtype: latent_attention::KvDtype::Bf16, context: 32768, gqa_groups: 8, window: Some(4096) }
+    KvTableOpts { dtype: latent_attention::KvDtype::Bf16, context: 32768, gqa_groups: 8, window: Some(4096), sinks: 0 }
 }
 
 #[test]
@@ -15,6 +15,8 @@ fn deepseek_v2_reproduces_table_1() {
     assert_eq!(get("mqa"), 2 * 128 * 60);
     assert_eq!(get("mla"), (512 + 64) * 60);
     assert_eq!(get("mla"), 34_560);
+    // Low-rank: the latent without the decoupled RoPE key.
+    assert_eq!(get("low-rank"), 512 * 60);
     let mla = rows.iter().find(|r| r.mechanism == "mla").unwrap();
     assert_eq!(mla.bytes_per_token, 69_120.0);
     assert_eq!(mla.bytes_at_context, 69_120.0 * 32768.0);
@@ -31,6 +33,14 @@ fn gqa_model_uses_its_own_groups_and_window_caps_context() {
     let swa = rows.iter().find(|r| r.mechanism == "sliding-window").unwrap();
     assert_eq!(swa.elements_per_token, gqa.elements_per_token);
     assert_eq!(swa.bytes_at_context, gqa.bytes_per_token * 4096.0);
+    // Sinks stay beside the window; a context shorter than W + S holds every token.
+    let sinks = kv_table(&m, &KvTableOpts { sinks: 4, ..opts() });
+    let swa = sinks.iter().find(|r| r.mechanism == "sliding-window").unwrap();
+    assert_eq!(swa.bytes_at_context, gqa.bytes_per_token * 4100.0);
+    assert!(swa.detail.contains("4 sink"));
+    let short = kv_table(&m, &KvTableOpts { sinks: 4, context: 100, ..opts() });
+    let swa = short.iter().find(|r| r.mechanism == "sliding-window").unwrap();
+    assert_eq!(swa.bytes_at_context, gqa.bytes_per_token * 100.0);
     for p in ModelDims::PRESETS {
         assert!(ModelDims::preset(p).is_some());
     }

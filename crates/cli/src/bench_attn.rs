@@ -15,9 +15,10 @@ pub struct BenchAttnArgs {
     /// Threads (0 = all cores; at most 4× the cores).
     #[arg(long, default_value_t = 0)]
     threads: usize,
-    /// Mechanisms: gqa, mha, mqa, mla (absorbed decode over the latent cache), mla-layer (a
-    /// whole MLA layer's attention on its absorbed and naive paths: prefill, a 512-token chunk
-    /// over each context, decode).
+    /// Mechanisms: gqa, mha, mqa, swa (gqa with a sliding window of --window tokens plus
+    /// --sinks sink tokens), mla (absorbed decode over the latent cache), mla-layer (a whole
+    /// MLA layer's attention on its absorbed and naive paths: prefill, a 512-token chunk over
+    /// each context, decode).
     #[arg(long, default_value = "gqa,mla")]
     mechanisms: String,
     /// Decode context lengths.
@@ -32,6 +33,12 @@ pub struct BenchAttnArgs {
     /// Batch (sequences per decode step).
     #[arg(long, default_value_t = 1)]
     batch: usize,
+    /// Window W of the swa mechanism.
+    #[arg(long, default_value_t = 4096)]
+    window: usize,
+    /// Sink tokens of the swa mechanism (the first S positions stay visible).
+    #[arg(long, default_value_t = 4)]
+    sinks: usize,
     /// Minimum timed repetitions per case.
     #[arg(long, default_value_t = 5)]
     reps: usize,
@@ -52,22 +59,42 @@ struct Mech {
     /// MLA: values are the key prefix (latent cache).
     latent: bool,
     scale: f32,
+    mask: MaskSpec,
 }
 
-fn mechanism(name: &str) -> Result<Mech> {
+impl Mech {
+    /// Cached positions a query at position `p` (0-based) sees.
+    fn visible(&self, p: usize) -> usize {
+        let n = p + 1;
+        match self.mask.window {
+            None => n,
+            Some(w) => n.min(w) + self.mask.sinks.min(n.saturating_sub(w)),
+        }
+    }
+}
+
+fn mechanism(name: &str, window: usize, sinks: usize) -> Result<Mech> {
     let gqa = |h, hk| AttnShape { heads: h, kv_heads: hk, dk: 128, dv: 128 };
+    let plain = |name, shape| Mech { name, shape, latent: false, scale: 1.0 / 128f32.sqrt(), mask: MaskSpec::CAUSAL };
     Ok(match name {
-        "gqa" => Mech { name: "gqa", shape: gqa(32, 8), latent: false, scale: 1.0 / 128f32.sqrt() },
-        "mha" => Mech { name: "mha", shape: gqa(32, 32), latent: false, scale: 1.0 / 128f32.sqrt() },
-        "mqa" => Mech { name: "mqa", shape: gqa(32, 1), latent: false, scale: 1.0 / 128f32.sqrt() },
+        "gqa" => plain("gqa", gqa(32, 8)),
+        "mha" => plain("mha", gqa(32, 32)),
+        "mqa" => plain("mqa", gqa(32, 1)),
+        "swa" => {
+            if window == 0 {
+                bail!("--window must be ≥ 1");
+            }
+            Mech { mask: MaskSpec { causal: true, window: Some(window), sinks }, ..plain("swa", gqa(32, 8)) }
+        }
         // DeepSeek-V2: 128 heads, R = 512, P = 64, nope 128: scale 1/√192.
         "mla" => Mech {
             name: "mla",
             shape: AttnShape { heads: 128, kv_heads: 1, dk: 576, dv: 512 },
             latent: true,
             scale: 1.0 / 192f32.sqrt(),
+            mask: MaskSpec::CAUSAL,
         },
-        _ => bail!("unknown mechanism {name:?} (gqa, mha, mqa, mla, mla-layer)"),
+        _ => bail!("unknown mechanism {name:?} (gqa, mha, mqa, swa, mla, mla-layer)"),
     })
 }
 
@@ -259,8 +286,12 @@ pub fn run(a: BenchAttnArgs) -> Result<()> {
     let dtype = KvDtype::parse(&a.kv_dtype)
         .ok_or_else(|| anyhow::anyhow!("unknown --kv-dtype {:?} (f32, f16, bf16, fp8, int8)", a.kv_dtype))?;
     let mla_layer = a.mechanisms.split(',').any(|s| s == "mla-layer");
-    let mechs: Vec<Mech> =
-        a.mechanisms.split(',').filter(|s| !s.is_empty() && *s != "mla-layer").map(mechanism).collect::<Result<_>>()?;
+    let mechs: Vec<Mech> = a
+        .mechanisms
+        .split(',')
+        .filter(|s| !s.is_empty() && *s != "mla-layer")
+        .map(|n| mechanism(n, a.window, a.sinks))
+        .collect::<Result<_>>()?;
     let contexts = parse_sizes("--contexts", &a.contexts)?;
     let prefills = parse_sizes("--prefill", &a.prefill)?;
     if a.batch == 0 || a.block_size == 0 {
@@ -325,7 +356,7 @@ pub fn run(a: BenchAttnArgs) -> Result<()> {
     };
     for m in &mechs {
         let sh = m.shape;
-        let params = AttnParams { shape: sh, scale: m.scale, mask: MaskSpec::CAUSAL, sink_logits: None };
+        let params = AttnParams { shape: sh, scale: m.scale, mask: m.mask, sink_logits: None };
         for &ctx in &contexts {
             let caches: Vec<Cache> =
                 if a.paged { Vec::new() } else { (0..a.batch).map(|_| Cache::new(m, dtype, ctx, &mut rng)).collect() };
@@ -345,9 +376,11 @@ pub fn run(a: BenchAttnArgs) -> Result<()> {
             let mut lse = vec![0f32; a.batch * sh.heads];
             let secs =
                 pool.install(|| time(a.reps, || decode(&params, &q, &seqs, &mut out, &mut lse).expect("decode")));
+            // Bytes of the positions the query sees (all of them without a window).
+            let seen = m.visible(ctx - 1) as f64 / ctx.max(1) as f64;
             let bytes: f64 =
-                caches.iter().map(|c| c.bytes()).sum::<f64>() + paged.iter().map(|p| p.bytes()).sum::<f64>();
-            let flops = (a.batch * 2 * sh.heads * ctx * (sh.dk + sh.dv)) as f64;
+                seen * (caches.iter().map(|c| c.bytes()).sum::<f64>() + paged.iter().map(|p| p.bytes()).sum::<f64>());
+            let flops = (a.batch * 2 * sh.heads * m.visible(ctx - 1) * (sh.dk + sh.dv)) as f64;
             emit(Row { mechanism: m.name, phase: "decode", context: ctx, seconds: secs, bytes, flops });
         }
         for &t in &prefills {
@@ -359,8 +392,9 @@ pub fn run(a: BenchAttnArgs) -> Result<()> {
             let reps = if t >= 2048 { 1 } else { a.reps.min(3) };
             let secs =
                 pool.install(|| time(reps, || prefill(&params, &q, &seqs, &mut out, &mut lse).expect("prefill")));
-            // Useful work only: the unmasked half of the causal T×T products.
-            let flops = 2.0 * sh.heads as f64 * (sh.dk + sh.dv) as f64 * (t as f64) * (t as f64 + 1.0) / 2.0;
+            // Useful work only: the visible pairs (without a window, half of the T×T products).
+            let pairs: f64 = (0..t).map(|p| m.visible(p) as f64).sum();
+            let flops = 2.0 * sh.heads as f64 * (sh.dk + sh.dv) as f64 * pairs;
             emit(Row { mechanism: m.name, phase: "prefill", context: t, seconds: secs, bytes: cache.bytes(), flops });
         }
     }
@@ -377,7 +411,7 @@ mod tests {
 
     #[test]
     fn case_sizes_are_checked() {
-        let gqa = mechanism("gqa").unwrap();
+        let gqa = mechanism("gqa", 4096, 4).unwrap();
         // 8 KV heads × (128 + 128) bf16 = 4 KiB a token.
         assert_eq!(token_bytes(&gqa, KvDtype::Bf16), Some(4096));
         assert_eq!(decode_bytes(&gqa, KvDtype::Bf16, 1024, 1, None), Some(4096 * 1024 + 32 * 257 * 4));
@@ -385,6 +419,17 @@ mod tests {
         assert_eq!(decode_bytes(&gqa, KvDtype::Bf16, 1024, 1, Some(64)), Some(34 * 64 * 4096 + 32 * 257 * 4));
         assert_eq!(decode_bytes(&gqa, KvDtype::Bf16, 1 << 40, usize::MAX, None), None);
         assert_eq!(decode_bytes(&gqa, KvDtype::Bf16, 1, 1, Some(usize::MAX)), None);
-        assert_eq!(prefill_bytes(&mechanism("mla").unwrap(), KvDtype::F32, usize::MAX), None);
+        assert_eq!(prefill_bytes(&mechanism("mla", 4096, 4).unwrap(), KvDtype::F32, usize::MAX), None);
+    }
+
+    #[test]
+    fn window_counts_the_positions_the_mask_shows() {
+        let swa = mechanism("swa", 8, 2).unwrap();
+        for p in [0usize, 1, 7, 8, 9, 10, 11, 40] {
+            let by_mask = (0..=p).filter(|&j| swa.mask.visible(p, j)).count();
+            assert_eq!(swa.visible(p), by_mask, "position {p}");
+        }
+        assert_eq!(mechanism("gqa", 8, 2).unwrap().visible(40), 41);
+        assert!(mechanism("swa", 0, 0).is_err());
     }
 }

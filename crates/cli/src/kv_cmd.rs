@@ -9,7 +9,7 @@ use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct KvArgs {
-    /// A preset: deepseek-v2, deepseek-v2-lite, deepseek-v3, smollm2-135m, llama-2-7b.
+    /// A preset: deepseek-v2, deepseek-v2-lite, deepseek-v3, smollm2-135m, llama-2-7b, llama-3-8b.
     #[arg(long, default_value = "deepseek-v2", conflicts_with = "model")]
     preset: String,
     /// Any GGUF model file (its attention dims are read from the metadata).
@@ -28,6 +28,9 @@ pub struct KvArgs {
     /// Sliding-window size of the sliding-window row.
     #[arg(long, default_value_t = 4096)]
     window: usize,
+    /// Sink tokens kept beside the window in the sliding-window row.
+    #[arg(long, default_value_t = 0)]
+    sinks: usize,
     /// One JSON object on stdout.
     #[arg(long)]
     json: bool,
@@ -88,8 +91,13 @@ pub fn run(a: KvArgs) -> Result<()> {
             format!("unknown preset {:?}; choose one of {}", a.preset, ModelDims::PRESETS.join(", "))
         })?,
     };
-    let opts =
-        KvTableOpts { dtype: parse_dtype(&a.dtype)?, context: a.context, gqa_groups: a.groups, window: Some(a.window) };
+    let opts = KvTableOpts {
+        dtype: parse_dtype(&a.dtype)?,
+        context: a.context,
+        gqa_groups: a.groups,
+        window: Some(a.window),
+        sinks: a.sinks,
+    };
     let rows = kv_table(&dims, &opts);
     if a.json {
         let rows_j: Vec<_> = rows

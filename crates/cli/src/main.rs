@@ -8,6 +8,7 @@ mod bench_serve;
 mod convert_cmd;
 mod kv_cmd;
 mod model_path;
+mod report;
 mod run_cmds;
 mod serve_cmd;
 
@@ -44,6 +45,9 @@ enum Cmd {
     Convert(convert_cmd::ConvertArgs),
     /// KV-cache size per token for MHA, GQA, MQA, MLA and sliding window.
     Kv(kv_cmd::KvArgs),
+    /// Regenerate REPORT.md: the measured figures (SVG, PNG, CSV) of KV size, attention cost,
+    /// conversion quality, sliding windows, generation and llama.cpp.
+    Report(report::ReportArgs),
     /// Benchmarks (each reports achieved GB/s and GFLOP/s beside the machine's own limits).
     #[command(subcommand)]
     Bench(BenchCmd),
@@ -74,6 +78,7 @@ fn main() {
         Cmd::Bench(BenchCmd::Generate(a)) => run_cmds::bench_generate(a),
         Cmd::Serve(a) => serve_cmd::run(a),
         Cmd::Kv(a) => kv_cmd::run(a),
+        Cmd::Report(a) => report::run(a),
         Cmd::Convert(a) => convert_cmd::run(a),
         Cmd::Bench(BenchCmd::Attention(a)) => bench_attn::run(a),
         Cmd::Bench(BenchCmd::Serve(a)) => bench_serve::run(a),
