@@ -115,6 +115,17 @@ fn quick_report_writes_every_promised_file() {
         }
     }
 
+    // Remaking one figure replaces its own section and keeps the others.
+    let again =
+        Command::new(BIN).args(["report", "--only", "kv", "--threads", "2", "--out"]).arg(&dir).output().expect("runs");
+    assert!(again.status.success(), "{}", String::from_utf8_lossy(&again.stderr));
+    let remade = std::fs::read_to_string(dir.join("REPORT.md")).expect("REPORT.md");
+    for name in ["kv_cache", "attention", "conversion", "window", "generation", "llama_cpp"] {
+        assert!(remade.contains(&format!("({name}.png)")), "--only kv dropped {name}");
+    }
+    assert!(remade.contains("Made by `latent report --only kv`") && remade.contains("Made by `latent report --quick`"));
+    assert!(remade.find("## 1. KV-cache").is_some() && remade.find("## 6. ").is_some());
+
     let conv = csv(&dir.join("conversion.csv"));
     let win = csv(&dir.join("window.csv"));
     let gen = csv(&dir.join("generation.csv"));

@@ -436,19 +436,27 @@ pub fn run(a: ReportArgs) -> Result<()> {
         machine,
         converted: std::cell::RefCell::new(None),
     };
-    let command = format!("latent report{}", if a.quick { " --quick" } else { "" });
+    let command = format!(
+        "latent report{}{}",
+        if a.quick { " --quick" } else { "" },
+        if a.only == "all" { String::new() } else { format!(" --only {}", a.only) }
+    );
     let mut outs = Vec::new();
     for name in &wanted {
         let t = Instant::now();
         noteln!("latent report: figure {name}…");
         let f = figures::make(&cx, name);
         write_figure(&cx, &f, &command)?;
-        noteln!("latent report: {name} done in {:.1} s", t.elapsed().as_secs_f64());
+        let secs = t.elapsed().as_secs_f64();
+        let sec_path = a.out.join(format!("{}.md", f.name));
+        std::fs::write(&sec_path, section(&cx, &f, &command, secs))
+            .with_context(|| format!("writing {}", sec_path.display()))?;
+        noteln!("latent report: {name} done in {secs:.1} s");
         outs.push(f);
     }
     let _ = std::fs::remove_dir_all(&work);
     let secs = t0.elapsed().as_secs_f64();
-    let md = markdown(&cx, &outs, &command, secs);
+    let md = assemble(&cx, &a.out, &command)?;
     let md_path = a.out.join("REPORT.md");
     std::fs::write(&md_path, md).with_context(|| format!("writing {}", md_path.display()))?;
     outln!("wrote {} and {} figures in {:.0} s", md_path.display(), outs.len(), secs);
@@ -460,36 +468,63 @@ pub fn run(a: ReportArgs) -> Result<()> {
     Ok(())
 }
 
-fn markdown(cx: &Ctx, outs: &[Out], command: &str, secs: f64) -> String {
-    let mut md = String::new();
-    md.push_str("# latent report\n\n");
+/// File stem of each figure key, in report order.
+pub const STEMS: [(&str, &str); 6] = [
+    ("kv", "kv_cache"),
+    ("attention", "attention"),
+    ("conversion", "conversion"),
+    ("window", "window"),
+    ("generation", "generation"),
+    ("llama", "llama_cpp"),
+];
+
+/// One figure's section of REPORT.md (kept beside it as `{stem}.md`, so a figure remade with
+/// `--only` replaces its own section and the others stay): heading, image, the run that made
+/// it, summary, data and commands.
+fn section(cx: &Ctx, f: &Out, command: &str, secs: f64) -> String {
+    let mut md = format!("## {}\n\n![{}]({}.png)\n\n", f.title, f.title, f.name);
+    md.push_str(&format!("Made by `{command}` in {secs:.0} s; {}.\n\n", cx.machine.line()));
+    if let Some(e) = &f.failed {
+        md.push_str(&format!("**The measurement failed:** {e}\n\n"));
+    }
+    if !f.summary.is_empty() {
+        md.push_str(f.summary.trim_end());
+        md.push_str("\n\n");
+    }
+    md.push_str(&format!("Data: [{0}.csv]({0}.csv) · figure: [{0}.svg]({0}.svg)\n\n", f.name));
+    if !f.commands.is_empty() {
+        md.push_str("Commands:\n\n```\n");
+        for c in &f.commands {
+            md.push_str(c);
+            md.push('\n');
+        }
+        md.push_str("```\n\n");
+    }
+    md
+}
+
+/// REPORT.md: a header, then every section present in `dir` in report order, numbered.
+fn assemble(cx: &Ctx, dir: &Path, command: &str) -> Result<String> {
+    let mut md = String::from("# latent report\n\n");
     md.push_str(&format!(
-        "Made by `{command}` in {secs:.0} s.\n\n{}.\n\nEvery figure below has its data beside it as CSV, the \
-         commands that measured it, and the same machine line in its footer.{}\n\n",
+        "Regenerate with `latent report` (all figures, about 25 minutes on 2 cores) or `latent report --only \
+         NAME[,NAME]` (one section: {}); last run: `{command}`, {}. Every figure has its data beside it as CSV, \
+         the commands that measured it, and the machine line of its own run in its footer and section.{}\n\n",
+        FIGURES.join(", "),
         cx.machine.line(),
         if cx.quick { " **Quick run: small sizes for CI; the numbers are not for reading.**" } else { "" }
     ));
-    for (i, f) in outs.iter().enumerate() {
-        md.push_str(&format!("## {}. {}\n\n", i + 1, f.title));
-        md.push_str(&format!("![{}]({}.png)\n\n", f.title, f.name));
-        if let Some(e) = &f.failed {
-            md.push_str(&format!("**The measurement failed:** {e}\n\n"));
-        }
-        if !f.summary.is_empty() {
-            md.push_str(f.summary.trim_end());
+    let mut n = 0;
+    for (_, stem) in STEMS {
+        let p = dir.join(format!("{stem}.md"));
+        if let Ok(sec) = std::fs::read_to_string(&p) {
+            n += 1;
+            let body = sec.strip_prefix("## ").unwrap_or(&sec);
+            md.push_str(&format!("## {n}. {}", body.trim_end()));
             md.push_str("\n\n");
         }
-        md.push_str(&format!("Data: [{0}.csv]({0}.csv) · figure: [{0}.svg]({0}.svg)\n\n", f.name));
-        if !f.commands.is_empty() {
-            md.push_str("Commands:\n\n```\n");
-            for c in &f.commands {
-                md.push_str(c);
-                md.push('\n');
-            }
-            md.push_str("```\n\n");
-        }
     }
-    md
+    Ok(md)
 }
 
 #[cfg(test)]
