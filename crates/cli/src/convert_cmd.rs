@@ -63,18 +63,22 @@ pub struct ConvertArgs {
     json: bool,
 }
 
+/// The evaluation text: `explicit`, else `$LATENT_EVAL_TEXT`, else the shared sample beside the
+/// checkout when it exists.
+pub fn eval_text_path(explicit: &Option<PathBuf>) -> Option<PathBuf> {
+    if let Some(p) = explicit {
+        return Some(p.clone());
+    }
+    if let Some(e) = std::env::var_os("LATENT_EVAL_TEXT") {
+        return Some(PathBuf::from(e));
+    }
+    let fallback = PathBuf::from("../shared/data/eval/rust-book-sample.txt");
+    fallback.exists().then_some(fallback)
+}
+
 fn calib_text(p: &Option<PathBuf>) -> Result<(PathBuf, String)> {
-    let path = match p {
-        Some(p) => p.clone(),
-        None => {
-            let env = std::env::var_os("LATENT_EVAL_TEXT").map(PathBuf::from);
-            let fallback = PathBuf::from("../shared/data/eval/rust-book-sample.txt");
-            match env {
-                Some(e) => e,
-                None if fallback.exists() => fallback,
-                None => bail!("no calibration text: pass --calib FILE (or set LATENT_EVAL_TEXT)"),
-            }
-        }
+    let Some(path) = eval_text_path(p) else {
+        bail!("no calibration text: pass --calib FILE (or set LATENT_EVAL_TEXT)")
     };
     let bytes = std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
     let text = String::from_utf8(bytes).with_context(|| format!("{} is not UTF-8 text", path.display()))?;

@@ -101,6 +101,17 @@ fn skipped(out: &mut Out, why: &str) {
     out.summary = format!("Not measured in this run: {why}.");
 }
 
+/// The model and the evaluation text, or `None` after marking the figure as not measured.
+fn model_and_text(cx: &Ctx, out: &mut Out) -> Option<(std::path::PathBuf, std::path::PathBuf)> {
+    match (cx.need_model(), cx.need_text()) {
+        (Ok(m), Ok(t)) => Some((m.clone(), t.clone())),
+        (Err(e), _) | (_, Err(e)) => {
+            skipped(out, &e);
+            None
+        }
+    }
+}
+
 fn num(v: &Value, k: &str) -> Result<f64> {
     v.get(k).and_then(Value::as_f64).ok_or_else(|| anyhow!("missing number {k:?} in {v}"))
 }
@@ -427,13 +438,7 @@ fn attention(cx: &Ctx, out: &mut Out) -> Result<()> {
 // 3. Conversion quality
 
 fn conversion(cx: &Ctx, out: &mut Out) -> Result<()> {
-    let (model, txt) = match (cx.need_model(), cx.need_text()) {
-        (Ok(m), Ok(t)) => (m.clone(), t.clone()),
-        (Err(e), _) | (_, Err(e)) => {
-            skipped(out, &e);
-            return Ok(());
-        }
-    };
+    let Some((model, txt)) = model_and_text(cx, out) else { return Ok(()) };
     let mut a = args(&["convert", "--report", "--json", "--model"]);
     a.extend([path(&model), "--calib".into(), path(&txt)]);
     if cx.quick {
@@ -552,13 +557,7 @@ fn conversion(cx: &Ctx, out: &mut Out) -> Result<()> {
 // 4. Sliding window with sinks
 
 fn window(cx: &Ctx, out: &mut Out) -> Result<()> {
-    let (model, txt) = match (cx.need_model(), cx.need_text()) {
-        (Ok(m), Ok(t)) => (m.clone(), t.clone()),
-        (Err(e), _) | (_, Err(e)) => {
-            skipped(out, &e);
-            return Ok(());
-        }
-    };
+    let Some((model, txt)) = model_and_text(cx, out) else { return Ok(()) };
     let (ctx, windows, skip, ws): (usize, usize, usize, Vec<usize>) =
         if cx.quick { (256, 1, 1024, vec![32, 128]) } else { (1024, 3, 4096, vec![16, 32, 64, 128, 256]) };
     let run = |out: &mut Out, w: Option<(usize, usize)>| -> Result<Value> {
@@ -621,13 +620,7 @@ fn window(cx: &Ctx, out: &mut Out) -> Result<()> {
 // 5. Generation: GQA against its MLA conversion
 
 fn generation(cx: &Ctx, out: &mut Out) -> Result<()> {
-    let model = match (cx.need_model(), cx.need_text()) {
-        (Ok(m), Ok(_)) => m.clone(),
-        (Err(e), _) | (_, Err(e)) => {
-            skipped(out, &e);
-            return Ok(());
-        }
-    };
+    let Some((model, _)) = model_and_text(cx, out) else { return Ok(()) };
     let mla = cx.converted(out)?;
     let models = [("GQA (source)", model.clone()), ("MLA (latent convert, 50 % KV)", mla.clone())];
     let (contexts, gen, conc, serve_gen, requests): (Vec<usize>, usize, &str, &str, Option<&str>) = if cx.quick {

@@ -258,19 +258,12 @@ impl Ctx {
     }
 }
 
-/// Input files for the model figures, or why they are missing.
+/// The evaluation text for the model figures, or why there is none.
 fn find_text(explicit: &Option<PathBuf>) -> std::result::Result<PathBuf, String> {
-    let p = match explicit {
-        Some(p) => p.clone(),
-        None => match std::env::var_os("LATENT_EVAL_TEXT") {
-            Some(e) => PathBuf::from(e),
-            None => PathBuf::from("../shared/data/eval/rust-book-sample.txt"),
-        },
-    };
-    if p.is_file() {
-        Ok(p)
-    } else {
-        Err(format!("no evaluation text at {} (give --text or set LATENT_EVAL_TEXT)", p.display()))
+    match crate::convert_cmd::eval_text_path(explicit) {
+        Some(p) if p.is_file() => Ok(p),
+        Some(p) => Err(format!("no evaluation text at {} (give --text or set LATENT_EVAL_TEXT)", p.display())),
+        None => Err("no evaluation text (give --text or set LATENT_EVAL_TEXT)".into()),
     }
 }
 
