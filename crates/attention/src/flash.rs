@@ -187,10 +187,38 @@ struct Partial {
     lse: Vec<f32>, // [rows]
 }
 
-/// The general entry point with an explicit plan. Runs on the current rayon pool.
+/// Who runs the work items of one call.
+#[derive(Clone, Copy)]
+pub enum Workers<'a> {
+    /// The calling thread alone.
+    Caller,
+    /// The current rayon pool.
+    Rayon,
+    /// A spinning team (decode steps: no sleeping pool to wake per call).
+    Team(&'a latent_kernels::team::Team),
+}
+
+/// The general entry point with an explicit plan. Runs on the current rayon pool when
+/// `plan.parallel`, else on the calling thread.
 pub fn attend(
     p: &AttnParams,
     plan: &Plan,
+    q: &[f32],
+    seqs: &[SeqSpec],
+    out: &mut [f32],
+    lse: &mut [f32],
+) -> Result<(), AttnError> {
+    let workers = if plan.parallel { Workers::Rayon } else { Workers::Caller };
+    attend_with(p, plan, workers, q, seqs, out, lse)
+}
+
+/// [`attend`] on explicit workers (`plan.parallel` is ignored). The result does not depend
+/// on the workers: the items and their merge order are fixed by the plan and the thread
+/// count only.
+pub fn attend_with(
+    p: &AttnParams,
+    plan: &Plan,
+    workers: Workers<'_>,
     q: &[f32],
     seqs: &[SeqSpec],
     out: &mut [f32],
@@ -258,7 +286,11 @@ pub fn attend(
         }
         row += s.q_len;
     }
-    let threads = if plan.parallel { rayon::current_num_threads().max(1) } else { 1 };
+    let threads = match workers {
+        Workers::Caller => 1,
+        Workers::Rayon => rayon::current_num_threads().max(1),
+        Workers::Team(team) => team.threads(),
+    };
     let mut items = Vec::with_capacity(base.len());
     for it in base {
         let s = &seqs[it.seq];
@@ -279,10 +311,17 @@ pub fn attend(
 
     let k = Kernels::best();
     let run = |it: &Item| run_item(k, p, plan, q, &seqs[it.seq], it);
-    let parts: Vec<Partial> = if !plan.parallel || threads == 1 || items.len() == 1 {
-        items.iter().map(run).collect()
-    } else {
-        items.par_iter().map(run).collect()
+    let parts: Vec<Partial> = match workers {
+        _ if threads == 1 || items.len() == 1 => items.iter().map(run).collect(),
+        Workers::Team(team) => {
+            let slots: Vec<std::sync::OnceLock<Partial>> = items.iter().map(|_| std::sync::OnceLock::new()).collect();
+            team.run(items.len(), &|i| {
+                let _ = slots[i].set(run(&items[i]));
+            });
+            // `Team::run` returns only after every index ran (a panicking task is re-raised).
+            slots.into_iter().map(|s| s.into_inner().expect("the team runs every item")).collect()
+        }
+        _ => items.par_iter().map(run).collect(),
     };
 
     // Merge splits (log-sum-exp weighted) and scatter rows into out / lse.

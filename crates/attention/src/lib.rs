@@ -15,7 +15,9 @@ pub mod reference;
 pub mod testing;
 
 pub use error::AttnError;
-pub use flash::{attend, decode, prefill, AttnParams, AttnShape, KvSplit, MaskSpec, Plan, SeqSpec};
+pub use flash::{
+    attend, attend_with, decode, prefill, AttnParams, AttnShape, KvSplit, MaskSpec, Plan, SeqSpec, Workers,
+};
 pub use kv_view::{encode_rows, round_trip_rows, DenseKv, KvDtype, KvPlane, KvSeq, RowFormat, ValueSource, EVICTED};
 pub mod linear;
 pub mod lowrank;

@@ -22,6 +22,12 @@ struct Case {
 
 /// Runs the case through `attend` with `plan` and checks it against the reference.
 fn check(rng: &mut Rng, c: &Case, plan: &Plan) -> (Vec<f32>, Vec<f32>) {
+    let workers = if plan.parallel { Workers::Rayon } else { Workers::Caller };
+    check_on(rng, c, plan, workers)
+}
+
+/// [`check`] on explicit workers.
+fn check_on(rng: &mut Rng, c: &Case, plan: &Plan, workers: Workers) -> (Vec<f32>, Vec<f32>) {
     let shape = AttnShape { heads: c.heads, kv_heads: c.kv_heads, dk: c.d, dv: c.d };
     let t: usize = c.seqs.iter().map(|s| s.0).sum();
     let q = rng.normals(t * c.heads * c.d, 1.0);
@@ -45,7 +51,7 @@ fn check(rng: &mut Rng, c: &Case, plan: &Plan) -> (Vec<f32>, Vec<f32>) {
     let params = AttnParams { shape, scale, mask: c.mask, sink_logits: sink.as_deref() };
     let mut out = vec![f32::NAN; t * c.heads * c.d];
     let mut lse = vec![f32::NAN; t * c.heads];
-    attend(&params, plan, &q, &specs, &mut out, &mut lse).expect("attend");
+    attend_with(&params, plan, workers, &q, &specs, &mut out, &mut lse).expect("attend");
     let refs: Vec<RefSeq> =
         c.seqs.iter().zip(&data).map(|(&(ql, qp, _), (k, v))| RefSeq { q_len: ql, q_pos: qp, k, v }).collect();
     let (ro, rl) = attention_ref(shape, scale as f64, c.mask, sink.as_deref(), &q, &refs);
@@ -212,6 +218,42 @@ fn split_kv_equals_single_pass() {
             assert!(diff < 1e-5 && ldiff < 1e-5, "split {split:?}: out diff {diff}, lse diff {ldiff}");
         }
         let _ = &mut rng;
+    }
+}
+
+/// Decode on a spinning team splits and merges exactly as on a rayon pool of the same size
+/// (bit-identical), and both match the reference.
+#[test]
+fn team_workers_match_rayon_bit_for_bit() {
+    for threads in [1usize, 2, 3] {
+        let team = latent_kernels::team::Team::new(threads).expect("team");
+        let p = pool(threads);
+        for (h, hk, s) in [(9usize, 3usize, 577usize), (16, 1, 1000), (4, 4, 1), (9, 3, 130)] {
+            let c = Case {
+                heads: h,
+                kv_heads: hk,
+                d: 64,
+                dtype: KvDtype::F32,
+                mask: MaskSpec::CAUSAL,
+                sinks: false,
+                seqs: vec![(1, s - 1, s)],
+                block_size: 16,
+                head_major: false,
+            };
+            let plan = Plan { min_split: 128, ..Plan::decode(&AttnShape { heads: h, kv_heads: hk, dk: 64, dv: 64 }) };
+            let (o1, l1) = p.install(|| check_on(&mut Rng(9), &c, &plan, Workers::Rayon));
+            let (o2, l2) = check_on(&mut Rng(9), &c, &plan, Workers::Team(&team));
+            assert_eq!(
+                o1.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                o2.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                "out, {threads} threads, H={h} Hkv={hk} S={s}"
+            );
+            assert_eq!(
+                l1.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                l2.iter().map(|x| x.to_bits()).collect::<Vec<_>>(),
+                "lse, {threads} threads"
+            );
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 
 use crate::weights::Linear;
 use crate::{Exec, ModelError};
-use latent_attention::{AttnError, AttnParams, Matrix, MatrixDims, Plan, RopeAngles, Runner, SeqSpec};
+use latent_attention::{AttnError, AttnParams, Matrix, MatrixDims, Plan, RopeAngles, Runner, SeqSpec, Workers};
 use latent_formats::gguf::GgufFile;
 use latent_quant::{MatmulPrecision, WeightType};
 use std::sync::Arc;
@@ -135,8 +135,10 @@ pub fn add_into(x: &mut [f32], y: &[f32]) {
     }
 }
 
-/// Runs one attention call: decode steps over a short context stay on the calling thread
-/// (a pool hand-off would cost more than the work); everything else runs on the pool.
+/// Runs one attention call. A decode step runs on the spinning team when there is one (its
+/// KV split into shares of at least 128 keys, so every thread streams part of the cache);
+/// without a team, decode steps over a short context stay on the calling thread (a pool
+/// hand-off would cost more than the work). Prefill runs on the pool.
 pub fn attention(
     ex: &Exec,
     params: &AttnParams,
@@ -149,7 +151,10 @@ pub fn attention(
     let kv_bytes: usize = seqs.iter().map(|s| s.kv.len * s.kv.kv_heads * s.kv.k.fmt.row_bytes(s.kv.dk()) * 2).sum();
     let flops =
         t * params.shape.heads * (params.shape.dk + params.shape.dv) * seqs.iter().map(|s| s.kv.len).sum::<usize>();
-    if t == 1 && kv_bytes < (1 << 20) && flops < (1 << 22) {
+    if let (1, Some(team)) = (t, ex.team) {
+        let plan = Plan { min_split: 128, ..Plan::decode(&params.shape) };
+        latent_attention::attend_with(params, &plan, Workers::Team(team), q, seqs, out, lse)?;
+    } else if t == 1 && kv_bytes < (1 << 20) && flops < (1 << 22) {
         let plan = Plan { parallel: false, ..Plan::decode(&params.shape) };
         latent_attention::attend(params, &plan, q, seqs, out, lse)?;
     } else if t == 1 {
