@@ -39,6 +39,15 @@ pub fn matmul(ex: &Exec, file: &GgufFile, w: &Linear, x: &[f32], t: usize) -> Re
     }
     let mut y = vec![0f32; t * w.rows];
     let p = effective_precision(ex.precision, w.wtype);
+    if let (Some(pm), MatmulPrecision::Fast) = (w.packed(), p) {
+        let input = latent_quant::prepare_input(p, w.wtype, x, t, w.cols)?;
+        if ex.pool.current_num_threads() <= 1 {
+            latent_quant::matmul_packed_rows(pm, &input, &mut y, 0..w.rows)?;
+        } else {
+            latent_quant::matmul_packed_par(ex.pool, pm, &input, &mut y)?;
+        }
+        return Ok(y);
+    }
     if ex.pool.current_num_threads() <= 1 || w.rows * w.cols < 64 * 1024 {
         latent_quant::matmul(p, &w.mat(file), x, &mut y, t)?;
     } else {
@@ -59,7 +68,14 @@ pub fn matmuls(ex: &Exec, file: &GgufFile, ws: &[&Linear], x: &[f32], t: usize) 
     let total: usize = ws.iter().map(|w| w.bytes()).sum();
     if threads <= 1 || total < 256 * 1024 {
         for (w, y) in ws.iter().zip(out.iter_mut()) {
-            latent_quant::matmul(effective_precision(ex.precision, w.wtype), &w.mat(file), x, y, 1)?;
+            let p = effective_precision(ex.precision, w.wtype);
+            match (w.packed(), p) {
+                (Some(pm), MatmulPrecision::Fast) => {
+                    let input = latent_quant::prepare_input(p, w.wtype, x, 1, w.cols)?;
+                    latent_quant::matmul_packed_rows(pm, &input, y, 0..w.rows)?;
+                }
+                _ => latent_quant::matmul(p, &w.mat(file), x, y, 1)?,
+            }
         }
         return Ok(out);
     }
@@ -68,7 +84,8 @@ pub fn matmuls(ex: &Exec, file: &GgufFile, ws: &[&Linear], x: &[f32], t: usize) 
     let mut tasks = Vec::new();
     for (mi, (w, y)) in ws.iter().zip(out.iter_mut()).enumerate() {
         let rb = (w.bytes() / w.rows.max(1)).max(1);
-        let rows = (target / rb).max(4).next_multiple_of(4);
+        // Whole 16-row groups, so packed matrices split at group boundaries.
+        let rows = (target / rb).max(16).next_multiple_of(16);
         for (ci, chunk) in y.chunks_mut(rows).enumerate() {
             tasks.push((mi, ci * rows, std::sync::Mutex::new(chunk)));
         }
@@ -84,8 +101,11 @@ pub fn matmuls(ex: &Exec, file: &GgufFile, ws: &[&Linear], x: &[f32], t: usize) 
         let w = ws[mi];
         let mut chunk = cell.lock().unwrap_or_else(|e| e.into_inner());
         let n = chunk.len();
-        if let Err(e) = latent_quant::matmul_prepared_rows(&w.rows_of(file, r0..r0 + n), &inputs[mi], &mut chunk, 0..n)
-        {
+        let r = match (w.packed(), inputs[mi].is_quantized()) {
+            (Some(pm), true) => latent_quant::matmul_packed_rows(pm, &inputs[mi], &mut chunk, r0..r0 + n),
+            _ => latent_quant::matmul_prepared_rows(&w.rows_of(file, r0..r0 + n), &inputs[mi], &mut chunk, 0..n),
+        };
+        if let Err(e) = r {
             errors.lock().unwrap_or_else(|e| e.into_inner()).push(e);
         }
     };

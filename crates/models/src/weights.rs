@@ -3,8 +3,9 @@
 
 use crate::ModelError;
 use latent_formats::gguf::{GgufFile, MetaValue, TensorInfo};
-use latent_quant::{QMatrix, WeightType};
+use latent_quant::{PackedMatrix, QMatrix, WeightType};
 use std::ops::Range;
+use std::sync::Arc;
 
 /// A weight matrix `[rows N, cols K]` (GGUF dims `[K, N]`) stored in the file.
 #[derive(Clone, Debug)]
@@ -14,6 +15,16 @@ pub struct Linear {
     pub rows: usize,
     pub cols: usize,
     range: Range<usize>,
+    /// The same matrix repacked 16 rows at a time for the integer decode/prefill kernels
+    /// (Q4_0/Q4_1 when [`repack_enabled`]); the file's pages of it are then released.
+    packed: Option<Arc<PackedMatrix>>,
+}
+
+/// Whether Q4_0/Q4_1 matrices are repacked at load (`LATENT_REPACK=0` keeps the file layout:
+/// no copy, but slower integer kernels).
+pub fn repack_enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("LATENT_REPACK").map(|v| v != "0").unwrap_or(true))
 }
 
 impl Linear {
@@ -35,6 +46,10 @@ impl Linear {
     pub fn bytes(&self) -> usize {
         self.range.len()
     }
+    /// The repacked copy, if any.
+    pub fn packed(&self) -> Option<&PackedMatrix> {
+        self.packed.as_deref()
+    }
     /// Rows `r` as a matrix of their own (one expert of a stacked expert tensor).
     pub fn sub_rows(&self, r: Range<usize>) -> Linear {
         let rb = self.range.len() / self.rows.max(1);
@@ -45,6 +60,7 @@ impl Linear {
             rows: r.len(),
             cols: self.cols,
             range: start..start + r.len() * rb,
+            packed: None,
         }
     }
 }
@@ -54,8 +70,16 @@ fn info<'a>(f: &'a GgufFile, name: &str) -> Result<&'a TensorInfo, ModelError> {
 }
 
 /// The matrix `name` with GGUF dims `[cols, rows]`.
+/// Q4_0/Q4_1 matrices are repacked (see [`Linear::packed`]) unless disabled.
 pub fn linear(f: &GgufFile, name: &str, rows: usize, cols: usize) -> Result<Linear, ModelError> {
-    linear_dims(f, name, rows, cols, &[cols as u64, rows as u64])
+    let mut lin = linear_dims(f, name, rows, cols, &[cols as u64, rows as u64])?;
+    if repack_enabled() && PackedMatrix::supports(lin.wtype) {
+        lin.packed = PackedMatrix::pack(&lin.mat(f))?.map(Arc::new);
+        if lin.packed.is_some() {
+            f.release_pages(lin.range.clone());
+        }
+    }
+    Ok(lin)
 }
 
 /// The tensor `name` with GGUF dims `dims` seen as a `[rows, cols]` matrix.
@@ -72,7 +96,7 @@ pub fn linear_dims(f: &GgufFile, name: &str, rows: usize, cols: usize, dims: &[u
         return Err(ModelError::Shape { name: name.into(), expected, found: t.dims.clone() });
     }
     let start = t.offset as usize;
-    Ok(Linear { name: name.into(), wtype, rows, cols, range: start..start + t.n_bytes as usize })
+    Ok(Linear { name: name.into(), wtype, rows, cols, range: start..start + t.n_bytes as usize, packed: None })
 }
 
 /// A vector `[n]` (any float or quantized type), dequantized to f32.

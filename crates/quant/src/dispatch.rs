@@ -145,6 +145,8 @@ pub(crate) struct Kernels {
     pub quant_acts: QuantActsFn,
     /// The fast dots read [`crate::acts::ActRow::d8`] (activation scales spread per lane).
     pub spread_scales: bool,
+    /// Dots of 16 interleaved rows ([`crate::packed`]).
+    pub packed_dot: crate::packed::PackedDotFn,
 }
 
 static SCALAR: Kernels = Kernels {
@@ -156,6 +158,7 @@ static SCALAR: Kernels = Kernels {
     fast_dot: crate::scalar::fast_dot,
     quant_acts: crate::acts::quantize_acts_scalar,
     spread_scales: false,
+    packed_dot: crate::packed::packed_dot_scalar,
 };
 
 fn table(v: Variant) -> &'static Kernels {

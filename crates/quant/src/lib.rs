@@ -63,6 +63,7 @@ mod acts;
 mod dispatch;
 mod fp;
 mod matmul;
+mod packed;
 mod reference;
 mod scalar;
 mod types;
@@ -78,6 +79,7 @@ pub use matmul::{
     matmul, matmul_isa, matmul_par, matmul_prepared_rows, matmul_rows, matmul_rows_with, prepare_input,
     MatmulPrecision, PreparedInput, QMatrix,
 };
+pub use packed::{matmul_packed_par, matmul_packed_rows, matmul_packed_rows_with, PackedMatrix, PACK_ROWS};
 pub use reference::{dequantize_row_q8_k, dequantize_row_ref, quantize_row, quantize_row_q8_k};
 pub use types::{QuantError, WeightType, K_SCALE_SIZE, Q8_K_BLOCK_BYTES, QK, QK_K};
 

@@ -87,6 +87,17 @@ impl PreparedInput<'_> {
     pub fn is_quantized(&self) -> bool {
         self.q8.is_some()
     }
+    /// The weight type it was prepared for.
+    pub fn wtype(&self) -> WeightType {
+        self.wtype
+    }
+    /// The activation block of the quantized input (`None`: f32 input).
+    pub fn q8_block(&self) -> Option<usize> {
+        self.q8.as_ref().map(|a| a.block)
+    }
+    pub(crate) fn q8(&self) -> Option<&Q8Acts> {
+        self.q8.as_ref()
+    }
 }
 
 /// Validates `x: [t, k]` for weights of type `wtype` and quantizes it when `p` is `Fast`.
@@ -254,7 +265,7 @@ fn check_call(w: &QMatrix, input: &PreparedInput, y_len: usize, row_range: &Rang
 }
 
 /// Shared write access to the output for disjoint row ranges.
-struct OutView<'a> {
+pub(crate) struct OutView<'a> {
     ptr: *mut f32,
     len: usize,
     _y: PhantomData<&'a mut [f32]>,
@@ -268,14 +279,14 @@ unsafe impl Send for OutView<'_> {}
 unsafe impl Sync for OutView<'_> {}
 
 impl<'a> OutView<'a> {
-    fn new(y: &'a mut [f32]) -> Self {
+    pub(crate) fn new(y: &'a mut [f32]) -> Self {
         OutView { ptr: y.as_mut_ptr(), len: y.len(), _y: PhantomData }
     }
 
     /// # Safety
     /// No other thread may access index `i` concurrently.
     #[inline(always)]
-    unsafe fn set(&self, i: usize, v: f32) {
+    pub(crate) unsafe fn set(&self, i: usize, v: f32) {
         assert!(i < self.len);
         // SAFETY: `i` is in bounds of the borrowed slice (checked above) and the caller
         // guarantees no concurrent access to this index.

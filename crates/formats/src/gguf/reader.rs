@@ -172,6 +172,29 @@ impl GgufFile {
         self.backing.bytes()
     }
 
+    /// Drops this process's resident pages of the file bytes `range` (whole pages inside
+    /// it) when the file is memory-mapped: for data that was copied out (e.g. repacked
+    /// weights), so it does not count twice in the resident set. Later reads of the range
+    /// fault the same bytes back in from the file. Best effort: a refused request changes
+    /// nothing.
+    pub fn release_pages(&self, range: std::ops::Range<usize>) {
+        #[cfg(unix)]
+        if let Backing::Mmap(m) = &self.backing {
+            const PAGE: usize = 4096;
+            let start = range.start.next_multiple_of(PAGE);
+            let end = (range.end.min(m.len()) / PAGE) * PAGE;
+            if end > start {
+                // SAFETY: the map is read-only and shared with the file, and this process
+                // never writes the file; MADV_DONTNEED only unmaps the pages, and any later
+                // access faults in the file's (unchanged) bytes again, so every borrow of
+                // the mapping keeps seeing the same contents.
+                let _ = unsafe { m.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, start, end - start) };
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = range;
+    }
+
     /// All metadata key/value pairs, in file order.
     pub fn metadata(&self) -> &[(String, MetaValue)] {
         &self.metadata

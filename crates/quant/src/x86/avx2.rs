@@ -19,6 +19,7 @@ pub(crate) static KERNELS: Kernels = Kernels {
     fast_dot,
     quant_acts,
     spread_scales: false,
+    packed_dot,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -635,5 +636,66 @@ fn dot_q6_k<const N: usize>(w: &[u8], rows: &[ActRow<'_>; N], out: &mut [f32; MA
     }
     for t in 0..N {
         out[t] = hsum_ps(acc[t]);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Packed (16 interleaved rows) dots: two 256-bit halves of 8 lanes each.
+
+fn packed_dot(w: &[u8], rows: &[ActRow<'_>], out: &mut [[f32; crate::packed::PACK_ROWS]; MAX_TILE]) {
+    // SAFETY: this table entry is only reachable after AVX2/FMA/F16C were detected.
+    unsafe {
+        match rows.len() {
+            1 => packed_n::<1>(w, rows.try_into().unwrap(), out),
+            2 => packed_n::<2>(w, rows.try_into().unwrap(), out),
+            3 => packed_n::<3>(w, rows.try_into().unwrap(), out),
+            4 => packed_n::<4>(w, rows.try_into().unwrap(), out),
+            n => unreachable!("{n} activation rows"),
+        }
+    }
+}
+
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn packed_n<const N: usize>(w: &[u8], rows: &[ActRow<'_>; N], out: &mut [[f32; crate::packed::PACK_ROWS]; MAX_TILE]) {
+    use crate::packed::PACKED_BLOCK;
+    let m4 = _mm256_set1_epi8(0x0f);
+    let ones = _mm256_set1_epi16(1);
+    let mut acc = [[_mm256_setzero_ps(); 2]; N];
+    let mut accm = [[_mm256_setzero_ps(); 2]; N];
+    for (b, blk) in w.chunks_exact(PACKED_BLOCK).enumerate() {
+        if let Some(next) = w.get((b + 8) * PACKED_BLOCK..(b + 9) * PACKED_BLOCK) {
+            prefetch(next);
+        }
+        for h in 0..2 {
+            let mut q = [_mm256_setzero_si256(); 8];
+            for c in 0..4 {
+                let v = ld256(&blk[64 * c + 32 * h..64 * c + 32 * h + 32]);
+                q[2 * c] = _mm256_and_si256(v, m4);
+                q[2 * c + 1] = _mm256_and_si256(_mm256_srli_epi16(v, 4), m4);
+            }
+            let d = _mm256_cvtph_ps(ld128(&blk[256 + 16 * h..272 + 16 * h]));
+            let m = _mm256_cvtph_ps(ld128(&blk[288 + 16 * h..304 + 16 * h]));
+            for t in 0..N {
+                let r = &rows[t];
+                let a = &r.qs[32 * b..32 * b + 32];
+                let mut s = _mm256_setzero_si256();
+                for (j, qj) in q.iter().enumerate() {
+                    let bb = &a[4 * j..4 * j + 4];
+                    let aw =
+                        _mm256_set1_epi32(i32::from_le_bytes([bb[0] as u8, bb[1] as u8, bb[2] as u8, bb[3] as u8]));
+                    s = _mm256_add_epi32(s, _mm256_madd_epi16(_mm256_maddubs_epi16(*qj, aw), ones));
+                }
+                let isum = _mm256_cvtepi32_ps(s);
+                acc[t][h] = _mm256_fmadd_ps(isum, _mm256_mul_ps(d, _mm256_set1_ps(r.d[b])), acc[t][h]);
+                accm[t][h] = _mm256_fmadd_ps(m, _mm256_set1_ps(r.s[b]), accm[t][h]);
+            }
+        }
+    }
+    for t in 0..N {
+        for h in 0..2 {
+            // SAFETY: 8 writable floats at `out[t][8h..]`.
+            unsafe { _mm256_storeu_ps(out[t][8 * h..].as_mut_ptr(), _mm256_add_ps(acc[t][h], accm[t][h])) };
+        }
     }
 }

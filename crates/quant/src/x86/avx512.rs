@@ -18,6 +18,7 @@ pub(crate) static KERNELS_BW: Kernels = Kernels {
     fast_dot: bw::fast_dot,
     quant_acts: avx2::quant_acts,
     spread_scales: true,
+    packed_dot: bw::packed_dot,
 };
 
 pub(crate) static KERNELS_VNNI: Kernels = Kernels {
@@ -29,6 +30,7 @@ pub(crate) static KERNELS_VNNI: Kernels = Kernels {
     fast_dot: vnni::fast_dot,
     quant_acts: avx2::quant_acts,
     spread_scales: true,
+    packed_dot: vnni::packed_dot,
 };
 
 #[inline]
@@ -402,6 +404,80 @@ macro_rules! int_dots {
             }
         }
 
+        pub(super) fn packed_dot(
+            w: &[u8],
+            rows: &[ActRow<'_>],
+            out: &mut [[f32; crate::packed::PACK_ROWS]; MAX_TILE],
+        ) {
+            // SAFETY: as `fast_dot`.
+            unsafe {
+                match rows.len() {
+                    1 => packed_n::<1>(w, rows.try_into().unwrap(), out),
+                    2 => packed_n::<2>(w, rows.try_into().unwrap(), out),
+                    3 => packed_n::<3>(w, rows.try_into().unwrap(), out),
+                    4 => packed_n::<4>(w, rows.try_into().unwrap(), out),
+                    n => unreachable!("{n} activation rows"),
+                }
+            }
+        }
+
+        /// The 4 activation bytes `a[4j..4j + 4]` in every 32-bit lane.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn bcast4(a: &[i8], j: usize) -> __m512i {
+            let b = &a[4 * j..4 * j + 4];
+            _mm512_set1_epi32(i32::from_le_bytes([b[0] as u8, b[1] as u8, b[2] as u8, b[3] as u8]))
+        }
+
+        /// 16 interleaved rows (one lane each) against `N` activation rows; see
+        /// [`crate::packed`] for the layout and the order of the float operations.
+        #[inline]
+        #[target_feature(enable = $feat)]
+        fn packed_n<const N: usize>(
+            w: &[u8],
+            rows: &[ActRow<'_>; N],
+            out: &mut [[f32; crate::packed::PACK_ROWS]; MAX_TILE],
+        ) {
+            use crate::packed::PACKED_BLOCK;
+            let m4 = _mm512_set1_epi8(0x0f);
+            let mut acc = [_mm512_setzero_ps(); N];
+            let mut accm = [_mm512_setzero_ps(); N];
+            for (b, blk) in w.chunks_exact(PACKED_BLOCK).enumerate() {
+                if let Some(next) = w.get((b + 8) * PACKED_BLOCK..(b + 9) * PACKED_BLOCK) {
+                    avx2::prefetch(next);
+                }
+                let mut q = [_mm512_setzero_si512(); 8];
+                for c in 0..4 {
+                    let chunk = &blk[64 * c..64 * c + 64];
+                    // SAFETY: 64 readable bytes (the slice above is bounds-checked).
+                    let v = unsafe { _mm512_loadu_si512(chunk.as_ptr().cast()) };
+                    q[2 * c] = _mm512_and_si512(v, m4);
+                    q[2 * c + 1] = _mm512_and_si512(_mm512_srli_epi16(v, 4), m4);
+                }
+                let d = _mm512_cvtph_ps(ld256(&blk[256..288]));
+                let m = _mm512_cvtph_ps(ld256(&blk[288..320]));
+                for t in 0..N {
+                    let r = &rows[t];
+                    let a = &r.qs[32 * b..32 * b + 32];
+                    let mut s0 = dot(_mm512_setzero_si512(), q[0], bcast4(a, 0));
+                    let mut s1 = dot(_mm512_setzero_si512(), q[1], bcast4(a, 1));
+                    s0 = dot(s0, q[2], bcast4(a, 2));
+                    s1 = dot(s1, q[3], bcast4(a, 3));
+                    s0 = dot(s0, q[4], bcast4(a, 4));
+                    s1 = dot(s1, q[5], bcast4(a, 5));
+                    s0 = dot(s0, q[6], bcast4(a, 6));
+                    s1 = dot(s1, q[7], bcast4(a, 7));
+                    let isum = _mm512_cvtepi32_ps(_mm512_add_epi32(s0, s1));
+                    acc[t] = _mm512_fmadd_ps(isum, _mm512_mul_ps(d, _mm512_set1_ps(r.d[b])), acc[t]);
+                    accm[t] = _mm512_fmadd_ps(m, _mm512_set1_ps(r.s[b]), accm[t]);
+                }
+            }
+            for t in 0..N {
+                // SAFETY: 16 writable floats.
+                unsafe { _mm512_storeu_ps(out[t].as_mut_ptr(), _mm512_add_ps(acc[t], accm[t])) };
+            }
+        }
+
         /// Q4_0 and Q8_0 share this: signed weights as `|w|` with the sign moved onto the
         /// activations (`0 - a` where `w < 0`).
         #[inline]
@@ -409,7 +485,7 @@ macro_rules! int_dots {
         fn signed_dot(wsigned: __m512i, a: __m512i) -> __m512i {
             let neg = _mm512_movepi8_mask(wsigned);
             let sa = _mm512_mask_sub_epi8(a, neg, _mm512_setzero_si512(), a);
-            dot(_mm512_abs_epi8(wsigned), sa)
+            dot(_mm512_setzero_si512(), _mm512_abs_epi8(wsigned), sa)
         }
 
         /// Drives a pair kernel (two blocks per 512-bit register) over a row of `$bs`-byte
@@ -480,7 +556,7 @@ macro_rules! int_dots {
                 let mw = f16_pair(b0, b1, 2);
                 for t in 0..N {
                     let r = &rows[t];
-                    let v = dot(wq, ld512i8(&r.qs[64 * p..64 * p + 64]));
+                    let v = dot(_mm512_setzero_si512(), wq, ld512i8(&r.qs[64 * p..64 * p + 64]));
                     let s = _mm512_mul_ps(dw, ld_ps(&r.d8[16 * p..16 * p + 16]));
                     acc.0[t] = _mm512_fmadd_ps(s, _mm512_cvtepi32_ps(v), acc.0[t]);
                     acc.1[t] = _mm_fmadd_ps(mw, f32_pair(&r.s[2 * p..]), acc.1[t]);
@@ -546,8 +622,8 @@ macro_rules! int_dots {
 mod bw {
     int_dots!(
         "avx512f,avx512bw,avx512vl,avx2,fma,f16c",
-        fn dot(u: __m512i, s: __m512i) -> __m512i {
-            _mm512_madd_epi16(_mm512_maddubs_epi16(u, s), _mm512_set1_epi16(1))
+        fn dot(acc: __m512i, u: __m512i, s: __m512i) -> __m512i {
+            _mm512_add_epi32(acc, _mm512_madd_epi16(_mm512_maddubs_epi16(u, s), _mm512_set1_epi16(1)))
         }
     );
 }
@@ -556,8 +632,8 @@ mod bw {
 mod vnni {
     int_dots!(
         "avx512f,avx512bw,avx512vl,avx512vnni,avx2,fma,f16c",
-        fn dot(u: __m512i, s: __m512i) -> __m512i {
-            _mm512_dpbusd_epi32(_mm512_setzero_si512(), u, s)
+        fn dot(acc: __m512i, u: __m512i, s: __m512i) -> __m512i {
+            _mm512_dpbusd_epi32(acc, u, s)
         }
     );
 }

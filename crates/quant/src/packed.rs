@@ -1,0 +1,268 @@
+//! Weights repacked at load for the decode matvec: 16 rows interleaved per group, so one
+//! 512-bit integer dot (`vpdpbusd`) advances 16 rows by 4 elements against one broadcast
+//! activation word, and each row's result stays in its own lane (no horizontal sums, no
+//! per-row scale shuffles).
+//!
+//! Layout of a [`PackedMatrix`]: groups of [`PACK_ROWS`] rows (the last one padded with zero
+//! rows), each a run of `cols / 32` blocks of [`PACKED_BLOCK`] bytes:
+//! * bytes `0..256`: four 64-byte chunks; in chunk `c`, the 4 bytes of lane (row) `r` hold
+//!   row `r`'s 4-bit quants of elements `8c..8c+4` in the low nibbles and `8c+4..8c+8` in
+//!   the high nibbles;
+//! * bytes `256..288`: the 16 rows' scales `d` (f16); bytes `288..320`: their offsets `m`
+//!   (f16), so that a weight is `d * q + m`.
+//!
+//! Q4_1 maps onto it directly; Q4_0 (`d * (q − 8)`) with `m = −8d` (exact in f16 unless it
+//! overflows, in which case the matrix is not packed). Both are 20 bytes per 32 weights, as
+//! in the file. Per block and lane the kernels compute, in this order and in f32,
+//! `acc = fma(isum, d · dx, acc)`, `accm = fma(m, s, accm)` (`dx`, `s = dx · Σa` from the
+//! activation block) and finally `acc + accm`: every variant gives bit-identical results.
+
+use std::ops::Range;
+
+use half::f16;
+
+use crate::acts::ActRow;
+use crate::dispatch::{best_kernels, Kernels};
+use crate::matmul::{OutView, PreparedInput, QMatrix};
+use crate::types::{QuantError, WeightType, QK};
+use crate::MAX_TILE;
+
+/// Rows per interleaved group.
+pub const PACK_ROWS: usize = 16;
+/// Bytes of one group's block (16 rows × 32 weights).
+pub const PACKED_BLOCK: usize = 320;
+
+/// A `[rows N, cols K]` Q4_0/Q4_1 matrix in the interleaved layout (see the module docs).
+#[derive(Clone)]
+pub struct PackedMatrix {
+    source: WeightType,
+    rows: usize,
+    cols: usize,
+    /// `[ceil(N / 16), K / 32, 320]` bytes.
+    data: Vec<u8>,
+}
+
+impl std::fmt::Debug for PackedMatrix {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PackedMatrix({:?}, {}×{}, {} B)", self.source, self.rows, self.cols, self.data.len())
+    }
+}
+
+impl PackedMatrix {
+    /// Whether matrices of type `t` can be packed.
+    pub fn supports(t: WeightType) -> bool {
+        matches!(t, WeightType::Q4_0 | WeightType::Q4_1)
+    }
+
+    /// Repacks a validated matrix; `Ok(None)` when its type has no packed form (or a Q4_0
+    /// scale would overflow f16 as `−8d`).
+    pub fn pack(m: &QMatrix) -> Result<Option<PackedMatrix>, QuantError> {
+        m.validate()?;
+        if !Self::supports(m.wtype) {
+            return Ok(None);
+        }
+        let nb = m.cols / QK;
+        let groups = m.rows.div_ceil(PACK_ROWS);
+        let bytes = groups
+            .checked_mul(nb)
+            .and_then(|x| x.checked_mul(PACKED_BLOCK))
+            .ok_or(QuantError::Overflow("packed matrix"))?;
+        let mut data = vec![0u8; bytes];
+        let bs = m.wtype.row_bytes(QK)?;
+        for n in 0..m.rows {
+            let (g, lane) = (n / PACK_ROWS, n % PACK_ROWS);
+            let row = m.row(n);
+            for b in 0..nb {
+                let blk = &row[b * bs..(b + 1) * bs];
+                let dst = &mut data[(g * nb + b) * PACKED_BLOCK..][..PACKED_BLOCK];
+                let d = f16::from_le_bytes([blk[0], blk[1]]);
+                let (mb, qs) = match m.wtype {
+                    WeightType::Q4_1 => ([blk[2], blk[3]], &blk[4..20]),
+                    _ => {
+                        let m8 = f16::from_f32(-8.0 * d.to_f32());
+                        if m8.to_f32() != -8.0 * d.to_f32() {
+                            return Ok(None);
+                        }
+                        (m8.to_le_bytes(), &blk[2..18])
+                    }
+                };
+                // Element i < 16 is the low nibble of qs[i], element i + 16 its high nibble.
+                let q = |i: usize| if i < 16 { qs[i] & 15 } else { qs[i - 16] >> 4 };
+                for c in 0..4 {
+                    for i in 0..4 {
+                        dst[64 * c + 4 * lane + i] = q(8 * c + i) | (q(8 * c + 4 + i) << 4);
+                    }
+                }
+                dst[256 + 2 * lane..][..2].copy_from_slice(&blk[0..2]);
+                dst[288 + 2 * lane..][..2].copy_from_slice(&mb);
+            }
+        }
+        Ok(Some(PackedMatrix { source: m.wtype, rows: m.rows, cols: m.cols, data }))
+    }
+
+    /// The file type it was packed from.
+    pub fn source(&self) -> WeightType {
+        self.source
+    }
+    pub fn rows(&self) -> usize {
+        self.rows
+    }
+    pub fn cols(&self) -> usize {
+        self.cols
+    }
+    /// Bytes held (the same as the file's for whole groups).
+    pub fn bytes(&self) -> usize {
+        self.data.len()
+    }
+
+    fn group(&self, g: usize) -> &[u8] {
+        let gb = self.cols / QK * PACKED_BLOCK;
+        &self.data[g * gb..(g + 1) * gb]
+    }
+}
+
+/// The packed kernel: one group's blocks `w` against up to `MAX_TILE` activation rows;
+/// `out[t][lane]`.
+pub(crate) type PackedDotFn = fn(&[u8], &[ActRow<'_>], &mut [[f32; PACK_ROWS]; MAX_TILE]);
+
+fn check(p: &PackedMatrix, input: &PreparedInput, rows: &Range<usize>) -> Result<(), QuantError> {
+    if input.q8_block() != Some(QK) {
+        return Err(QuantError::PreparedMismatch { prepared: input.wtype(), weights: p.source });
+    }
+    crate::types::check_len("prepared input columns", input.cols(), p.cols)?;
+    if rows.start > rows.end || rows.end > p.rows || rows.start % PACK_ROWS != 0 {
+        return Err(QuantError::RowRange { start: rows.start, end: rows.end, rows: p.rows });
+    }
+    Ok(())
+}
+
+/// `y[t, i] = x[t] · W[rows.start + i]` for the rows `rows` (`rows.start` a multiple of
+/// [`PACK_ROWS`]) of a packed matrix; `y` is `[t, rows.len()]`, `input` prepared `Fast`
+/// for a 32-block type.
+pub fn matmul_packed_rows(
+    p: &PackedMatrix,
+    input: &PreparedInput,
+    y: &mut [f32],
+    rows: Range<usize>,
+) -> Result<(), QuantError> {
+    packed_rows_on(best_kernels(), p, input, y, rows)
+}
+
+/// [`matmul_packed_rows`] with a forced kernel variant (tests compare them).
+pub fn matmul_packed_rows_with(
+    v: crate::Variant,
+    p: &PackedMatrix,
+    input: &PreparedInput,
+    y: &mut [f32],
+    rows: Range<usize>,
+) -> Result<(), QuantError> {
+    packed_rows_on(v.kernels()?, p, input, y, rows)
+}
+
+fn packed_rows_on(
+    kern: &Kernels,
+    p: &PackedMatrix,
+    input: &PreparedInput,
+    y: &mut [f32],
+    rows: Range<usize>,
+) -> Result<(), QuantError> {
+    check(p, input, &rows)?;
+    crate::types::check_len("y (output [t, rows])", y.len(), input.rows() * rows.len())?;
+    let n_out = rows.len();
+    let col0 = rows.start;
+    let out = OutView::new(y);
+    // SAFETY: `out` comes from an exclusive borrow of `y`.
+    unsafe { run_packed(kern, p, input, &out, n_out, col0, rows) };
+    Ok(())
+}
+
+/// [`matmul_packed_rows`] over all rows, split by groups over `pool`; `y` is `[t, N]`.
+pub fn matmul_packed_par(
+    pool: &rayon::ThreadPool,
+    p: &PackedMatrix,
+    input: &PreparedInput,
+    y: &mut [f32],
+) -> Result<(), QuantError> {
+    check(p, input, &(0..p.rows))?;
+    crate::types::check_len("y (output [t, n])", y.len(), input.rows() * p.rows)?;
+    let kern = best_kernels();
+    let groups = p.rows.div_ceil(PACK_ROWS);
+    let threads = pool.current_num_threads().max(1);
+    let per = groups.div_ceil(threads * 4).max(1);
+    let out = OutView::new(y);
+    let out = &out;
+    pool.scope(|s| {
+        for g0 in (0..groups).step_by(per) {
+            let r = g0 * PACK_ROWS..((g0 + per) * PACK_ROWS).min(p.rows);
+            // SAFETY: the row ranges are disjoint, so no two tasks write the same entries.
+            s.spawn(move |_| unsafe { run_packed(kern, p, input, out, p.rows, 0, r) });
+        }
+    });
+    Ok(())
+}
+
+/// Writes `y[t * n_out + (n − col0)]` for the rows `n` in `rows`.
+///
+/// # Safety
+/// No concurrent call may write the same entries through `out`.
+unsafe fn run_packed(
+    kern: &Kernels,
+    p: &PackedMatrix,
+    input: &PreparedInput,
+    out: &OutView,
+    n_out: usize,
+    col0: usize,
+    rows: Range<usize>,
+) {
+    let Some(acts) = input.q8() else { return };
+    let mut res = [[0f32; PACK_ROWS]; MAX_TILE];
+    let mut act_rows = [ActRow::default(); MAX_TILE];
+    let mut n0 = rows.start;
+    while n0 < rows.end {
+        let nr = (rows.end - n0).min(PACK_ROWS);
+        let w = p.group(n0 / PACK_ROWS);
+        for t0 in (0..acts.t).step_by(MAX_TILE) {
+            let nt = (acts.t - t0).min(MAX_TILE);
+            for (i, r) in act_rows[..nt].iter_mut().enumerate() {
+                *r = acts.row(t0 + i);
+            }
+            (kern.packed_dot)(w, &act_rows[..nt], &mut res);
+            for (i, vals) in res[..nt].iter().enumerate() {
+                for (lane, &v) in vals[..nr].iter().enumerate() {
+                    // SAFETY: row `n0 + lane` belongs to this call's rows (caller contract).
+                    unsafe { out.set((t0 + i) * n_out + n0 + lane - col0, v) };
+                }
+            }
+        }
+        n0 += nr;
+    }
+}
+
+/// The portable packed kernel (the twin every SIMD variant must match bit for bit).
+pub(crate) fn packed_dot_scalar(w: &[u8], rows: &[ActRow<'_>], out: &mut [[f32; PACK_ROWS]; MAX_TILE]) {
+    let nb = w.len() / PACKED_BLOCK;
+    for (t, r) in rows.iter().enumerate() {
+        let mut acc = [0f32; PACK_ROWS];
+        let mut accm = [0f32; PACK_ROWS];
+        for b in 0..nb {
+            let blk = &w[b * PACKED_BLOCK..(b + 1) * PACKED_BLOCK];
+            let a = &r.qs[QK * b..QK * (b + 1)];
+            for lane in 0..PACK_ROWS {
+                let mut isum = 0i32;
+                for c in 0..4 {
+                    for i in 0..4 {
+                        let byte = blk[64 * c + 4 * lane + i];
+                        isum += (byte & 15) as i32 * a[8 * c + i] as i32 + (byte >> 4) as i32 * a[8 * c + 4 + i] as i32;
+                    }
+                }
+                let d = f16::from_le_bytes([blk[256 + 2 * lane], blk[257 + 2 * lane]]).to_f32();
+                let m = f16::from_le_bytes([blk[288 + 2 * lane], blk[289 + 2 * lane]]).to_f32();
+                acc[lane] = (isum as f32).mul_add(d * r.d[b], acc[lane]);
+                accm[lane] = m.mul_add(r.s[b], accm[lane]);
+            }
+        }
+        for lane in 0..PACK_ROWS {
+            out[t][lane] = acc[lane] + accm[lane];
+        }
+    }
+}
