@@ -17,8 +17,15 @@ pub fn embed(file: &GgufFile, table: &Linear, tokens: &[u32]) -> Result<Vec<f32>
         if tok as usize >= table.rows {
             return Err(ModelError::Token { id: tok, vocab: table.rows });
         }
-        let row = table.rows_of(file, tok as usize..tok as usize + 1);
-        latent_quant::dequantize_row(table.wtype, row.data, &mut x[i * c..(i + 1) * c])?;
+        let out = &mut x[i * c..(i + 1) * c];
+        match table.packed() {
+            // From the repacked copy: the file's pages of the table stay released.
+            Some(pm) => pm.dequantize_row(tok as usize, out)?,
+            None => {
+                let row = table.rows_of(file, tok as usize..tok as usize + 1);
+                latent_quant::dequantize_row(table.wtype, row.data, out)?;
+            }
+        }
     }
     Ok(x)
 }
@@ -39,7 +46,7 @@ pub fn matmul(ex: &Exec, file: &GgufFile, w: &Linear, x: &[f32], t: usize) -> Re
     }
     let mut y = vec![0f32; t * w.rows];
     let p = effective_precision(ex.precision, w.wtype);
-    if let (Some(pm), MatmulPrecision::Fast) = (w.packed(), p) {
+    if let Some(pm) = packed_for(w, p) {
         let input = latent_quant::prepare_input(p, w.wtype, x, t, w.cols)?;
         if ex.pool.current_num_threads() <= 1 {
             latent_quant::matmul_packed_rows(pm, &input, &mut y, 0..w.rows)?;
@@ -69,12 +76,12 @@ pub fn matmuls(ex: &Exec, file: &GgufFile, ws: &[&Linear], x: &[f32], t: usize) 
     if threads <= 1 || total < 256 * 1024 {
         for (w, y) in ws.iter().zip(out.iter_mut()) {
             let p = effective_precision(ex.precision, w.wtype);
-            match (w.packed(), p) {
-                (Some(pm), MatmulPrecision::Fast) => {
+            match packed_for(w, p) {
+                Some(pm) => {
                     let input = latent_quant::prepare_input(p, w.wtype, x, 1, w.cols)?;
                     latent_quant::matmul_packed_rows(pm, &input, y, 0..w.rows)?;
                 }
-                _ => latent_quant::matmul(p, &w.mat(file), x, y, 1)?,
+                None => latent_quant::matmul(p, &w.mat(file), x, y, 1)?,
             }
         }
         return Ok(out);
@@ -101,9 +108,9 @@ pub fn matmuls(ex: &Exec, file: &GgufFile, ws: &[&Linear], x: &[f32], t: usize) 
         let w = ws[mi];
         let mut chunk = cell.lock().unwrap_or_else(|e| e.into_inner());
         let n = chunk.len();
-        let r = match (w.packed(), inputs[mi].is_quantized()) {
-            (Some(pm), true) => latent_quant::matmul_packed_rows(pm, &inputs[mi], &mut chunk, r0..r0 + n),
-            _ => latent_quant::matmul_prepared_rows(&w.rows_of(file, r0..r0 + n), &inputs[mi], &mut chunk, 0..n),
+        let r = match packed_for(w, effective_precision(ex.precision, w.wtype)) {
+            Some(pm) => latent_quant::matmul_packed_rows(pm, &inputs[mi], &mut chunk, r0..r0 + n),
+            None => latent_quant::matmul_prepared_rows(&w.rows_of(file, r0..r0 + n), &inputs[mi], &mut chunk, 0..n),
         };
         if let Err(e) = r {
             errors.lock().unwrap_or_else(|e| e.into_inner()).push(e);
@@ -118,6 +125,14 @@ pub fn matmuls(ex: &Exec, file: &GgufFile, ws: &[&Linear], x: &[f32], t: usize) 
         return Err(e.into());
     }
     Ok(out)
+}
+
+/// The repacked copy of `w` when it serves precision `p`: the 4-bit types' packed kernels
+/// take 8-bit activations (`Fast`), Q8_0's f32 activations (`Exact`, which Q8_0 always
+/// runs at).
+fn packed_for(w: &Linear, p: MatmulPrecision) -> Option<&latent_quant::PackedMatrix> {
+    let want = if w.wtype == WeightType::Q8_0 { MatmulPrecision::Exact } else { MatmulPrecision::Fast };
+    w.packed().filter(|_| p == want)
 }
 
 /// The precision a matrix actually runs at. Weights stored with 8 or more bits (Q8_0, and

@@ -15,12 +15,12 @@ pub struct Linear {
     pub rows: usize,
     pub cols: usize,
     range: Range<usize>,
-    /// The same matrix repacked 16 rows at a time for the integer decode/prefill kernels
-    /// (Q4_0/Q4_1 when [`repack_enabled`]); the file's pages of it are then released.
+    /// The same matrix repacked 16 rows at a time for the decode/prefill kernels (Q4_0,
+    /// Q4_1 and Q8_0 when [`repack_enabled`]); the file's pages of it are then released.
     packed: Option<Arc<PackedMatrix>>,
 }
 
-/// Whether Q4_0/Q4_1 matrices are repacked at load (`LATENT_REPACK=0` keeps the file layout:
+/// Whether Q4_0/Q4_1/Q8_0 matrices are repacked at load (`LATENT_REPACK=0` keeps the file layout:
 /// no copy, but slower integer kernels).
 pub fn repack_enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
@@ -70,14 +70,14 @@ fn info<'a>(f: &'a GgufFile, name: &str) -> Result<&'a TensorInfo, ModelError> {
 }
 
 /// The matrix `name` with GGUF dims `[cols, rows]`.
-/// Q4_0/Q4_1 matrices are repacked (see [`Linear::packed`]) unless disabled.
+/// Q4_0/Q4_1/Q8_0 matrices are repacked (see [`Linear::packed`]) unless disabled.
 pub fn linear(f: &GgufFile, name: &str, rows: usize, cols: usize) -> Result<Linear, ModelError> {
     let mut lin = linear_dims(f, name, rows, cols, &[cols as u64, rows as u64])?;
     if repack_enabled() && PackedMatrix::supports(lin.wtype) {
-        lin.packed = PackedMatrix::pack(&lin.mat(f))?.map(Arc::new);
-        if lin.packed.is_some() {
-            f.release_pages(lin.range.clone());
-        }
+        let start = lin.range.start;
+        lin.packed =
+            PackedMatrix::pack_releasing(&lin.mat(f), &mut |r| f.release_pages(start + r.start..start + r.end))?
+                .map(Arc::new);
     }
     Ok(lin)
 }

@@ -147,6 +147,8 @@ pub(crate) struct Kernels {
     pub spread_scales: bool,
     /// Dots of 16 interleaved rows ([`crate::packed`]).
     pub packed_dot: crate::packed::PackedDotFn,
+    /// Exact (f32) dots of 16 interleaved Q8_0 rows.
+    pub packed_dot_f32: crate::packed::PackedDotF32Fn,
 }
 
 static SCALAR: Kernels = Kernels {
@@ -159,6 +161,7 @@ static SCALAR: Kernels = Kernels {
     quant_acts: crate::acts::quantize_acts_scalar,
     spread_scales: false,
     packed_dot: crate::packed::packed_dot_scalar,
+    packed_dot_f32: crate::packed::packed_dot_f32_scalar,
 };
 
 fn table(v: Variant) -> &'static Kernels {

@@ -95,6 +95,10 @@ impl PreparedInput<'_> {
     pub fn q8_block(&self) -> Option<usize> {
         self.q8.as_ref().map(|a| a.block)
     }
+    /// The f32 activations `[t, k]`.
+    pub(crate) fn x(&self) -> &[f32] {
+        self.x
+    }
     pub(crate) fn q8(&self) -> Option<&Q8Acts> {
         self.q8.as_ref()
     }

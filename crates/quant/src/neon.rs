@@ -20,6 +20,7 @@ pub(crate) static KERNELS: Kernels = Kernels {
     quant_acts: crate::acts::quantize_acts_scalar,
     spread_scales: false,
     packed_dot: crate::packed::packed_dot_scalar,
+    packed_dot_f32: crate::packed::packed_dot_f32_scalar,
 };
 
 fn tile(w: &[f32], nr: usize, x: &[f32], nt: usize, k: usize, out: &mut [[f32; MAX_TILE]; MAX_TILE]) {

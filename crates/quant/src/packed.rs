@@ -16,6 +16,12 @@
 //! in the file. Per block and lane the kernels compute, in this order and in f32,
 //! `acc = fma(isum, d · dx, acc)`, `accm = fma(m, s, accm)` (`dx`, `s = dx · Σa` from the
 //! activation block) and finally `acc + accm`: every variant gives bit-identical results.
+//!
+//! Q8_0 (run on the exact path: f32 activations) packs into blocks of [`PACKED_BLOCK_Q8`]
+//! bytes: for each element `k` of the block, the 16 rows' int8 quants (16 bytes), then the
+//! 16 rows' scales `d` (f16), again the file's 34 bytes per 32 weights. Per block and lane:
+//! four partial sums `s_c = Σ_{k ≡ c mod 4} fma(q_k, x_k, ·)` in order of `k`, then
+//! `acc = fma((s_0 + s_1) + (s_2 + s_3), d, acc)`, bit-identical across variants.
 
 use std::ops::Range;
 
@@ -29,8 +35,10 @@ use crate::MAX_TILE;
 
 /// Rows per interleaved group.
 pub const PACK_ROWS: usize = 16;
-/// Bytes of one group's block (16 rows × 32 weights).
+/// Bytes of one group's block (16 rows × 32 weights) of a packed Q4_0/Q4_1 matrix.
 pub const PACKED_BLOCK: usize = 320;
+/// Bytes of one group's block of a packed Q8_0 matrix.
+pub const PACKED_BLOCK_Q8: usize = 544;
 
 /// A `[rows N, cols K]` Q4_0/Q4_1 matrix in the interleaved layout (see the module docs).
 #[derive(Clone)]
@@ -51,12 +59,28 @@ impl std::fmt::Debug for PackedMatrix {
 impl PackedMatrix {
     /// Whether matrices of type `t` can be packed.
     pub fn supports(t: WeightType) -> bool {
-        matches!(t, WeightType::Q4_0 | WeightType::Q4_1)
+        matches!(t, WeightType::Q4_0 | WeightType::Q4_1 | WeightType::Q8_0)
+    }
+
+    /// Bytes per group block of a packed matrix of type `t`.
+    fn block_bytes(t: WeightType) -> usize {
+        if t == WeightType::Q8_0 {
+            PACKED_BLOCK_Q8
+        } else {
+            PACKED_BLOCK
+        }
     }
 
     /// Repacks a validated matrix; `Ok(None)` when its type has no packed form (or a Q4_0
     /// scale would overflow f16 as `−8d`).
     pub fn pack(m: &QMatrix) -> Result<Option<PackedMatrix>, QuantError> {
+        Self::pack_releasing(m, &mut |_| {})
+    }
+
+    /// [`PackedMatrix::pack`], calling `done` with each byte range of `m.data` (about
+    /// 1 MiB, in order) once it has been copied, so a caller can release the source's pages
+    /// while the rest is packed (the peak then holds one copy, not two).
+    pub fn pack_releasing(m: &QMatrix, done: &mut dyn FnMut(Range<usize>)) -> Result<Option<PackedMatrix>, QuantError> {
         m.validate()?;
         if !Self::supports(m.wtype) {
             return Ok(None);
@@ -65,10 +89,28 @@ impl PackedMatrix {
         let groups = m.rows.div_ceil(PACK_ROWS);
         let bytes = groups
             .checked_mul(nb)
-            .and_then(|x| x.checked_mul(PACKED_BLOCK))
+            .and_then(|x| x.checked_mul(Self::block_bytes(m.wtype)))
             .ok_or(QuantError::Overflow("packed matrix"))?;
         let mut data = vec![0u8; bytes];
         let bs = m.wtype.row_bytes(QK)?;
+        let mut release = Release { rb: m.wtype.row_bytes(m.cols)?, from: 0, rows: m.rows };
+        if m.wtype == WeightType::Q8_0 {
+            for n in 0..m.rows {
+                let (g, lane) = (n / PACK_ROWS, n % PACK_ROWS);
+                let row = m.row(n);
+                for b in 0..nb {
+                    let blk = &row[b * bs..(b + 1) * bs];
+                    let dst = &mut data[(g * nb + b) * PACKED_BLOCK_Q8..][..PACKED_BLOCK_Q8];
+                    for k in 0..QK {
+                        dst[16 * k + lane] = blk[2 + k];
+                    }
+                    dst[512 + 2 * lane..][..2].copy_from_slice(&blk[0..2]);
+                }
+                release.row_done(n, done);
+            }
+            release.finish(done);
+            return Ok(Some(PackedMatrix { source: m.wtype, rows: m.rows, cols: m.cols, data }));
+        }
         for n in 0..m.rows {
             let (g, lane) = (n / PACK_ROWS, n % PACK_ROWS);
             let row = m.row(n);
@@ -96,7 +138,9 @@ impl PackedMatrix {
                 dst[256 + 2 * lane..][..2].copy_from_slice(&blk[0..2]);
                 dst[288 + 2 * lane..][..2].copy_from_slice(&mb);
             }
+            release.row_done(n, done);
         }
+        release.finish(done);
         Ok(Some(PackedMatrix { source: m.wtype, rows: m.rows, cols: m.cols, data }))
     }
 
@@ -115,22 +159,89 @@ impl PackedMatrix {
         self.data.len()
     }
 
+    /// Row `n` dequantized into `out` (`[K]`), bit-identical to the file row's dequantization
+    /// (an embedding lookup that need not touch the file's pages).
+    pub fn dequantize_row(&self, n: usize, out: &mut [f32]) -> Result<(), QuantError> {
+        if n >= self.rows {
+            return Err(QuantError::RowRange { start: n, end: n + 1, rows: self.rows });
+        }
+        crate::types::check_len("dequantized row", out.len(), self.cols)?;
+        let (g, lane) = (n / PACK_ROWS, n % PACK_ROWS);
+        let bb = Self::block_bytes(self.source);
+        for (blk, o) in self.group(g).chunks_exact(bb).zip(out.chunks_exact_mut(QK)) {
+            if self.source == WeightType::Q8_0 {
+                let d = f16::from_le_bytes([blk[512 + 2 * lane], blk[513 + 2 * lane]]).to_f32();
+                for (k, ok) in o.iter_mut().enumerate() {
+                    *ok = blk[16 * k + lane] as i8 as f32 * d;
+                }
+            } else {
+                let d = f16::from_le_bytes([blk[256 + 2 * lane], blk[257 + 2 * lane]]).to_f32();
+                let m = f16::from_le_bytes([blk[288 + 2 * lane], blk[289 + 2 * lane]]).to_f32();
+                for c in 0..4 {
+                    for i in 0..4 {
+                        let byte = blk[64 * c + 4 * lane + i];
+                        // Q4_1: d·q + m; Q4_0: d·(q − 8) = d·q + (−8d) with the same rounding.
+                        o[8 * c + i] = self.q4_value(byte & 15, d, m);
+                        o[8 * c + 4 + i] = self.q4_value(byte >> 4, d, m);
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    #[inline]
+    fn q4_value(&self, q: u8, d: f32, m: f32) -> f32 {
+        if self.source == WeightType::Q4_0 {
+            (q as i32 - 8) as f32 * d
+        } else {
+            q as f32 * d + m
+        }
+    }
+
     fn group(&self, g: usize) -> &[u8] {
-        let gb = self.cols / QK * PACKED_BLOCK;
+        let gb = self.cols / QK * Self::block_bytes(self.source);
         &self.data[g * gb..(g + 1) * gb]
+    }
+}
+
+/// Reports copied source rows in ~1 MiB byte ranges.
+struct Release {
+    rb: usize,
+    from: usize,
+    rows: usize,
+}
+
+impl Release {
+    fn row_done(&mut self, n: usize, done: &mut dyn FnMut(Range<usize>)) {
+        let end = (n + 1) * self.rb;
+        if end - self.from >= 1 << 20 {
+            done(self.from..end);
+            self.from = end;
+        }
+    }
+    fn finish(&mut self, done: &mut dyn FnMut(Range<usize>)) {
+        let end = self.rows * self.rb;
+        if end > self.from {
+            done(self.from..end);
+        }
     }
 }
 
 /// The packed kernel: one group's blocks `w` against up to `MAX_TILE` activation rows;
 /// `out[t][lane]`.
 pub(crate) type PackedDotFn = fn(&[u8], &[ActRow<'_>], &mut [[f32; PACK_ROWS]; MAX_TILE]);
+/// The packed Q8_0 kernel on f32 activation rows (each `[K]`).
+pub(crate) type PackedDotF32Fn = fn(&[u8], &[&[f32]], &mut [[f32; PACK_ROWS]; MAX_TILE]);
 
 fn check(p: &PackedMatrix, input: &PreparedInput, rows: &Range<usize>) -> Result<(), QuantError> {
-    if input.q8_block() != Some(QK) {
+    // Q8_0 runs on f32 activations, the 4-bit types on 32-blocks of int8 activations.
+    let want = if p.source == WeightType::Q8_0 { None } else { Some(QK) };
+    if input.q8_block() != want {
         return Err(QuantError::PreparedMismatch { prepared: input.wtype(), weights: p.source });
     }
     crate::types::check_len("prepared input columns", input.cols(), p.cols)?;
-    if rows.start > rows.end || rows.end > p.rows || rows.start % PACK_ROWS != 0 {
+    if rows.start > rows.end || rows.end > p.rows || !rows.start.is_multiple_of(PACK_ROWS) {
         return Err(QuantError::RowRange { start: rows.start, end: rows.end, rows: p.rows });
     }
     Ok(())
@@ -138,7 +249,7 @@ fn check(p: &PackedMatrix, input: &PreparedInput, rows: &Range<usize>) -> Result
 
 /// `y[t, i] = x[t] · W[rows.start + i]` for the rows `rows` (`rows.start` a multiple of
 /// [`PACK_ROWS`]) of a packed matrix; `y` is `[t, rows.len()]`, `input` prepared `Fast`
-/// for a 32-block type.
+/// for a 32-block type (Q4_0/Q4_1) or `Exact` (Q8_0).
 pub fn matmul_packed_rows(
     p: &PackedMatrix,
     input: &PreparedInput,
@@ -214,19 +325,31 @@ unsafe fn run_packed(
     col0: usize,
     rows: Range<usize>,
 ) {
-    let Some(acts) = input.q8() else { return };
+    let acts = input.q8();
+    let (t_all, k) = (input.rows(), input.cols());
     let mut res = [[0f32; PACK_ROWS]; MAX_TILE];
     let mut act_rows = [ActRow::default(); MAX_TILE];
+    let mut xs: [&[f32]; MAX_TILE] = [&[]; MAX_TILE];
     let mut n0 = rows.start;
     while n0 < rows.end {
         let nr = (rows.end - n0).min(PACK_ROWS);
         let w = p.group(n0 / PACK_ROWS);
-        for t0 in (0..acts.t).step_by(MAX_TILE) {
-            let nt = (acts.t - t0).min(MAX_TILE);
-            for (i, r) in act_rows[..nt].iter_mut().enumerate() {
-                *r = acts.row(t0 + i);
+        for t0 in (0..t_all).step_by(MAX_TILE) {
+            let nt = (t_all - t0).min(MAX_TILE);
+            match acts {
+                Some(acts) => {
+                    for (i, r) in act_rows[..nt].iter_mut().enumerate() {
+                        *r = acts.row(t0 + i);
+                    }
+                    (kern.packed_dot)(w, &act_rows[..nt], &mut res);
+                }
+                None => {
+                    for (i, x) in xs[..nt].iter_mut().enumerate() {
+                        *x = &input.x()[(t0 + i) * k..(t0 + i + 1) * k];
+                    }
+                    (kern.packed_dot_f32)(w, &xs[..nt], &mut res);
+                }
             }
-            (kern.packed_dot)(w, &act_rows[..nt], &mut res);
             for (i, vals) in res[..nt].iter().enumerate() {
                 for (lane, &v) in vals[..nr].iter().enumerate() {
                     // SAFETY: row `n0 + lane` belongs to this call's rows (caller contract).
@@ -264,5 +387,25 @@ pub(crate) fn packed_dot_scalar(w: &[u8], rows: &[ActRow<'_>], out: &mut [[f32; 
         for lane in 0..PACK_ROWS {
             out[t][lane] = acc[lane] + accm[lane];
         }
+    }
+}
+
+/// The portable packed Q8_0 kernel on f32 activations (the twin of the SIMD variants).
+pub(crate) fn packed_dot_f32_scalar(w: &[u8], xs: &[&[f32]], out: &mut [[f32; PACK_ROWS]; MAX_TILE]) {
+    for (t, x) in xs.iter().enumerate() {
+        let mut acc = [0f32; PACK_ROWS];
+        for (b, blk) in w.chunks_exact(PACKED_BLOCK_Q8).enumerate() {
+            let xb = &x[QK * b..QK * (b + 1)];
+            for lane in 0..PACK_ROWS {
+                let mut s = [0f32; 4];
+                for (k, &xk) in xb.iter().enumerate() {
+                    let q = blk[16 * k + lane] as i8 as f32;
+                    s[k % 4] = q.mul_add(xk, s[k % 4]);
+                }
+                let d = f16::from_le_bytes([blk[512 + 2 * lane], blk[513 + 2 * lane]]).to_f32();
+                acc[lane] = ((s[0] + s[1]) + (s[2] + s[3])).mul_add(d, acc[lane]);
+            }
+        }
+        out[t] = acc;
     }
 }

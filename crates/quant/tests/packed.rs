@@ -1,4 +1,4 @@
-//! Interleaved (16-row) packed Q4_0/Q4_1 weights: every variant bit-identical to the
+//! Interleaved (16-row) packed Q4_0/Q4_1 (fast path) and Q8_0 (exact path) weights: every variant bit-identical to the
 //! portable twin, and all of them within the fast path's tolerance of the file-layout
 //! kernels (same integer block sums; only the f32 accumulation order differs) on hostile
 //! sizes, row ranges, activation-row counts and NaN-poisoned outputs.
@@ -14,19 +14,34 @@ use latent_quant::{
 #[test]
 fn packed_matches_twin_bitwise_and_file_layout_closely() {
     let mut rng = Rng(41);
-    for wt in [WeightType::Q4_1, WeightType::Q4_0] {
+    for wt in [WeightType::Q4_1, WeightType::Q4_0, WeightType::Q8_0] {
+        // Q8_0 runs on the exact path (f32 activations), the 4-bit types on the fast one.
+        let prec = if wt == WeightType::Q8_0 { MatmulPrecision::Exact } else { MatmulPrecision::Fast };
         for &n in &[1usize, 3, 16, 17, 63, 127] {
             for &k in &[32usize, 96, 576] {
                 let data = random_matrix(wt, n, k, &mut rng);
                 let m = QMatrix::new(wt, n, k, &data).unwrap();
                 let p = PackedMatrix::pack(&m).unwrap().expect("packable");
-                assert_eq!(p.bytes(), n.div_ceil(PACK_ROWS) * k / 32 * 320);
+                let block = if wt == WeightType::Q8_0 { 544 } else { 320 };
+                assert_eq!(p.bytes(), n.div_ceil(PACK_ROWS) * k / 32 * block);
+                // Row lookups from the packed copy equal the file rows' dequantization.
+                for r in 0..n {
+                    let (mut a, mut b) = (vec![f32::NAN; k], vec![f32::NAN; k]);
+                    p.dequantize_row(r, &mut a).unwrap();
+                    latent_quant::dequantize_row_ref(wt, m.row(r), &mut b).unwrap();
+                    assert_eq!(
+                        a.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        b.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        "{wt:?} row {r}"
+                    );
+                }
+                assert!(p.dequantize_row(n, &mut vec![0f32; k]).is_err());
                 for &t in &[1usize, 2, 3, 4, 5, 9] {
                     let x = random_acts(t, k, &mut rng);
-                    let input = prepare_input(MatmulPrecision::Fast, wt, &x, t, k).unwrap();
+                    let input = prepare_input(prec, wt, &x, t, k).unwrap();
                     // File layout, scalar twin.
                     let mut want = vec![f32::NAN; t * n];
-                    matmul_rows_with(Variant::Scalar, MatmulPrecision::Fast, &m, &x, &mut want, t, 0..n).unwrap();
+                    matmul_rows_with(Variant::Scalar, prec, &m, &x, &mut want, t, 0..n).unwrap();
                     let mut twin = vec![f32::NAN; t * n];
                     matmul_packed_rows_with(Variant::Scalar, &p, &input, &mut twin, 0..n).unwrap();
                     // Scale of each output: sum |x| |w| bounds the accumulation error.
@@ -95,7 +110,13 @@ fn packed_rejects_bad_calls() {
     let x2 = random_acts(1, 96, &mut rng);
     let wide = prepare_input(MatmulPrecision::Fast, WeightType::Q4_1, &x2, 1, 96).unwrap();
     assert!(matmul_packed_rows(&p, &wide, &mut y, 0..40).is_err());
-    // Types without a packed form.
+    // Q8_0 takes f32 activations only.
     let q8 = random_matrix(WeightType::Q8_0, 4, 64, &mut rng);
-    assert!(PackedMatrix::pack(&QMatrix::new(WeightType::Q8_0, 4, 64, &q8).unwrap()).unwrap().is_none());
+    let p8 = PackedMatrix::pack(&QMatrix::new(WeightType::Q8_0, 4, 64, &q8).unwrap()).unwrap().unwrap();
+    let fast8 = prepare_input(MatmulPrecision::Fast, WeightType::Q8_0, &x, 1, 64).unwrap();
+    assert!(matmul_packed_rows(&p8, &fast8, &mut y[..4], 0..4).is_err());
+    assert!(matmul_packed_rows(&p8, &exact, &mut y[..4], 0..4).is_ok());
+    // Types without a packed form.
+    let f16 = random_matrix(WeightType::F16, 4, 64, &mut rng);
+    assert!(PackedMatrix::pack(&QMatrix::new(WeightType::F16, 4, 64, &f16).unwrap()).unwrap().is_none());
 }

@@ -20,6 +20,7 @@ pub(crate) static KERNELS: Kernels = Kernels {
     quant_acts,
     spread_scales: false,
     packed_dot,
+    packed_dot_f32,
 };
 
 // ---------------------------------------------------------------------------------------
@@ -696,6 +697,60 @@ fn packed_n<const N: usize>(w: &[u8], rows: &[ActRow<'_>; N], out: &mut [[f32; c
         for h in 0..2 {
             // SAFETY: 8 writable floats at `out[t][8h..]`.
             unsafe { _mm256_storeu_ps(out[t][8 * h..].as_mut_ptr(), _mm256_add_ps(acc[t][h], accm[t][h])) };
+        }
+    }
+}
+
+fn packed_dot_f32(w: &[u8], xs: &[&[f32]], out: &mut [[f32; crate::packed::PACK_ROWS]; MAX_TILE]) {
+    // SAFETY: this table entry is only reachable after AVX2/FMA/F16C were detected.
+    unsafe {
+        match xs.len() {
+            1 => packed_f32_n::<1>(w, xs.try_into().unwrap(), out),
+            2 => packed_f32_n::<2>(w, xs.try_into().unwrap(), out),
+            3 => packed_f32_n::<3>(w, xs.try_into().unwrap(), out),
+            4 => packed_f32_n::<4>(w, xs.try_into().unwrap(), out),
+            n => unreachable!("{n} activation rows"),
+        }
+    }
+}
+
+/// Packed Q8_0 rows against f32 activations, 8 lanes per half (see [`crate::packed`]).
+#[inline]
+#[target_feature(enable = "avx2,fma,f16c")]
+fn packed_f32_n<const N: usize>(w: &[u8], xs: &[&[f32]; N], out: &mut [[f32; crate::packed::PACK_ROWS]; MAX_TILE]) {
+    use crate::packed::PACKED_BLOCK_Q8;
+    let mut acc = [[_mm256_setzero_ps(); 2]; N];
+    for (b, blk) in w.chunks_exact(PACKED_BLOCK_Q8).enumerate() {
+        if let Some(next) = w.get((b + 8) * PACKED_BLOCK_Q8..(b + 9) * PACKED_BLOCK_Q8) {
+            prefetch(next);
+        }
+        for h in 0..2 {
+            let d = _mm256_cvtph_ps(ld128(&blk[512 + 16 * h..528 + 16 * h]));
+            let xb: [&[f32; 32]; N] = std::array::from_fn(|t| xs[t][32 * b..32 * b + 32].try_into().unwrap());
+            let qb: &[u8; 512] = blk[..512].try_into().unwrap();
+            let mut s = [[_mm256_setzero_ps(); 4]; N];
+            for k in (0..32).step_by(4) {
+                let q: [__m256; 4] = std::array::from_fn(|c| {
+                    let q8 = &qb[16 * (k + c) + 8 * h..16 * (k + c) + 8 * h + 8];
+                    // SAFETY: 8 readable bytes (the slice above is bounds-checked).
+                    _mm256_cvtepi32_ps(_mm256_cvtepi8_epi32(unsafe { _mm_loadl_epi64(q8.as_ptr().cast()) }))
+                });
+                for t in 0..N {
+                    for c in 0..4 {
+                        s[t][c] = _mm256_fmadd_ps(q[c], _mm256_set1_ps(xb[t][k + c]), s[t][c]);
+                    }
+                }
+            }
+            for t in 0..N {
+                let st = _mm256_add_ps(_mm256_add_ps(s[t][0], s[t][1]), _mm256_add_ps(s[t][2], s[t][3]));
+                acc[t][h] = _mm256_fmadd_ps(st, d, acc[t][h]);
+            }
+        }
+    }
+    for t in 0..N {
+        for h in 0..2 {
+            // SAFETY: 8 writable floats at `out[t][8h..]`.
+            unsafe { _mm256_storeu_ps(out[t][8 * h..].as_mut_ptr(), acc[t][h]) };
         }
     }
 }

@@ -19,6 +19,7 @@ pub(crate) static KERNELS_BW: Kernels = Kernels {
     quant_acts: avx2::quant_acts,
     spread_scales: true,
     packed_dot: bw::packed_dot,
+    packed_dot_f32,
 };
 
 pub(crate) static KERNELS_VNNI: Kernels = Kernels {
@@ -31,6 +32,7 @@ pub(crate) static KERNELS_VNNI: Kernels = Kernels {
     quant_acts: avx2::quant_acts,
     spread_scales: true,
     packed_dot: vnni::packed_dot,
+    packed_dot_f32,
 };
 
 #[inline]
@@ -636,4 +638,52 @@ mod vnni {
             _mm512_dpbusd_epi32(acc, u, s)
         }
     );
+}
+
+fn packed_dot_f32(w: &[u8], xs: &[&[f32]], out: &mut [[f32; crate::packed::PACK_ROWS]; MAX_TILE]) {
+    // SAFETY: this table entry is only reachable after AVX-512 F/BW/VL and AVX2/FMA/F16C
+    // were detected.
+    unsafe {
+        match xs.len() {
+            1 => packed_f32_n::<1>(w, xs.try_into().unwrap(), out),
+            2 => packed_f32_n::<2>(w, xs.try_into().unwrap(), out),
+            3 => packed_f32_n::<3>(w, xs.try_into().unwrap(), out),
+            4 => packed_f32_n::<4>(w, xs.try_into().unwrap(), out),
+            n => unreachable!("{n} activation rows"),
+        }
+    }
+}
+
+/// Packed Q8_0 rows (one per lane) against f32 activations (see [`crate::packed`]).
+#[inline]
+#[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+fn packed_f32_n<const N: usize>(w: &[u8], xs: &[&[f32]; N], out: &mut [[f32; crate::packed::PACK_ROWS]; MAX_TILE]) {
+    use crate::packed::PACKED_BLOCK_Q8;
+    let mut acc = [_mm512_setzero_ps(); N];
+    for (b, blk) in w.chunks_exact(PACKED_BLOCK_Q8).enumerate() {
+        if let Some(next) = w.get((b + 8) * PACKED_BLOCK_Q8..(b + 9) * PACKED_BLOCK_Q8) {
+            avx2::prefetch(next);
+        }
+        let d = _mm512_cvtph_ps(ld256(&blk[512..544]));
+        let xb: [&[f32; 32]; N] = std::array::from_fn(|t| xs[t][32 * b..32 * b + 32].try_into().unwrap());
+        let qb: &[u8; 512] = blk[..512].try_into().unwrap();
+        let mut s = [[_mm512_setzero_ps(); 4]; N];
+        // Four elements per step, one partial sum each (constant indices keep them in registers).
+        for k in (0..32).step_by(4) {
+            let q: [__m512; 4] =
+                std::array::from_fn(|c| _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(ld128(&qb[16 * (k + c)..]))));
+            for t in 0..N {
+                for c in 0..4 {
+                    s[t][c] = _mm512_fmadd_ps(q[c], _mm512_set1_ps(xb[t][k + c]), s[t][c]);
+                }
+            }
+        }
+        for t in 0..N {
+            let st = _mm512_add_ps(_mm512_add_ps(s[t][0], s[t][1]), _mm512_add_ps(s[t][2], s[t][3]));
+            acc[t] = _mm512_fmadd_ps(st, d, acc[t]);
+        }
+    }
+    for t in 0..N {
+        st_ps(&mut out[t], acc[t]);
+    }
 }
