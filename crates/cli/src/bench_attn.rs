@@ -18,7 +18,8 @@ pub struct BenchAttnArgs {
     /// Mechanisms: gqa, mha, mqa, swa (gqa with a sliding window of --window tokens plus
     /// --sinks sink tokens), mla (absorbed decode over the latent cache), mla-layer (a whole
     /// MLA layer's attention on its absorbed and naive paths: prefill, a 512-token chunk over
-    /// each context, decode).
+    /// each context, decode), smol-gqa and smol-mla (SmolLM2-135M's shape and its 50 % MLA
+    /// conversion's).
     #[arg(long, default_value = "gqa,mla")]
     mechanisms: String,
     /// Decode context lengths.
@@ -94,7 +95,23 @@ fn mechanism(name: &str, window: usize, sinks: usize) -> Result<Mech> {
             scale: 1.0 / 192f32.sqrt(),
             mask: MaskSpec::CAUSAL,
         },
-        _ => bail!("unknown mechanism {name:?} (gqa, mha, mqa, swa, mla, mla-layer)"),
+        // SmolLM2-135M (9 heads over 3 KV heads of 64) and its 50 % MLA conversion
+        // (`latent convert --kv-rank 128 --rope-dim 64`: keys 128 + 64, values 128; scale 1/√64).
+        "smol-gqa" => Mech {
+            name: "smol-gqa",
+            shape: AttnShape { heads: 9, kv_heads: 3, dk: 64, dv: 64 },
+            latent: false,
+            scale: 0.125,
+            mask: MaskSpec::CAUSAL,
+        },
+        "smol-mla" => Mech {
+            name: "smol-mla",
+            shape: AttnShape { heads: 9, kv_heads: 1, dk: 192, dv: 128 },
+            latent: true,
+            scale: 0.125,
+            mask: MaskSpec::CAUSAL,
+        },
+        _ => bail!("unknown mechanism {name:?} (gqa, mha, mqa, swa, mla, smol-gqa, smol-mla, mla-layer)"),
     })
 }
 
@@ -321,7 +338,7 @@ pub fn run(a: BenchAttnArgs) -> Result<()> {
             lim.tile_gemm_gflops
         );
         outln!(
-            "{:<5} {:<8} {:>7} {:>10} {:>10} {:>9} {:>9} {:>9}  bound   (kv {}{})",
+            "{:<8} {:<8} {:>7} {:>10} {:>10} {:>9} {:>9} {:>9}  bound   (kv {}{})",
             "mech",
             "phase",
             "context",
@@ -341,7 +358,7 @@ pub fn run(a: BenchAttnArgs) -> Result<()> {
         } else {
             let j = r.json(&lim, &a);
             outln!(
-                "{:<5} {:<8} {:>7} {:>10.3} {:>10.1} {:>9.2} {:>9.1} {:>9.3}  {}",
+                "{:<8} {:<8} {:>7} {:>10.3} {:>10.1} {:>9.2} {:>9.1} {:>9.3}  {}",
                 r.mechanism,
                 r.phase,
                 r.context,

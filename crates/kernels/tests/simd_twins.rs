@@ -134,7 +134,7 @@ fn conversions_match_scalar_bit_exactly() {
 #[test]
 fn gemm_tiles_match_scalar_on_hostile_shapes() {
     let mut rng = Rng(99);
-    let dims = [1usize, 2, 3, 4, 5, 9, 17, 33, 64, 65];
+    let dims = [1usize, 2, 3, 4, 5, 7, 8, 9, 17, 33, 64, 65];
     let ks = [1usize, 3, 8, 16, 24, 40, 128, 129, 576];
     for k in Kernels::all() {
         for &m in &dims {

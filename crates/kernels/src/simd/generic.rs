@@ -321,9 +321,23 @@ unsafe fn nt_block<L: Lanes, E: BElem, const MR: usize, const NR: usize>(
         }
         p += L::N;
     }
-    for (i, acc) in acc.iter().enumerate() {
-        for (j, acc) in acc.iter().enumerate() {
-            let mut s = L::hsum(*acc);
+    // The MR·NR lane sums, four at a time (the same tree as one at a time).
+    let mut sums = [[0f32; NR]; MR];
+    {
+        let (v, o) = (acc.as_flattened(), sums.as_flattened_mut());
+        let mut t = 0;
+        while t + 4 <= v.len() {
+            o[t..t + 4].copy_from_slice(&L::hsum4(v[t], v[t + 1], v[t + 2], v[t + 3]));
+            t += 4;
+        }
+        while t < v.len() {
+            o[t] = L::hsum(v[t]);
+            t += 1;
+        }
+    }
+    for (i, sums) in sums.iter().enumerate() {
+        for (j, &s0) in sums.iter().enumerate() {
+            let mut s = s0;
             for q in kv..k {
                 s += *a.add(i * lda + q) * E::one(b.add(j * ldb + q * E::BYTES));
             }
@@ -383,18 +397,19 @@ unsafe fn nt_drive<L: Lanes, E: BElem, const MR: usize, const NR: usize>(
         nt_rows::<L, E, MR, NR>(k, n, pa.add(i * lda), lda, pb, ldb, pc.add(i * ldc), ldc, alpha);
         i += MR;
     }
-    if MR > 4 && i + 4 <= m {
-        nt_rows::<L, E, 4, NR>(k, n, pa.add(i * lda), lda, pb, ldb, pc.add(i * ldc), ldc, alpha);
-        i += 4;
+    // The last rows in one more pass over B, not several (decode has a few rows: a GQA
+    // group or an MLA layer's heads, and each pass streams every key once more).
+    let (pa, pc) = (pa.add(i * lda), pc.add(i * ldc));
+    macro_rules! tail {
+        ($($r:literal)*) => {
+            match m - i {
+                0 => {}
+                $($r if $r < MR => nt_rows::<L, E, $r, NR>(k, n, pa, lda, pb, ldb, pc, ldc, alpha),)*
+                r => unreachable!("{r} tail rows with a {MR}-row block"),
+            }
+        };
     }
-    if MR > 2 && i + 2 <= m {
-        nt_rows::<L, E, 2, NR>(k, n, pa.add(i * lda), lda, pb, ldb, pc.add(i * ldc), ldc, alpha);
-        i += 2;
-    }
-    while i < m {
-        nt_rows::<L, E, 1, NR>(k, n, pa.add(i * lda), lda, pb, ldb, pc.add(i * ldc), ldc, alpha);
-        i += 1;
-    }
+    tail!(1 2 3 4 5 6 7 8);
 }
 
 #[inline(always)]
@@ -714,7 +729,7 @@ macro_rules! instantiate {
 #[cfg(target_arch = "x86_64")]
 use super::lanes::{Avx2, Avx512};
 #[cfg(target_arch = "x86_64")]
-instantiate!(AVX2, avx2, Avx2, "avx2,fma,f16c", crate::cpu::Isa::Avx2, nt = (2, 4), nn = (4, 2));
+instantiate!(AVX2, avx2, Avx2, "avx2,fma,f16c", crate::cpu::Isa::Avx2, nt = (3, 3), nn = (4, 2));
 #[cfg(target_arch = "x86_64")]
 instantiate!(
     AVX512,
@@ -722,7 +737,7 @@ instantiate!(
     Avx512,
     "avx512f,avx512bw,avx512vl,avx2,fma,f16c",
     crate::cpu::Isa::Avx512,
-    nt = (6, 4),
+    nt = (9, 3),
     nn = (4, 4)
 );
 #[cfg(target_arch = "aarch64")]

@@ -30,7 +30,14 @@ pub trait Lanes: Copy {
     /// a·b + c
     unsafe fn fma(a: Self::V, b: Self::V, c: Self::V) -> Self::V;
     unsafe fn max(a: Self::V, b: Self::V) -> Self::V;
+    /// Sum of the lanes, as a pairwise tree (lane i + lane i + N/2, then N/4, …, then 1).
     unsafe fn hsum(v: Self::V) -> f32;
+    /// `[hsum(a), hsum(b), hsum(c), hsum(d)]`, bit for bit (the same tree), with the four
+    /// reductions sharing their shuffles.
+    #[inline(always)]
+    unsafe fn hsum4(a: Self::V, b: Self::V, c: Self::V, d: Self::V) -> [f32; 4] {
+        [Self::hsum(a), Self::hsum(b), Self::hsum(c), Self::hsum(d)]
+    }
     unsafe fn hmax(v: Self::V) -> f32;
     /// e^x with ≈1 ulp error on [−87, 88]; 0 for x < −87.3 (so e^−∞ = 0 exactly).
     unsafe fn exp(x: Self::V) -> Self::V;
@@ -148,6 +155,21 @@ mod x86 {
             _mm_cvtss_f32(s)
         }
         #[inline(always)]
+        unsafe fn hsum4(a: __m256, b: __m256, c: __m256, d: __m256) -> [f32; 4] {
+            // i + i+4: [a.lo + a.hi | b.lo + b.hi], [c… | d…]
+            let ab = _mm256_add_ps(_mm256_permute2f128_ps::<0x20>(a, b), _mm256_permute2f128_ps::<0x31>(a, b));
+            let cd = _mm256_add_ps(_mm256_permute2f128_ps::<0x20>(c, d), _mm256_permute2f128_ps::<0x31>(c, d));
+            // i + i+2: per 128-bit half [x0+x2, x1+x3, y0+y2, y1+y3] (a/c low, b/d high)
+            let s =
+                _mm256_add_ps(_mm256_shuffle_ps::<0b01_00_01_00>(ab, cd), _mm256_shuffle_ps::<0b11_10_11_10>(ab, cd));
+            // i + i+1: [A, C, A, C | B, D, B, D]
+            let t = _mm256_add_ps(_mm256_shuffle_ps::<0b10_00_10_00>(s, s), _mm256_shuffle_ps::<0b11_01_11_01>(s, s));
+            let r = _mm_unpacklo_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps::<1>(t));
+            let mut out = [0f32; 4];
+            _mm_storeu_ps(out.as_mut_ptr(), r);
+            out
+        }
+        #[inline(always)]
         unsafe fn hmax(v: __m256) -> f32 {
             let s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps::<1>(v));
             let s = _mm_max_ps(s, _mm_movehl_ps(s, s));
@@ -254,7 +276,28 @@ mod x86 {
         }
         #[inline(always)]
         unsafe fn hsum(v: __m512) -> f32 {
-            _mm512_reduce_add_ps(v)
+            // Spelled out so that `hsum4` can follow the same tree exactly.
+            let hi = _mm256_castpd_ps(_mm512_extractf64x4_pd::<1>(_mm512_castps_pd(v)));
+            let s = _mm256_add_ps(_mm512_castps512_ps256(v), hi);
+            let s = _mm_add_ps(_mm256_castps256_ps128(s), _mm256_extractf128_ps::<1>(s));
+            let s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+            let s = _mm_add_ss(s, _mm_movehdup_ps(s));
+            _mm_cvtss_f32(s)
+        }
+        #[inline(always)]
+        unsafe fn hsum4(a: __m512, b: __m512, c: __m512, d: __m512) -> [f32; 4] {
+            // i + i+8: 128-bit quarters [a0+a2, a1+a3, b0+b2, b1+b3]
+            let ab = _mm512_add_ps(_mm512_shuffle_f32x4::<0x44>(a, b), _mm512_shuffle_f32x4::<0xEE>(a, b));
+            let cd = _mm512_add_ps(_mm512_shuffle_f32x4::<0x44>(c, d), _mm512_shuffle_f32x4::<0xEE>(c, d));
+            // i + i+4: quarters [A, B, C, D], four partial sums each
+            let s = _mm512_add_ps(_mm512_shuffle_f32x4::<0x88>(ab, cd), _mm512_shuffle_f32x4::<0xDD>(ab, cd));
+            // i + i+2, then i + i+1: each quarter's sum in its lane 0
+            let s = _mm512_add_ps(s, _mm512_permute_ps::<0b01_00_11_10>(s));
+            let s = _mm512_add_ps(s, _mm512_movehdup_ps(s));
+            let r = _mm512_permutexvar_ps(_mm512_setr_epi32(0, 4, 8, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0), s);
+            let mut out = [0f32; 4];
+            _mm_storeu_ps(out.as_mut_ptr(), _mm512_castps512_ps128(r));
+            out
         }
         #[inline(always)]
         unsafe fn hmax(v: __m512) -> f32 {
@@ -405,6 +448,74 @@ mod arm {
             let pow2 = vreinterpretq_f32_s32(vshlq_n_s32::<23>(vaddq_s32(n, vdupq_n_s32(127))));
             let keep = vcgeq_f32(x0, vdupq_n_f32(EXP_LO));
             vreinterpretq_f32_u32(vandq_u32(vreinterpretq_u32_f32(vmulq_f32(y, pow2)), keep))
+        }
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+
+    /// The documented tree, in plain f32: lane i + lane i + n/2, then n/4, …, then 1.
+    fn tree_sum(v: &[f32]) -> f32 {
+        let mut v = v.to_vec();
+        while v.len() > 1 {
+            let h = v.len() / 2;
+            v = (0..h).map(|i| v[i] + v[i + h]).collect();
+        }
+        v[0]
+    }
+
+    /// Lanes spanning many magnitudes, so that any other summation order shows in the bits.
+    fn hostile(seed: u64, n: usize) -> Vec<f32> {
+        let mut s = seed;
+        (0..n)
+            .map(|_| {
+                s = s.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+                let m = ((s >> 40) as f32 / (1u64 << 24) as f32) - 0.5;
+                m * 2f32.powi(((s >> 8) % 40) as i32 - 20)
+            })
+            .collect()
+    }
+
+    unsafe fn check<L: Lanes>(load: impl Fn(&[f32]) -> L::V) {
+        for seed in 0..200u64 {
+            let xs: Vec<Vec<f32>> = (0..4).map(|j| hostile(seed * 4 + j, L::N)).collect();
+            let v: Vec<L::V> = xs.iter().map(|x| load(x)).collect();
+            let four = L::hsum4(v[0], v[1], v[2], v[3]);
+            for j in 0..4 {
+                let one = L::hsum(v[j]);
+                assert_eq!(one.to_bits(), tree_sum(&xs[j]).to_bits(), "hsum is not the documented tree");
+                assert_eq!(four[j].to_bits(), one.to_bits(), "hsum4 lane {j} differs from hsum");
+            }
+        }
+    }
+
+    #[target_feature(enable = "avx2,fma,f16c")]
+    unsafe fn check_avx2() {
+        check::<Avx2>(|x| Avx2::load(x.as_ptr()))
+    }
+
+    #[target_feature(enable = "avx512f,avx512bw,avx512vl,avx2,fma,f16c")]
+    unsafe fn check_avx512() {
+        check::<Avx512>(|x| Avx512::load(x.as_ptr()))
+    }
+
+    #[test]
+    fn hsum4_is_four_hsums_bit_for_bit() {
+        let mut ran = 0;
+        if is_x86_feature_detected!("avx2") && is_x86_feature_detected!("fma") && is_x86_feature_detected!("f16c") {
+            // SAFETY: the features were detected just above.
+            unsafe { check_avx2() };
+            ran += 1;
+        }
+        if is_x86_feature_detected!("avx512f") && is_x86_feature_detected!("avx512bw") {
+            // SAFETY: as above.
+            unsafe { check_avx512() };
+            ran += 1;
+        }
+        if ran == 0 {
+            eprintln!("skipped: this CPU has neither AVX2 nor AVX-512");
         }
     }
 }
