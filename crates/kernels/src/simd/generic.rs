@@ -304,11 +304,17 @@ unsafe fn nt_block<L: Lanes, E: BElem, const MR: usize, const NR: usize>(
     c: *mut f32,
     ldc: usize,
     alpha: f32,
+    pf: *const u8,
 ) {
     let mut acc = [[L::zero(); NR]; MR];
     let kv = k / L::N * L::N;
     let mut p = 0;
     while p < kv {
+        if !pf.is_null() {
+            for j in 0..NR {
+                prefetch_span(pf.wrapping_add(j * ldb + p * E::BYTES), 1);
+            }
+        }
         let mut bv = [L::zero(); NR];
         for (j, bv) in bv.iter_mut().enumerate() {
             *bv = E::vec::<L>(b.add(j * ldb + p * E::BYTES));
@@ -360,19 +366,18 @@ unsafe fn nt_rows<L: Lanes, E: BElem, const MR: usize, const NR: usize>(
     alpha: f32,
 ) {
     let mut j = 0;
-    let row_bytes = k * E::BYTES;
     while j + NR <= n {
         // Pull the rows two blocks ahead towards the cache while this block computes.
-        if j + 5 * NR <= n {
-            for r in 0..NR {
-                prefetch_span(b.wrapping_add((j + 4 * NR + r) * ldb), row_bytes);
-            }
-        }
-        nt_block::<L, E, MR, NR>(k, a, lda, b.add(j * ldb), ldb, c.add(j), ldc, alpha);
+        // The rows four blocks ahead are pulled towards the cache one line per row and step of
+        // the dot loop, spread over the block's work: a burst of whole rows at the block's
+        // start filled the line-fill buffers and stalled the FMAs behind it.
+        const AHEAD: usize = 4;
+        let pf = if j + (AHEAD + 1) * NR <= n { b.wrapping_add((j + AHEAD * NR) * ldb) } else { std::ptr::null() };
+        nt_block::<L, E, MR, NR>(k, a, lda, b.add(j * ldb), ldb, c.add(j), ldc, alpha, pf);
         j += NR;
     }
     while j < n {
-        nt_block::<L, E, MR, 1>(k, a, lda, b.add(j * ldb), ldb, c.add(j), ldc, alpha);
+        nt_block::<L, E, MR, 1>(k, a, lda, b.add(j * ldb), ldb, c.add(j), ldc, alpha, std::ptr::null());
         j += 1;
     }
 }
