@@ -79,6 +79,13 @@ pub trait Runner {
         out: &mut [f32],
         lse: &mut [f32],
     ) -> Result<(), AttnError>;
+
+    /// Runs `f(i)` for every `i` in `0..n` (independent pieces of one step, such as the heads
+    /// of an up-projection); a runner may spread them over threads. By default they run in
+    /// order on the calling thread.
+    fn parts(&self, n: usize, f: &(dyn Fn(usize) + Sync)) {
+        (0..n).for_each(f)
+    }
 }
 
 /// Runs every call with one plan on the current rayon pool (tests, benchmarks).
@@ -97,6 +104,11 @@ impl Runner for Local {
         let plan =
             self.0.unwrap_or_else(|| if seq.q_len == 1 { Plan::decode(&p.shape) } else { Plan::prefill(&p.shape) });
         attend(p, &plan, q, &[seq], out, lse)
+    }
+
+    fn parts(&self, n: usize, f: &(dyn Fn(usize) + Sync)) {
+        use rayon::prelude::*;
+        (0..n).into_par_iter().for_each(f)
     }
 }
 

@@ -31,12 +31,49 @@ pub fn rms_norm(x: &mut [f32], w: &[f32], eps: f32) {
     }
 }
 
+/// Spreads `n` independent pieces of work over threads (see [`crate::Runner::parts`]).
+pub type Parts<'a> = &'a dyn Fn(usize, &(dyn Fn(usize) + Sync));
+
+/// The pieces one after another on the calling thread.
+pub fn in_order(n: usize, f: &(dyn Fn(usize) + Sync)) {
+    (0..n).for_each(f)
+}
+
+/// Runs `f(h)` → `[T, width]` for every head through `par` and scatters the results into
+/// `out[t, h, 0..width]` (rows of `out_dim` elements per head; the rest is left untouched).
+fn per_head(
+    par: Parts,
+    heads: usize,
+    t: usize,
+    width: usize,
+    out: &mut [f32],
+    out_dim: usize,
+    f: &(dyn Fn(usize) -> Vec<f32> + Sync),
+) {
+    if width == 0 || t == 0 {
+        return;
+    }
+    let slots: Vec<std::sync::Mutex<Vec<f32>>> = (0..heads).map(|_| Default::default()).collect();
+    par(heads, &|h| {
+        let v = f(h);
+        *slots[h].lock().unwrap_or_else(|e| e.into_inner()) = v;
+    });
+    for (h, slot) in slots.into_iter().enumerate() {
+        let v = slot.into_inner().unwrap_or_else(|e| e.into_inner());
+        for (row, src) in v.chunks_exact(width).take(t).enumerate() {
+            out[(row * heads + h) * out_dim..][..width].copy_from_slice(src);
+        }
+    }
+}
+
 /// Per-head absorption into a latent space: for each head h (using up-projection
 /// `w[h / group]` `[n, r]`), `out[t, h, 0..r] = w[h/group]ᵀ · q[t, h, 0..n]`.
 /// `q` rows have `q_dim` elements per head, `out` rows `out_dim` per head (≥ r; the rest is
-/// left untouched).
+/// left untouched). The heads are independent pieces of `par`; each head's result is the
+/// same whichever thread computes it.
 #[allow(clippy::too_many_arguments)]
 pub fn absorb_heads(
+    par: Parts,
     q: &[f32],
     t: usize,
     heads: usize,
@@ -49,30 +86,39 @@ pub fn absorb_heads(
     out_dim: usize,
 ) {
     let k = Kernels::best();
-    for h in 0..heads {
+    per_head(par, heads, t, r, out, out_dim, &|h| {
         let wi = h / group;
         let a = MatRef { data: &q[h * q_dim..], rows: t, cols: n, stride: heads * q_dim };
         let b = MatRef::dense(&w[wi * n * r..(wi + 1) * n * r], n, r);
-        let mut c = MatMut { data: &mut out[h * out_dim..], rows: t, cols: r, stride: heads * out_dim };
-        for row in 0..t {
-            c.data[row * c.stride..row * c.stride + r].fill(0.0);
-        }
-        c.rows = t;
-        (k.gemm_nn)(a, b, c);
-    }
+        let mut c = vec![0f32; t * r];
+        (k.gemm_nn)(a, b, MatMut::dense(&mut c, t, r));
+        c
+    });
 }
 
 /// Per-head expansion out of a latent space: `out[t, h, :] = w[h / group] · o[t, h, :]`,
-/// `w` `[Hw, d, r]`, `o` `[T, H, r]`, `out` `[T, H, d]`.
-pub fn expand_heads(o: &[f32], t: usize, heads: usize, r: usize, w: &[f32], group: usize, d: usize) -> Vec<f32> {
+/// `w` `[Hw, d, r]`, `o` `[T, H, r]`, `out` `[T, H, d]`; heads are pieces of `par`.
+#[allow(clippy::too_many_arguments)]
+pub fn expand_heads(
+    par: Parts,
+    o: &[f32],
+    t: usize,
+    heads: usize,
+    r: usize,
+    w: &[f32],
+    group: usize,
+    d: usize,
+) -> Vec<f32> {
     let k = Kernels::best();
     let mut out = vec![0f32; t * heads * d];
-    for h in 0..heads {
+    per_head(par, heads, t, d, &mut out, d, &|h| {
         let wi = h / group;
         let a = MatRef { data: &o[h * r..], rows: t, cols: r, stride: heads * r };
         let b = MatRef::dense(&w[wi * d * r..(wi + 1) * d * r], d, r);
-        (k.gemm_nt)(1.0, a, b, MatMut { data: &mut out[h * d..], rows: t, cols: d, stride: heads * d });
-    }
+        let mut c = vec![0f32; t * d];
+        (k.gemm_nt)(1.0, a, b, MatMut::dense(&mut c, t, d));
+        c
+    });
     out
 }
 

@@ -8,7 +8,7 @@
 
 use crate::flash::{attend_one, AttnParams, AttnShape, MaskSpec, Plan, SeqSpec};
 use crate::kv_view::{DenseKv, KvDtype, KvSeq};
-use crate::linear::{absorb_heads, decompress_heads, expand_heads, linear};
+use crate::linear::{absorb_heads, decompress_heads, expand_heads, in_order, linear};
 use crate::AttnError;
 
 /// A low-rank K/V layer: H query heads over Hkv (virtual) KV heads of dim D, cache rank r.
@@ -71,7 +71,7 @@ impl LowRankKv {
         self.validate()?;
         let (h, d, r) = (self.heads, self.head_dim, self.rank);
         let mut qa = vec![0f32; t * h * r];
-        absorb_heads(q, t, h, d, d, &self.u_k, self.group(), r, &mut qa, r);
+        absorb_heads(&in_order, q, t, h, d, d, &self.u_k, self.group(), r, &mut qa, r);
         let o_lat = attend_one(
             &AttnParams {
                 shape: AttnShape { heads: h, kv_heads: 1, dk: r, dv: r },
@@ -83,7 +83,7 @@ impl LowRankKv {
             &qa,
             SeqSpec { q_len: t, q_pos, kv },
         )?;
-        Ok(expand_heads(&o_lat, t, h, r, &self.u_v, self.group(), d))
+        Ok(expand_heads(&in_order, &o_lat, t, h, r, &self.u_v, self.group(), d))
     }
 
     /// Decompresses latent rows `[S, r]` into K and V `[S, Hkv, D]`.

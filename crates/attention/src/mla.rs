@@ -20,7 +20,7 @@ use crate::kv_view::{DenseKv, KvDtype, KvSeq};
 use crate::layer::{
     attend_causal, BatchCache, CacheAccess, Dense, Matrix, MatrixDims, Positions, Runner, Single, StreamWindow,
 };
-use crate::linear::{absorb_heads, decompress_heads, expand_heads, rms_norm};
+use crate::linear::{absorb_heads, decompress_heads, expand_heads, rms_norm, Parts};
 use crate::rope::Rope;
 use crate::testing::Rng;
 use crate::AttnError;
@@ -232,11 +232,11 @@ impl<M> Mla<M> {
     }
 
     /// Absorbed queries `[T, H, R+P]`: `[W_UK_hᵀ·q_nope_h | q_rope_h]`.
-    pub fn absorb_queries(&self, q: &[f32], t: usize) -> Vec<f32> {
+    pub fn absorb_queries(&self, par: Parts, q: &[f32], t: usize) -> Vec<f32> {
         let cfg = &self.cfg;
         let (h, n, r, qk, l) = (cfg.heads, cfg.nope, cfg.kv_lora_rank, cfg.qk_dim(), cfg.latent_dim());
         let mut out = vec![0f32; t * h * l];
-        absorb_heads(q, t, h, qk, n, &self.w.w_uk, 1, r, &mut out, l);
+        absorb_heads(par, q, t, h, qk, n, &self.w.w_uk, 1, r, &mut out, l);
         for ti in 0..t {
             for hi in 0..h {
                 let src = &q[(ti * h + hi) * qk + n..][..cfg.rope_dim];
@@ -247,9 +247,9 @@ impl<M> Mla<M> {
     }
 
     /// Per-head outputs `[T, H, V]` from latent outputs `[T, H, R]`: o_h = W_UV_h · o'_h.
-    pub fn expand_outputs(&self, o_lat: &[f32], t: usize) -> Vec<f32> {
+    pub fn expand_outputs(&self, par: Parts, o_lat: &[f32], t: usize) -> Vec<f32> {
         let cfg = &self.cfg;
-        expand_heads(o_lat, t, cfg.heads, cfg.kv_lora_rank, &self.w.w_uv, 1, cfg.v_dim)
+        expand_heads(par, o_lat, t, cfg.heads, cfg.kv_lora_rank, &self.w.w_uv, 1, cfg.v_dim)
     }
 
     /// Attention shape of the absorbed path: MQA with key dim R+P and value dim R.
@@ -313,6 +313,7 @@ impl<M> Mla<M> {
         let cfg = &self.cfg;
         let t = pos.len();
         let scale = cfg.softmax_scale();
+        let par: Parts = &|n, f| runner.parts(n, f);
         match self.choose_path(path, t, kv.len, window) {
             MlaPath::Naive => {
                 kv.validate(0)?;
@@ -333,9 +334,9 @@ impl<M> Mla<M> {
                     pos.pos0,
                     t,
                     window,
-                    &|at: &dyn Fn(usize) -> usize| Ok(self.absorb_queries(&self.rotate(q, t, pos, at), t)),
+                    &|at: &dyn Fn(usize) -> usize| Ok(self.absorb_queries(par, &self.rotate(q, t, pos, at), t)),
                 )?;
-                Ok(self.expand_outputs(&o_lat, t))
+                Ok(self.expand_outputs(par, &o_lat, t))
             }
         }
     }
@@ -352,12 +353,13 @@ impl<M> Mla<M> {
         mask: MaskSpec,
     ) -> Result<Vec<f32>, AttnError> {
         let cfg = &self.cfg;
-        let qa = self.absorb_queries(q, t);
+        let par: Parts = &|n, f| runner.parts(n, f);
+        let qa = self.absorb_queries(par, q, t);
         let p = AttnParams { shape: self.absorbed_shape(), scale: cfg.softmax_scale(), mask, sink_logits: None };
         let mut o_lat = vec![0f32; t * cfg.heads * cfg.kv_lora_rank];
         let mut lse = vec![0f32; t * cfg.heads];
         runner.attend(&p, &qa, SeqSpec { q_len: t, q_pos, kv }, &mut o_lat, &mut lse)?;
-        Ok(self.expand_outputs(&o_lat, t))
+        Ok(self.expand_outputs(par, &o_lat, t))
     }
 
     /// The naive twin of [`Mla::attend_absorbed`]: decompress the whole cache, then MHA.

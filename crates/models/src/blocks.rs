@@ -228,6 +228,17 @@ impl Runner for Cx<'_> {
     ) -> Result<(), AttnError> {
         attention(self.ex, p, q, &[seq], out, lse)
     }
+
+    /// On the spinning team when there is one (a decode step's heads), else on the pool.
+    fn parts(&self, n: usize, f: &(dyn Fn(usize) + Sync)) {
+        match self.ex.team {
+            Some(team) => team.run(n, f),
+            None => {
+                use rayon::prelude::*;
+                self.ex.pool.install(|| (0..n).into_par_iter().for_each(f))
+            }
+        }
+    }
 }
 
 fn matrix_error(w: &Linear, e: ModelError) -> AttnError {
