@@ -48,7 +48,7 @@ pub(crate) fn deepseek2(
         let copy = (key.starts_with("general.") && key != "general.architecture" && key != "general.name")
             || key.starts_with("tokenizer.");
         if copy {
-            b.meta(key.clone(), v.clone());
+            b.meta(key.to_string(), v.clone());
         }
     }
     b.meta(k("vocab_size"), cfg.vocab as u32);

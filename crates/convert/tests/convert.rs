@@ -170,7 +170,7 @@ fn half_rope_is_exact_when_the_dropped_frequencies_are_empty() {
     let d = 16;
     let mut b = GgufBuilder::new();
     for (k, v) in f.metadata() {
-        b.meta(k.clone(), v.clone());
+        b.meta(k, v.clone());
     }
     for ti in f.tensors() {
         let mut data = f.tensor_data(ti).to_vec();

@@ -80,7 +80,7 @@ fn llama_rope_freqs_are_refused_by_name() {
     let bytes = TinyLlama::default().gguf();
     let f = GgufFile::from_bytes(bytes).unwrap();
     for (k, v) in f.metadata() {
-        b.meta(k.clone(), v.clone());
+        b.meta(k, v.clone());
     }
     for t in f.tensors() {
         b.tensor(t.name.clone(), &t.dims, t.ggml_type, f.tensor_data(t).to_vec());
@@ -123,7 +123,7 @@ fn non_finite_logits_are_an_error() {
     let cfg = TinyLlama::default();
     let f = GgufFile::from_bytes(cfg.gguf()).unwrap();
     for (k, v) in f.metadata() {
-        b.meta(k.clone(), v.clone());
+        b.meta(k, v.clone());
     }
     for t in f.tensors() {
         if t.name == "output.weight" {

@@ -9,7 +9,8 @@ fn check_sample(f: &GgufFile, seed: u64, alignment: u64) {
     assert_eq!(f.alignment(), alignment);
     // Metadata: same pairs in the same order (alignment key may be extra).
     let expected = sample_metadata();
-    let got: Vec<_> = f.metadata().iter().filter(|(k, _)| k != KEY_ALIGNMENT).cloned().collect();
+    let got: Vec<(String, MetaValue)> =
+        f.metadata().filter(|(k, _)| *k != KEY_ALIGNMENT).map(|(k, v)| (k.to_string(), v.clone())).collect();
     assert_eq!(got, expected);
     for (k, v) in &expected {
         assert_eq!(f.get(k), Some(v), "{k}");
@@ -51,7 +52,7 @@ fn roundtrip_all_value_types_and_tensors() {
     // Re-building from what was read gives the same bytes.
     let mut b = GgufBuilder::new();
     for (k, v) in f.metadata() {
-        b.meta(k.clone(), v.clone());
+        b.meta(k, v.clone());
     }
     for t in f.tensors() {
         b.tensor(t.name.clone(), &t.dims, t.ggml_type, f.tensor_data(t));
@@ -102,7 +103,7 @@ fn empty_file_roundtrip() {
     let bytes = GgufBuilder::new().build().unwrap();
     assert_eq!(bytes.len(), 32); // 24-byte header padded to 32
     let f = GgufFile::from_bytes(bytes).unwrap();
-    assert!(f.metadata().is_empty());
+    assert!(f.metadata_len() == 0);
     assert!(f.tensors().is_empty());
     assert_eq!(f.data_offset(), 32);
     assert!(matches!(
@@ -371,7 +372,8 @@ fn builder_rejects_invalid_input() {
     let mut b = GgufBuilder::new();
     b.meta("a", 1u8).meta("b", 2u8).meta("a", 3u8);
     let f = GgufFile::from_bytes(b.build().unwrap()).unwrap();
-    assert_eq!(f.metadata(), [("a".to_string(), MetaValue::U8(3)), ("b".to_string(), MetaValue::U8(2))]);
+    let got: Vec<_> = f.metadata().collect();
+    assert_eq!(got, [("a", &MetaValue::U8(3)), ("b", &MetaValue::U8(2))]);
 }
 
 #[test]
@@ -392,4 +394,67 @@ fn handles_are_send_and_sync() {
     check::<GgufFile>();
     check::<GgufError>();
     check::<GgufBuilder<'static>>();
+}
+
+/// Long flat arrays stay in the file until asked for as values: the typed accessors read
+/// them in place, `get`/`metadata` parse them on first use, and both agree with what was
+/// written. Bad elements are still refused when the file is opened.
+#[test]
+fn long_arrays_are_read_in_place_and_validated_at_open() {
+    let n = 5000usize;
+    let strings: Vec<String> = (0..n).map(|i| if i % 7 == 0 { String::new() } else { format!("tok{i}·é") }).collect();
+    let ints: Vec<i32> = (0..n as i32).map(|i| i * 37 - 90_000).collect();
+    let floats: Vec<f32> = (0..n).map(|i| i as f32 * 0.25 - 3.0).collect();
+    let arr = |v: Vec<MetaValue>| MetaValue::Array(v);
+    let mut b = GgufBuilder::new();
+    b.meta("s", arr(strings.iter().cloned().map(MetaValue::String).collect()))
+        .meta("i", arr(ints.iter().map(|&x| MetaValue::I32(x)).collect()))
+        .meta("f", arr(floats.iter().map(|&x| MetaValue::F32(x)).collect()))
+        .meta("b", arr((0..n).map(|i| MetaValue::Bool(i % 3 == 0)).collect()))
+        .meta("short", arr(vec![MetaValue::U8(1), MetaValue::U8(2)]))
+        .meta("x", 7u32);
+    let bytes = b.build().unwrap();
+    let f = GgufFile::from_bytes(bytes.clone()).unwrap();
+    // In place (no value parsed yet).
+    assert_eq!(f.get_str_array("s").unwrap(), strings.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_eq!(f.get_i32_array("i").unwrap(), ints);
+    assert_eq!(f.get_f32_array("i").unwrap(), ints.iter().map(|&x| x as f32).collect::<Vec<_>>());
+    assert_eq!(f.get_f32_array("f").unwrap(), floats);
+    assert!(matches!(f.get_u32_array("i"), Err(GgufError::OutOfRange { .. })), "negative i32 is no u32");
+    assert!(matches!(f.get_i32_array("s"), Err(GgufError::WrongType { .. })));
+    assert!(matches!(f.get_str_array("i"), Err(GgufError::WrongType { .. })));
+    assert!(matches!(f.get_f32_array("b"), Err(GgufError::WrongType { .. })));
+    // As values: the same elements.
+    let want_s = arr(strings.iter().cloned().map(MetaValue::String).collect());
+    assert_eq!(f.get("s"), Some(&want_s));
+    assert_eq!(f.get_array("i").unwrap().len(), n);
+    assert_eq!(f.get_array("b").unwrap()[3], MetaValue::Bool(true));
+    // Parsed now: the typed accessors read the value and still agree.
+    assert_eq!(f.get_str_array("s").unwrap().len(), n);
+    assert_eq!(f.get_i32_array("i").unwrap(), ints);
+    assert_eq!(f.metadata_len(), 6);
+    let keys: Vec<&str> = f.metadata().map(|(k, _)| k).collect();
+    assert_eq!(keys, ["s", "i", "f", "b", "short", "x"]);
+    // Written back, the same bytes.
+    let mut b2 = GgufBuilder::new();
+    for (k, v) in f.metadata() {
+        b2.meta(k, v.clone());
+    }
+    assert_eq!(b2.build().unwrap(), bytes);
+
+    // Invalid UTF-8 deep inside a long string array is refused at open.
+    let mut bad = bytes.clone();
+    let at = bad.windows(8).position(|w| w == b"tok4321\xc2").unwrap();
+    bad[at + 1] = 0xFF;
+    assert!(matches!(GgufFile::from_bytes(bad), Err(GgufError::InvalidUtf8 { .. })));
+    // So is a bool that is neither 0 nor 1, and an array cut short.
+    let mut b = GgufBuilder::new();
+    b.meta("b", arr((0..n).map(|_| MetaValue::Bool(true)).collect()));
+    let mut bad = b.build().unwrap();
+    let last_true = bad.iter().rposition(|&x| x == 1).unwrap();
+    bad[last_true] = 2;
+    assert!(matches!(GgufFile::from_bytes(bad), Err(GgufError::InvalidBool { value: 2, .. })));
+    let good = b.build().unwrap();
+    let cut = &good[..good.len() - 3000];
+    assert!(GgufFile::from_slice(cut).is_err());
 }

@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::fs::File;
 use std::path::Path;
+use std::sync::OnceLock;
 
 use memmap2::Mmap;
 
@@ -75,10 +76,34 @@ pub struct GgufFile {
     version: u32,
     alignment: u64,
     data_offset: u64,
-    metadata: Vec<(String, MetaValue)>,
+    metadata: Vec<Entry>,
     key_index: HashMap<String, usize>,
     tensors: Vec<TensorInfo>,
     tensor_index: HashMap<String, usize>,
+}
+
+/// Arrays of at least this many scalars or strings are validated when the file is opened but
+/// parsed into [`MetaValue`]s only when asked for as values (a vocabulary's 49k tokens and
+/// merges cost ~10 MB as owned values; the typed accessors read them from the file bytes).
+const LAZY_ARRAY: u64 = 1024;
+
+/// One metadata key and its value.
+struct Entry {
+    key: String,
+    value: OnceLock<MetaValue>,
+    /// A long flat array still in the file (see [`LAZY_ARRAY`]); `value` is set on first use.
+    lazy: Option<LazyArray>,
+}
+
+/// Where a validated flat array's elements lie in the file.
+#[derive(Clone, Copy, Debug)]
+struct LazyArray {
+    elem_ty: u32,
+    len: u64,
+    /// Offset of the first element.
+    start: usize,
+    /// Offset of the array's element-type field (as the eager parser reports it).
+    array_offset: u64,
 }
 
 impl fmt::Debug for GgufFile {
@@ -195,13 +220,48 @@ impl GgufFile {
         let _ = range;
     }
 
-    /// All metadata key/value pairs, in file order.
-    pub fn metadata(&self) -> &[(String, MetaValue)] {
-        &self.metadata
+    /// All metadata key/value pairs, in file order (long arrays are parsed on this call if
+    /// they were not yet).
+    pub fn metadata(&self) -> impl ExactSizeIterator<Item = (&str, &MetaValue)> + '_ {
+        self.metadata.iter().map(|e| (e.key.as_str(), self.value_of(e)))
+    }
+
+    /// Number of metadata key/value pairs.
+    pub fn metadata_len(&self) -> usize {
+        self.metadata.len()
     }
 
     pub fn get(&self, key: &str) -> Option<&MetaValue> {
-        self.key_index.get(key).map(|&i| &self.metadata[i].1)
+        self.key_index.get(key).map(|&i| self.value_of(&self.metadata[i]))
+    }
+
+    fn value_of<'s>(&'s self, e: &'s Entry) -> &'s MetaValue {
+        e.value.get_or_init(|| {
+            let la = e.lazy.expect("an entry without a value is a lazy array");
+            let mut c = self.lazy_cursor(&la);
+            let items = (0..la.len).map(|_| c.value(la.elem_ty, la.array_offset, 1)).collect::<Result<Vec<_>, _>>();
+            // The bytes were validated when the file was opened and a file is never changed
+            // under its map (see `open`).
+            MetaValue::Array(items.expect("a lazy array was validated at open"))
+        })
+    }
+
+    /// A cursor on the first element of a lazy array.
+    fn lazy_cursor(&self, la: &LazyArray) -> Cursor<'_> {
+        let buf = self.backing.bytes();
+        Cursor { buf, pos: la.start.min(buf.len()), values: 0 }
+    }
+
+    /// The lazy array behind `key`, while it has not been parsed into a value.
+    fn lazy(&self, key: &str) -> Option<LazyArray> {
+        let e = &self.metadata[*self.key_index.get(key)?];
+        e.lazy.filter(|_| e.value.get().is_none())
+    }
+
+    /// The elements of a lazy scalar array, one at a time.
+    fn lazy_scalars(&self, la: LazyArray) -> impl Iterator<Item = Result<MetaValue, GgufError>> + '_ {
+        let mut c = self.lazy_cursor(&la);
+        (0..la.len).map(move |_| c.value(la.elem_ty, la.array_offset, 1))
     }
 
     fn require(&self, key: &str) -> Result<&MetaValue, GgufError> {
@@ -255,8 +315,13 @@ impl GgufFile {
         v.as_array().ok_or_else(|| wrong_type(key, "array", v))
     }
 
-    /// An array whose elements are all strings.
+    /// An array whose elements are all strings (read in place from the file bytes when the
+    /// array was left there).
     pub fn get_str_array(&self, key: &str) -> Result<Vec<&str>, GgufError> {
+        if let Some(la) = self.lazy(key).filter(|la| la.elem_ty == value_type::STRING) {
+            let mut c = self.lazy_cursor(&la);
+            return (0..la.len).map(|_| c.str_ref()).collect();
+        }
         let v = self.require(key)?;
         let items = v.as_array().ok_or_else(|| wrong_type(key, "array<string>", v))?;
         items.iter().map(|e| e.as_str().ok_or_else(|| wrong_type(key, "array<string>", v))).collect()
@@ -264,6 +329,9 @@ impl GgufFile {
 
     /// An array of `f32`, `f64` or integers, converted to `f32`.
     pub fn get_f32_array(&self, key: &str) -> Result<Vec<f32>, GgufError> {
+        if let Some(la) = self.lazy(key).filter(|la| is_number(la.elem_ty)) {
+            return self.lazy_scalars(la).map(|e| to_f32(key, &e?)).collect();
+        }
         let v = self.require(key)?;
         let items = v.as_array().ok_or_else(|| wrong_type(key, "array<f32>", v))?;
         items
@@ -293,6 +361,9 @@ impl GgufFile {
         expected_array: &'static str,
         expected_elem: &'static str,
     ) -> Result<Vec<T>, GgufError> {
+        if let Some(la) = self.lazy(key).filter(|la| is_integer(la.elem_ty)) {
+            return self.lazy_scalars(la).map(|e| int_as(key, &e?, expected_elem)).collect();
+        }
         let v = self.require(key)?;
         let items = v.as_array().ok_or_else(|| wrong_type(key, expected_array, v))?;
         items
@@ -342,6 +413,15 @@ impl GgufFile {
     }
 }
 
+fn is_integer(ty: u32) -> bool {
+    use value_type as vt;
+    matches!(ty, vt::U8 | vt::I8 | vt::U16 | vt::I16 | vt::U32 | vt::I32 | vt::U64 | vt::I64)
+}
+
+fn is_number(ty: u32) -> bool {
+    is_integer(ty) || matches!(ty, value_type::F32 | value_type::F64)
+}
+
 fn wrong_type(key: &str, expected: &'static str, found: &MetaValue) -> GgufError {
     GgufError::WrongType { key: key.to_string(), expected, found: found.describe() }
 }
@@ -374,7 +454,7 @@ struct Parsed {
     version: u32,
     alignment: u64,
     data_offset: u64,
-    metadata: Vec<(String, MetaValue)>,
+    metadata: Vec<Entry>,
     key_index: HashMap<String, usize>,
     tensors: Vec<TensorInfo>,
     tensor_index: HashMap<String, usize>,
@@ -437,15 +517,62 @@ impl<'a> Cursor<'a> {
     }
 
     fn string(&mut self) -> Result<String, GgufError> {
+        self.str_ref().map(str::to_owned)
+    }
+
+    /// A string borrowed from the buffer.
+    fn str_ref(&mut self) -> Result<&'a str, GgufError> {
         let offset = self.pos();
         let len = self.u64()?;
         self.check_count(offset, "string length", len, 1)?;
         // `len <= remaining`, so it fits in usize.
         let bytes = self.take(len as usize)?;
-        match std::str::from_utf8(bytes) {
-            Ok(s) => Ok(s.to_owned()),
-            Err(_) => Err(GgufError::InvalidUtf8 { offset }),
+        std::str::from_utf8(bytes).map_err(|_| GgufError::InvalidUtf8 { offset })
+    }
+
+    /// Reads the rest of an array value (after its type id) if it is a flat array of at least
+    /// [`LAZY_ARRAY`] elements: every element is validated as [`Cursor::value`] would, and
+    /// where they lie is returned instead of the values. Anything else leaves the cursor
+    /// where it was and returns `None`.
+    fn lazy_array(&mut self, depth: usize) -> Result<Option<LazyArray>, GgufError> {
+        use value_type as vt;
+        let (save, array_offset) = (self.pos, self.pos());
+        if depth >= MAX_ARRAY_DEPTH {
+            return Ok(None);
         }
+        let (Ok(elem_ty), Ok(len)) = (self.u32(), self.u64()) else {
+            self.pos = save;
+            return Ok(None);
+        };
+        let size = match elem_ty {
+            vt::ARRAY => None,
+            t => vt::min_encoded_size(t),
+        };
+        let Some(size) = size.filter(|_| len >= LAZY_ARRAY) else {
+            self.pos = save;
+            return Ok(None);
+        };
+        let len_offset = array_offset + 4;
+        self.check_count(len_offset, "array length", len, size)?;
+        self.add_values(len_offset, len)?;
+        let start = self.pos;
+        match elem_ty {
+            vt::STRING => {
+                for _ in 0..len {
+                    self.str_ref()?;
+                }
+            }
+            vt::BOOL => {
+                for _ in 0..len {
+                    self.value(elem_ty, array_offset, depth + 1)?;
+                }
+            }
+            // Fixed-size numbers: `check_count` above showed they fit.
+            _ => {
+                self.take((len * size) as usize)?;
+            }
+        }
+        Ok(Some(LazyArray { elem_ty, len, start, array_offset }))
     }
 
     fn add_values(&mut self, offset: u64, n: u64) -> Result<(), GgufError> {
@@ -561,19 +688,25 @@ fn parse_bytes(buf: &[u8]) -> Result<Parsed, GgufError> {
         let ty_offset = c.pos();
         let ty = c.u32()?;
         let value_offset = c.pos();
-        let value = c.value(ty, ty_offset, 0)?;
+        let lazy = if ty == value_type::ARRAY { c.lazy_array(0)? } else { None };
+        let value = match lazy {
+            Some(_) => OnceLock::new(),
+            None => OnceLock::from(c.value(ty, ty_offset, 0)?),
+        };
         if key == super::KEY_ALIGNMENT {
             alignment_value_offset = Some(value_offset);
         }
         key_index.insert(key.clone(), i);
-        metadata.push((key, value));
+        metadata.push(Entry { key, value, lazy });
     }
 
     // --- alignment ---
     let alignment = match alignment_value_offset {
         None => DEFAULT_ALIGNMENT,
         Some(offset) => {
-            let v = &metadata[key_index[super::KEY_ALIGNMENT]].1;
+            // A long array is no alignment: any stand-in of the wrong type reports it.
+            static NOT_A_NUMBER: MetaValue = MetaValue::Array(Vec::new());
+            let v = metadata[key_index[super::KEY_ALIGNMENT]].value.get().unwrap_or(&NOT_A_NUMBER);
             let invalid = |detail: String| GgufError::InvalidAlignment { offset, detail };
             let Some(i) = v.as_i128() else {
                 return Err(invalid(format!("expected an unsigned integer, found {}", v.describe())));
