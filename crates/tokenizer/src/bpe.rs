@@ -35,17 +35,22 @@ pub(crate) struct Bpe {
 
 impl Bpe {
     /// Builds the merge table; `merges` are `"left right"` strings, rank = position.
-    pub fn new(token_to_id: &HashMap<String, u32>, n_vocab: u32, merges: &[String]) -> Result<Bpe, TokenizerError> {
+    /// `token_to_id` looks a vocabulary token up by its text.
+    pub fn new(
+        token_to_id: &dyn Fn(&str) -> Option<u32>,
+        n_vocab: u32,
+        merges: &[String],
+    ) -> Result<Bpe, TokenizerError> {
         let mut extra: Vec<String> = Vec::new();
         let mut extra_ids: HashMap<String, u32> = HashMap::new();
         fn intern(
             s: &str,
-            token_to_id: &HashMap<String, u32>,
+            token_to_id: &dyn Fn(&str) -> Option<u32>,
             n_vocab: u32,
             extra: &mut Vec<String>,
             extra_ids: &mut HashMap<String, u32>,
         ) -> Result<u32, TokenizerError> {
-            if let Some(&id) = token_to_id.get(s) {
+            if let Some(id) = token_to_id(s) {
                 return Ok(id);
             }
             if let Some(&id) = extra_ids.get(s) {
@@ -102,7 +107,7 @@ impl Bpe {
             })
             .collect::<Result<_, _>>()?;
 
-        let lookup = |s: &str| token_to_id.get(s).or_else(|| extra_ids.get(s)).copied();
+        let lookup = |s: &str| token_to_id(s).or_else(|| extra_ids.get(s).copied());
         let mut ranks = HashMap::with_capacity(merges.len());
         for (index, ((a, b), &merged)) in split.iter().zip(&results).enumerate() {
             let (ida, idb) = (lookup(a), lookup(b));
@@ -219,13 +224,13 @@ mod tests {
     /// interned above an absurd vocabulary size used to overflow).
     #[test]
     fn symbol_ids_that_would_wrap_are_an_error() {
-        let e = Bpe::new(&HashMap::new(), u32::MAX - 100, &[]).unwrap_err();
+        let e = Bpe::new(&|_| None, u32::MAX - 100, &[]).unwrap_err();
         assert!(matches!(e, TokenizerError::TooLarge { limit, .. } if limit == u32::MAX as u64), "{e}");
         assert!(e.to_string().contains("exceeds the limit of 4294967295"), "{e}");
         // Room for the 256 byte symbols but not for a merge result.
         let merges = vec!["a b".to_string()];
-        assert!(Bpe::new(&HashMap::new(), u32::MAX - 256, &[]).is_ok());
-        assert!(matches!(Bpe::new(&HashMap::new(), u32::MAX - 256, &merges), Err(TokenizerError::TooLarge { .. })));
+        assert!(Bpe::new(&|_| None, u32::MAX - 256, &[]).is_ok());
+        assert!(matches!(Bpe::new(&|_| None, u32::MAX - 256, &merges), Err(TokenizerError::TooLarge { .. })));
     }
 
     /// A word longer than a part is merged part by part, each part as a word of its own.
@@ -236,7 +241,7 @@ mod tests {
             v.insert("ab".into(), 256);
             v
         };
-        let bpe = Bpe::new(&vocab, 257, &["a b".to_string()]).unwrap();
+        let bpe = Bpe::new(&|s| vocab.get(s).copied(), 257, &["a b".to_string()]).unwrap();
         let mut whole = Vec::new();
         bpe.merge_word(b"ababab", &mut whole);
         assert_eq!(whole, [256, 256, 256]);

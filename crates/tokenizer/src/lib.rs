@@ -13,6 +13,7 @@ mod error;
 mod gguf;
 mod pretokenize;
 mod stream;
+mod table;
 mod tokenizer;
 mod unicode;
 mod unicode_tables;

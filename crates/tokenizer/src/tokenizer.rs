@@ -6,6 +6,7 @@ use std::sync::Mutex;
 use crate::bpe::Bpe;
 use crate::error::TokenizerError;
 use crate::pretokenize::{pre_config, PreTokenizer};
+use crate::table::TokenTable;
 use crate::unicode::{byte_of_char, char_of_byte};
 use crate::vocab::{attr, attr_of_type, detect_specials, Specials};
 
@@ -77,8 +78,8 @@ const CACHE_CAP: usize = 1 << 16;
 pub struct Tokenizer {
     pub(crate) model: String,
     pub(crate) pre_name: String,
-    pub(crate) tokens: Vec<String>,
-    token_to_id: HashMap<String, u32>,
+    /// Token texts, by id and by text.
+    pub(crate) tokens: TokenTable,
     pub(crate) attrs: Vec<u32>,
     /// Decoded bytes of every token (special tokens as their text).
     piece_data: Vec<u8>,
@@ -149,16 +150,12 @@ impl Tokenizer {
         }
 
         let mut tokens = spec.tokens;
-        let mut token_to_id = HashMap::with_capacity(n);
         for (i, t) in tokens.iter_mut().enumerate() {
             if t.is_empty() {
                 *t = format!("[EMPTY_{i}]");
             }
-            if let Some(&first) = token_to_id.get(t.as_str()) {
-                return Err(TokenizerError::DuplicateToken { token: t.clone(), first, second: i as u32 });
-            }
-            token_to_id.insert(t.clone(), i as u32);
         }
+        let table = TokenTable::new(&tokens)?;
 
         let check = |name: &'static str, id: Option<u32>| match id {
             Some(id) if id as usize >= n => Err(TokenizerError::SpecialTokenOutOfRange { name, id, vocab_size: n }),
@@ -176,7 +173,8 @@ impl Tokenizer {
             return Err(TokenizerError::MissingSpecialToken("eos"));
         }
 
-        let bpe = Bpe::new(&token_to_id, n as u32, &spec.merges)?;
+        let bpe = Bpe::new(&|s| table.id(s), n as u32, &spec.merges)?;
+        drop(spec.merges);
 
         let mut attrs: Vec<u32> = if spec.token_types.is_empty() {
             vec![attr::NORMAL; n]
@@ -201,8 +199,7 @@ impl Tokenizer {
         Ok(Tokenizer {
             model: spec.model,
             pre_name: spec.pre,
-            tokens,
-            token_to_id,
+            tokens: table,
             attrs,
             piece_data,
             piece_off,
@@ -281,12 +278,12 @@ impl Tokenizer {
 
     /// The token's text as stored in the vocabulary (byte-level alphabet for normal tokens).
     pub fn token_text(&self, id: u32) -> Option<&str> {
-        self.tokens.get(id as usize).map(String::as_str)
+        self.tokens.get(id as usize)
     }
 
     /// The id of a token given its vocabulary text.
     pub fn token_id(&self, text: &str) -> Option<u32> {
-        self.token_to_id.get(text).copied()
+        self.tokens.id(text)
     }
 
     /// The bytes a token decodes to (special tokens decode to their text).
@@ -361,7 +358,7 @@ impl Tokenizer {
         if self.ignore_merges {
             enc.clear();
             enc.extend(word.bytes().map(char_of_byte));
-            if let Some(&id) = self.token_to_id.get(enc.as_str()) {
+            if let Some(id) = self.tokens.id(enc.as_str()) {
                 out.push(id);
                 return;
             }
@@ -376,7 +373,7 @@ impl Tokenizer {
                 // A symbol that is not a token: its single-byte pieces that are tokens.
                 for b in text.bytes() {
                     if b < 0x80 {
-                        if let Some(&id) = self.token_to_id.get(std::str::from_utf8(&[b]).unwrap_or("")) {
+                        if let Some(id) = self.tokens.id(std::str::from_utf8(&[b]).unwrap_or("")) {
                             out.push(id);
                         }
                     }
@@ -397,7 +394,7 @@ impl Tokenizer {
             if !parse_special && a & (attr::CONTROL | attr::UNKNOWN) != 0 {
                 continue;
             }
-            let pat = self.tokens[id as usize].as_str();
+            let Some(pat) = self.tokens.get(id as usize) else { continue };
             if !frags.iter().any(|f| matches!(f, Fragment::Text(s, e) if text[*s..*e].contains(pat))) {
                 continue;
             }

@@ -542,18 +542,18 @@ unsafe fn nn_drive<L: Lanes, E: BElem, const MR: usize, const NV: usize>(
         nn_rows::<L, E, MR, NV>(k, n, pa.add(i * lda), lda, pb, ldb, pc.add(i * ldc), ldc);
         i += MR;
     }
-    if MR > 4 && i + 4 <= m {
-        nn_rows::<L, E, 4, NV>(k, n, pa.add(i * lda), lda, pb, ldb, pc.add(i * ldc), ldc);
-        i += 4;
+    // The last rows in one more pass over B (as in `nt_drive`).
+    let (pa, pc) = (pa.add(i * lda), pc.add(i * ldc));
+    macro_rules! tail {
+        ($($r:literal)*) => {
+            match m - i {
+                0 => {}
+                $($r if $r < MR => nn_rows::<L, E, $r, NV>(k, n, pa, lda, pb, ldb, pc, ldc),)*
+                r => unreachable!("{r} tail rows with a {MR}-row block"),
+            }
+        };
     }
-    if MR > 2 && i + 2 <= m {
-        nn_rows::<L, E, 2, NV>(k, n, pa.add(i * lda), lda, pb, ldb, pc.add(i * ldc), ldc);
-        i += 2;
-    }
-    while i < m {
-        nn_rows::<L, E, 1, NV>(k, n, pa.add(i * lda), lda, pb, ldb, pc.add(i * ldc), ldc);
-        i += 1;
-    }
+    tail!(1 2 3 4 5 6 7 8);
 }
 
 #[inline(always)]
@@ -743,7 +743,7 @@ instantiate!(
     "avx512f,avx512bw,avx512vl,avx2,fma,f16c",
     crate::cpu::Isa::Avx512,
     nt = (9, 3),
-    nn = (4, 4)
+    nn = (6, 4)
 );
 #[cfg(target_arch = "aarch64")]
 use super::lanes::Neon;
