@@ -104,7 +104,9 @@ impl Engine {
                 .map_err(|e| latent_models::ModelError::Gguf { path: path.display().to_string(), source: e })?,
         );
         let tokenizer = Tokenizer::from_gguf(&file)?;
-        let model = latent_models::load_from(file)?;
+        let model = latent_models::load_from(file.clone())?;
+        // The header and metadata were read into the tokenizer and the model's settings.
+        file.release_pages(0..usize::try_from(file.data_offset()).unwrap_or(usize::MAX));
         release_free_heap();
         Engine::new(model, tokenizer, opts)
     }
