@@ -14,7 +14,7 @@
 //! LSE = −∞; with a per-head sink logit s, the sink acts as one extra key with logit s and a
 //! zero value, so an empty context gives output 0 and LSE = s.
 
-use crate::kv_view::{KvSeq, ValueSource};
+use crate::kv_view::{KvPlane, KvSeq, ValueSource};
 use crate::AttnError;
 use latent_kernels::{Kernels, MatMut, MatRef, RawMat};
 use rayon::prelude::*;
@@ -383,19 +383,22 @@ fn split_ranges(ranges: &[std::ops::Range<usize>; 2], split: usize, nsplit: usiz
 /// When `pos` starts a block (another place in memory), starts loading the first rows of
 /// its keys (`keys`) or values, so the GEMM tiles' own prefetch (which stays inside a block)
 /// does not begin with a stall.
-fn prefetch_block_start(s: &SeqSpec, head: usize, pos: usize, end: usize, keys: bool) {
+/// The first rows of `plane`'s block that starts at `pos` (if `pos < end` lies on a block
+/// boundary), for the tiles to prefetch while they finish the block before it: the next
+/// block of a paged cache lies elsewhere in the pool, where no hardware prefetcher follows.
+fn ahead_rows<'a>(
+    s: &SeqSpec<'a>,
+    plane: KvPlane<'a>,
+    head: usize,
+    pos: usize,
+    end: usize,
+    scales: &mut Vec<f32>,
+) -> &'a [u8] {
     if pos >= end || !pos.is_multiple_of(s.kv.block_size) {
-        return;
+        return &[];
     }
     let m = 32.min(end - pos).min(s.kv.block_size);
-    let mut scratch = Vec::new();
-    let rows = match (keys, s.kv.v) {
-        (true, _) | (false, ValueSource::KeyPrefix { .. }) => s.kv.k.raw_rows(&s.kv, head, pos, m, &mut scratch),
-        (false, ValueSource::Plane(vp)) => vp.raw_rows(&s.kv, head, pos, m, &mut scratch),
-    };
-    if let Some(r) = rows {
-        latent_kernels::prefetch(r.data);
-    }
+    plane.raw_rows(&s.kv, head, pos, m, scales).map_or(&[], |r| r.data)
 }
 
 fn run_item(k: &Kernels, p: &AttnParams, plan: &Plan, q: &[f32], s: &SeqSpec, it: &Item) -> Partial {
@@ -432,6 +435,7 @@ fn run_item(k: &Kernels, p: &AttnParams, plan: &Plan, q: &[f32], s: &SeqSpec, it
     };
     let mut sc = vec![0f32; rows * span];
     let (mut kscales, mut vscales) = (Vec::with_capacity(span), Vec::with_capacity(span));
+    let mut ascales = Vec::new();
 
     // Plain-typed rows (and 8-bit rows with one scale group) are read in place by the GEMM
     // tiles; a tile spans several blocks and is processed block segment by block segment, so
@@ -459,10 +463,10 @@ fn run_item(k: &Kernels, p: &AttnParams, plan: &Plan, q: &[f32], s: &SeqSpec, it
             // S = scale · Q · Kᵀ  [rows, n]
             if raw_ok {
                 for &(a, len) in &segs {
-                    prefetch_block_start(s, it.g, a + len, r.end, true);
                     let c0 = a - j0;
                     let scm = MatMut { data: &mut sc[c0..], rows, cols: len, stride: n };
                     if let Some(kr) = s.kv.k.raw_rows(&s.kv, it.g, a, len, &mut kscales) {
+                        let kr = RawMat { ahead: ahead_rows(s, s.kv.k, it.g, a + len, r.end, &mut ascales), ..kr };
                         (k.gemm_nt_raw)(p.scale, MatRef::dense(&qm, rows, dk), kr, scm);
                         if !kscales.is_empty() {
                             for srow in sc[..rows * n].chunks_exact_mut(n) {
@@ -512,13 +516,15 @@ fn run_item(k: &Kernels, p: &AttnParams, plan: &Plan, q: &[f32], s: &SeqSpec, it
             // acc += P · V  (8-bit value scales fold into P's columns)
             if raw_ok {
                 for &(a, len) in &segs {
-                    prefetch_block_start(s, it.g, a + len, r.end, false);
                     let c0 = a - j0;
                     let vr = match s.kv.v {
+                        // The key pass just read these rows.
                         ValueSource::KeyPrefix { dim } => {
                             s.kv.k.raw_rows(&s.kv, it.g, a, len, &mut vscales).map(|kr| RawMat { cols: dim, ..kr })
                         }
-                        ValueSource::Plane(vp) => vp.raw_rows(&s.kv, it.g, a, len, &mut vscales),
+                        ValueSource::Plane(vp) => vp
+                            .raw_rows(&s.kv, it.g, a, len, &mut vscales)
+                            .map(|vr| RawMat { ahead: ahead_rows(s, vp, it.g, a + len, r.end, &mut ascales), ..vr }),
                     };
                     if let Some(vr) = vr {
                         if !vscales.is_empty() {

@@ -310,7 +310,7 @@ impl<'a> KvPlane<'a> {
                 scales.push(mult * f32::from_le_bytes([data[p], data[p + 1], data[p + 2], data[p + 3]]));
             }
         }
-        Some(RawMat { data, elem, rows: n, cols: self.dim, stride_bytes: self.token_bytes })
+        Some(RawMat { data, elem, rows: n, cols: self.dim, stride_bytes: self.token_bytes, ahead: &[] })
     }
 
     /// Decodes rows `start..start+n` of `head` into `out` (`[n, dim]`, row stride `dim`).

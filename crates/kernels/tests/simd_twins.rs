@@ -265,7 +265,7 @@ fn raw_gemm_tiles_match_scalar_for_every_stored_type() {
                                 .for_each(|(d, v)| *d = latent_kernels::fp8::f32_to_e4m3(v * 50.0)),
                         }
                     }
-                    let b = RawMat { data: &bytes, elem, rows, cols, stride_bytes: stride };
+                    let b = RawMat { data: &bytes, elem, rows, cols, stride_bytes: stride, ahead: &bytes[stride..] };
                     let ar = MatRef { data: &a, rows: m, cols: kk, stride: kk };
                     let (mut c1, mut c2) = (vec![0.5f32; m * n], vec![0.5f32; m * n]);
                     if rows == n {

@@ -218,6 +218,34 @@ unsafe fn prefetch_span(p: *const u8, len: usize) {
     let _ = (p, len);
 }
 
+/// The rows of B's plane that are read after this call (the next block of a paged cache),
+/// `ldb` bytes apart like B's: the tiles prefetch them while they work on B's last rows.
+/// Only prefetched, never read.
+#[derive(Clone, Copy)]
+struct Ahead {
+    p: *const u8,
+    rows: usize,
+}
+
+impl Ahead {
+    const NONE: Ahead = Ahead { p: std::ptr::null(), rows: 0 };
+
+    fn of(b: &RawMat) -> Ahead {
+        match b.ahead.len().checked_div(b.stride_bytes) {
+            Some(rows) if rows > 0 => Ahead { p: b.ahead.as_ptr(), rows },
+            _ => Ahead::NONE,
+        }
+    }
+
+    /// Row `r` of B's continuation, `t` rows past B's `n` (null when not held).
+    fn row(self, t: usize, n: usize, ldb: usize) -> *const u8 {
+        match t.checked_sub(n) {
+            Some(r) if r < self.rows => self.p.wrapping_add(r * ldb),
+            _ => std::ptr::null(),
+        }
+    }
+}
+
 /// How the micro-kernels read B in its stored element type.
 trait BElem {
     const BYTES: usize;
@@ -364,6 +392,7 @@ unsafe fn nt_rows<L: Lanes, E: BElem, const MR: usize, const NR: usize>(
     c: *mut f32,
     ldc: usize,
     alpha: f32,
+    ahead: Ahead,
 ) {
     let mut j = 0;
     while j + NR <= n {
@@ -372,7 +401,14 @@ unsafe fn nt_rows<L: Lanes, E: BElem, const MR: usize, const NR: usize>(
         // the dot loop, spread over the block's work: a burst of whole rows at the block's
         // start filled the line-fill buffers and stalled the FMAs behind it.
         const AHEAD: usize = 4;
-        let pf = if j + (AHEAD + 1) * NR <= n { b.wrapping_add((j + AHEAD * NR) * ldb) } else { std::ptr::null() };
+        let t = j + AHEAD * NR;
+        let pf = if t + NR <= n {
+            b.wrapping_add(t * ldb)
+        } else if t >= n && t + NR - n <= ahead.rows {
+            ahead.row(t, n, ldb)
+        } else {
+            std::ptr::null()
+        };
         nt_block::<L, E, MR, NR>(k, a, lda, b.add(j * ldb), ldb, c.add(j), ldc, alpha, pf);
         j += NR;
     }
@@ -396,10 +432,11 @@ unsafe fn nt_drive<L: Lanes, E: BElem, const MR: usize, const NR: usize>(
     ldb: usize,
     pc: *mut f32,
     ldc: usize,
+    ahead: Ahead,
 ) {
     let mut i = 0;
     while i + MR <= m {
-        nt_rows::<L, E, MR, NR>(k, n, pa.add(i * lda), lda, pb, ldb, pc.add(i * ldc), ldc, alpha);
+        nt_rows::<L, E, MR, NR>(k, n, pa.add(i * lda), lda, pb, ldb, pc.add(i * ldc), ldc, alpha, ahead);
         i += MR;
     }
     // The last rows in one more pass over B, not several (decode has a few rows: a GQA
@@ -409,7 +446,7 @@ unsafe fn nt_drive<L: Lanes, E: BElem, const MR: usize, const NR: usize>(
         ($($r:literal)*) => {
             match m - i {
                 0 => {}
-                $($r if $r < MR => nt_rows::<L, E, $r, NR>(k, n, pa, lda, pb, ldb, pc, ldc, alpha),)*
+                $($r if $r < MR => nt_rows::<L, E, $r, NR>(k, n, pa, lda, pb, ldb, pc, ldc, alpha, ahead),)*
                 r => unreachable!("{r} tail rows with a {MR}-row block"),
             }
         };
@@ -432,6 +469,7 @@ unsafe fn gemm_nt<L: Lanes, const MR: usize, const NR: usize>(alpha: f32, a: Mat
         b.stride * 4,
         c.data.as_mut_ptr(),
         c.stride,
+        Ahead::NONE,
     );
 }
 
@@ -440,13 +478,16 @@ unsafe fn gemm_nt_raw<L: Lanes, const MR: usize, const NR: usize>(alpha: f32, a:
     check_gemm_nt_raw(&a, &b, &c);
     let (m, n, k) = (c.rows, c.cols, a.cols);
     let (pa, pb, pc) = (a.data.as_ptr(), b.data.as_ptr(), c.data.as_mut_ptr());
+    let ahead = Ahead::of(&b);
     match b.elem {
-        Elem::F32 => nt_drive::<L, EF32, MR, NR>(alpha, m, n, k, pa, a.stride, pb, b.stride_bytes, pc, c.stride),
-        Elem::Bf16 => nt_drive::<L, EBf16, MR, NR>(alpha, m, n, k, pa, a.stride, pb, b.stride_bytes, pc, c.stride),
-        Elem::F16 => nt_drive::<L, EF16, MR, NR>(alpha, m, n, k, pa, a.stride, pb, b.stride_bytes, pc, c.stride),
-        Elem::I8 => nt_drive::<L, EI8, MR, NR>(alpha, m, n, k, pa, a.stride, pb, b.stride_bytes, pc, c.stride),
+        Elem::F32 => nt_drive::<L, EF32, MR, NR>(alpha, m, n, k, pa, a.stride, pb, b.stride_bytes, pc, c.stride, ahead),
+        Elem::Bf16 => {
+            nt_drive::<L, EBf16, MR, NR>(alpha, m, n, k, pa, a.stride, pb, b.stride_bytes, pc, c.stride, ahead)
+        }
+        Elem::F16 => nt_drive::<L, EF16, MR, NR>(alpha, m, n, k, pa, a.stride, pb, b.stride_bytes, pc, c.stride, ahead),
+        Elem::I8 => nt_drive::<L, EI8, MR, NR>(alpha, m, n, k, pa, a.stride, pb, b.stride_bytes, pc, c.stride, ahead),
         Elem::Fp8Scaled256 => {
-            nt_drive::<L, EFp8, MR, NR>(alpha, m, n, k, pa, a.stride, pb, b.stride_bytes, pc, c.stride)
+            nt_drive::<L, EFp8, MR, NR>(alpha, m, n, k, pa, a.stride, pb, b.stride_bytes, pc, c.stride, ahead)
         }
     }
 }
@@ -462,6 +503,7 @@ unsafe fn nn_block<L: Lanes, E: BElem, const MR: usize, const NV: usize>(
     ldb: usize,
     c: *mut f32,
     ldc: usize,
+    ahead: Ahead,
 ) {
     let mut acc = [[L::zero(); NV]; MR];
     for (i, acc) in acc.iter_mut().enumerate() {
@@ -472,6 +514,11 @@ unsafe fn nn_block<L: Lanes, E: BElem, const MR: usize, const NV: usize>(
     for p in 0..k {
         if p + 16 < k {
             prefetch_span(b.wrapping_add((p + 16) * ldb), NV * L::N * E::BYTES);
+        } else {
+            let q = ahead.row(p + 16, k, ldb);
+            if !q.is_null() {
+                prefetch_span(q, NV * L::N * E::BYTES);
+            }
         }
         let mut bv = [L::zero(); NV];
         for (v, bv) in bv.iter_mut().enumerate() {
@@ -502,14 +549,17 @@ unsafe fn nn_rows<L: Lanes, E: BElem, const MR: usize, const NV: usize>(
     ldb: usize,
     c: *mut f32,
     ldc: usize,
+    ahead: Ahead,
 ) {
     let mut j = 0;
     while j + NV * L::N <= n {
-        nn_block::<L, E, MR, NV>(k, a, lda, b.add(j * E::BYTES), ldb, c.add(j), ldc);
+        let ah = Ahead { p: ahead.p.wrapping_add(j * E::BYTES), ..ahead };
+        nn_block::<L, E, MR, NV>(k, a, lda, b.add(j * E::BYTES), ldb, c.add(j), ldc, ah);
         j += NV * L::N;
     }
     while j + L::N <= n {
-        nn_block::<L, E, MR, 1>(k, a, lda, b.add(j * E::BYTES), ldb, c.add(j), ldc);
+        let ah = Ahead { p: ahead.p.wrapping_add(j * E::BYTES), ..ahead };
+        nn_block::<L, E, MR, 1>(k, a, lda, b.add(j * E::BYTES), ldb, c.add(j), ldc, ah);
         j += L::N;
     }
     while j < n {
@@ -536,10 +586,11 @@ unsafe fn nn_drive<L: Lanes, E: BElem, const MR: usize, const NV: usize>(
     ldb: usize,
     pc: *mut f32,
     ldc: usize,
+    ahead: Ahead,
 ) {
     let mut i = 0;
     while i + MR <= m {
-        nn_rows::<L, E, MR, NV>(k, n, pa.add(i * lda), lda, pb, ldb, pc.add(i * ldc), ldc);
+        nn_rows::<L, E, MR, NV>(k, n, pa.add(i * lda), lda, pb, ldb, pc.add(i * ldc), ldc, ahead);
         i += MR;
     }
     // The last rows in one more pass over B (as in `nt_drive`).
@@ -548,7 +599,7 @@ unsafe fn nn_drive<L: Lanes, E: BElem, const MR: usize, const NV: usize>(
         ($($r:literal)*) => {
             match m - i {
                 0 => {}
-                $($r if $r < MR => nn_rows::<L, E, $r, NV>(k, n, pa, lda, pb, ldb, pc, ldc),)*
+                $($r if $r < MR => nn_rows::<L, E, $r, NV>(k, n, pa, lda, pb, ldb, pc, ldc, ahead),)*
                 r => unreachable!("{r} tail rows with a {MR}-row block"),
             }
         };
@@ -570,6 +621,7 @@ unsafe fn gemm_nn<L: Lanes, const MR: usize, const NV: usize>(a: MatRef, b: MatR
         b.stride * 4,
         c.data.as_mut_ptr(),
         c.stride,
+        Ahead::NONE,
     );
 }
 
@@ -578,12 +630,15 @@ unsafe fn gemm_nn_raw<L: Lanes, const MR: usize, const NV: usize>(a: MatRef, b: 
     check_gemm_nn_raw(&a, &b, &c);
     let (m, n, k) = (c.rows, c.cols, a.cols);
     let (pa, pb, pc) = (a.data.as_ptr(), b.data.as_ptr(), c.data.as_mut_ptr());
+    let ahead = Ahead::of(&b);
     match b.elem {
-        Elem::F32 => nn_drive::<L, EF32, MR, NV>(m, n, k, pa, a.stride, pb, b.stride_bytes, pc, c.stride),
-        Elem::Bf16 => nn_drive::<L, EBf16, MR, NV>(m, n, k, pa, a.stride, pb, b.stride_bytes, pc, c.stride),
-        Elem::F16 => nn_drive::<L, EF16, MR, NV>(m, n, k, pa, a.stride, pb, b.stride_bytes, pc, c.stride),
-        Elem::I8 => nn_drive::<L, EI8, MR, NV>(m, n, k, pa, a.stride, pb, b.stride_bytes, pc, c.stride),
-        Elem::Fp8Scaled256 => nn_drive::<L, EFp8, MR, NV>(m, n, k, pa, a.stride, pb, b.stride_bytes, pc, c.stride),
+        Elem::F32 => nn_drive::<L, EF32, MR, NV>(m, n, k, pa, a.stride, pb, b.stride_bytes, pc, c.stride, ahead),
+        Elem::Bf16 => nn_drive::<L, EBf16, MR, NV>(m, n, k, pa, a.stride, pb, b.stride_bytes, pc, c.stride, ahead),
+        Elem::F16 => nn_drive::<L, EF16, MR, NV>(m, n, k, pa, a.stride, pb, b.stride_bytes, pc, c.stride, ahead),
+        Elem::I8 => nn_drive::<L, EI8, MR, NV>(m, n, k, pa, a.stride, pb, b.stride_bytes, pc, c.stride, ahead),
+        Elem::Fp8Scaled256 => {
+            nn_drive::<L, EFp8, MR, NV>(m, n, k, pa, a.stride, pb, b.stride_bytes, pc, c.stride, ahead)
+        }
     }
 }
 

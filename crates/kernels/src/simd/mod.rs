@@ -143,6 +143,10 @@ pub struct RawMat<'a> {
     pub rows: usize,
     pub cols: usize,
     pub stride_bytes: usize,
+    /// The rows read after these ones (the next block of a paged cache; empty when none),
+    /// `stride_bytes` apart: the tiles prefetch them while they work on the last rows of this
+    /// matrix. Never read.
+    pub ahead: &'a [u8],
 }
 
 impl RawMat<'_> {
@@ -314,15 +318,22 @@ mod extent_tests {
             let msg = panic_message(|| (k.gemm_nn)(MatRef::dense(&buf, 1, 4), b, MatMut::dense(&mut c, 1, 4)));
             assert!(msg.contains("buffer too small"), "{:?}: {msg}", k.isa);
             // Raw B: (rows − 1)·stride_bytes wraps to 0 in bytes.
-            let rb = RawMat { data: &bytes, elem: Elem::F32, rows, cols: 4, stride_bytes: 4 };
+            let rb = RawMat { data: &bytes, elem: Elem::F32, rows, cols: 4, stride_bytes: 4, ahead: &[] };
             let msg =
                 panic_message(|| (k.gemm_nt_raw)(1.0, MatRef::dense(&buf, 4, 4), rb, MatMut::dense(&mut c, 4, 1)));
             assert!(msg.contains("buffer too small"), "{:?}: {msg}", k.isa);
-            let rb = RawMat { data: &bytes, elem: Elem::F16, rows: 1, cols: usize::MAX / 2 + 1, stride_bytes: 0 };
+            let rb = RawMat {
+                data: &bytes,
+                elem: Elem::F16,
+                rows: 1,
+                cols: usize::MAX / 2 + 1,
+                stride_bytes: 0,
+                ahead: &[],
+            };
             let msg = panic_message(|| (k.gemm_nn_raw)(MatRef::dense(&buf, 1, 1), rb, MatMut::dense(&mut c, 1, 4)));
             assert!(msg.contains("buffer too small"), "{:?}: {msg}", k.isa);
         }
-        let rb = RawMat { data: &bytes, elem: Elem::F32, rows: 2, cols: 2, stride_bytes: usize::MAX / 2 };
+        let rb = RawMat { data: &bytes, elem: Elem::F32, rows: 2, cols: 2, stride_bytes: usize::MAX / 2, ahead: &[] };
         let msg = panic_message(|| drop(rb.row_f32(3)));
         assert!(msg.contains("outside the 16-byte buffer"), "{msg}");
         assert_eq!(RawMat { stride_bytes: 8, ..rb }.row_f32(1), vec![0.0, 0.0]);
