@@ -380,9 +380,6 @@ fn split_ranges(ranges: &[std::ops::Range<usize>; 2], split: usize, nsplit: usiz
     outr
 }
 
-/// When `pos` starts a block (another place in memory), starts loading the first rows of
-/// its keys (`keys`) or values, so the GEMM tiles' own prefetch (which stays inside a block)
-/// does not begin with a stall.
 /// The first rows of `plane`'s block that starts at `pos` (if `pos < end` lies on a block
 /// boundary), for the tiles to prefetch while they finish the block before it: the next
 /// block of a paged cache lies elsewhere in the pool, where no hardware prefetcher follows.

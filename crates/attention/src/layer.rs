@@ -84,7 +84,7 @@ pub trait Runner {
     /// of an up-projection); a runner may spread them over threads. By default they run in
     /// order on the calling thread.
     fn parts(&self, n: usize, f: &(dyn Fn(usize) + Sync)) {
-        (0..n).for_each(f)
+        crate::linear::in_order(n, f)
     }
 }
 
