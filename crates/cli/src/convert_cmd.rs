@@ -35,8 +35,9 @@ pub struct ConvertArgs {
     /// Fitting method: baseline, metric, full (metric latent + value refit) or full+rope-avg.
     #[arg(long, default_value = "full", value_parser = ["baseline", "metric", "full", "full+rope-avg"])]
     method: String,
-    /// Type of the new query matrices: q8_0 (default), f16 or f32.
-    #[arg(long, default_value = "q8_0", value_parser = ["q8_0", "f16", "f32"])]
+    /// Type of the query matrices: source (default: the source's rows in its own type, not
+    /// re-quantized), q8_0, f16 or f32.
+    #[arg(long, default_value = "source", value_parser = ["source", "q8_0", "f16", "f32"])]
     q_type: String,
     /// Output GGUF.
     #[arg(long)]
@@ -91,9 +92,10 @@ pub fn run(a: ConvertArgs) -> Result<()> {
     let src = Source::open(&path.display().to_string())?;
     let rope_dim = a.rope_dim.unwrap_or(src.cfg.head_dim);
     let q_type = match a.q_type.as_str() {
-        "f32" => WeightType::F32,
-        "f16" => WeightType::F16,
-        _ => WeightType::Q8_0,
+        "f32" => Some(WeightType::F32),
+        "f16" => Some(WeightType::F16),
+        "q8_0" => Some(WeightType::Q8_0),
+        _ => None,
     };
     let method = Method::parse(&a.method).context("unknown --method")?;
     let (text_path, text) = calib_text(&a.calib)?;
@@ -138,7 +140,7 @@ pub fn run(a: ConvertArgs) -> Result<()> {
     Ok(())
 }
 
-fn run_report(a: &ConvertArgs, src: &Source, text: &str, threads: usize, q_type: WeightType) -> Result<()> {
+fn run_report(a: &ConvertArgs, src: &Source, text: &str, threads: usize, q_type: Option<WeightType>) -> Result<()> {
     let d = src.cfg.head_dim;
     let budgets = if a.quick { vec![(0.5, d)] } else { vec![(0.5, d), (0.375, d), (0.25, d), (0.125, d / 2)] };
     let methods: Vec<(String, Method)> = Method::steps()

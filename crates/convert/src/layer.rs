@@ -25,8 +25,13 @@
 //! 5. **Value refit** (`v_refit`): W_UV per head by least squares against the teacher's
 //!    per-head attention output, with the converted model's own attention weights.
 //!
-//! Keys are then `k_nope = B_k·c` (LS), values `v_h = W_UV,h·c`; queries fold in B_k when
-//! R ≤ Nk (N = R, W_UK = I) and the softmax-scale change √(N+P)/√D.
+//! Keys are then `k_nope = B_k·c` (LS), values `v_h = W_UV,h·c`. Queries keep the source's
+//! rows: a head's nope query is its own D unrotated source query rows (N = D), and
+//! `W_UK,h = s·S_h·B_k` `[D, R]` carries the RoRoPE coefficients S_h of the head's group and
+//! the softmax-scale change s = √(N+P)/√D; its RoPE query is its P source rows at the kept
+//! frequencies, each scaled by its coefficient (±1 with one KV head), and s goes to the
+//! shared RoPE key's rows. The file's `attn_q` is thus the source's own rows (the RoPE rows
+//! with scaled block scales): no re-quantization.
 
 use crate::linalg::{cross, gram, matmul, solve_spd_right, sqrt_and_inv_sqrt, sym_eigen, transpose};
 use latent_attention::Rope;
@@ -87,16 +92,10 @@ impl Dims {
     pub fn ny(&self) -> usize {
         self.nk() + self.g * self.d
     }
-    /// Nope dim per head in the file.
+    /// Nope dim per head in the file: the head's own D query dims (W_UK is zero when no key
+    /// dim is position-free).
     pub fn n(&self) -> usize {
-        if self.nk() == 0 {
-            1 // the format needs a nope dim; its query rows and W_UK are zero
-        } else {
-            self.r.min(self.nk())
-        }
-    }
-    fn absorbed(&self) -> bool {
-        self.nk() > 0 && self.r <= self.nk()
+        self.d
     }
 }
 
@@ -117,8 +116,10 @@ pub struct Calib<'a> {
 
 /// A converted layer in the file's layout (before the latent scaling of the norm trick).
 pub struct MlaAttn {
-    pub wq: Vec<f32>,    // [H·(N+P), C], per head [nope N; rope P], softmax scale folded in
-    pub wkv_a: Vec<f32>, // [R+P, C]: latent rows, then the shared RoPE key
+    /// `attn_q`'s rows `[H·(N+P)]` as (source `W_q` row, scale): per head its N = D source
+    /// rows unscaled (nope), then its P RoPE rows scaled by their RoRoPE coefficient.
+    pub q_rows: Vec<(usize, f32)>,
+    pub wkv_a: Vec<f32>, // [R+P, C]: latent rows, then the shared RoPE key (× s)
     pub w_uk: Vec<f32>,  // [H, N, R]
     pub w_uv: Vec<f32>,  // [H, D, R]
     /// Largest mean square of a calibration token's latent.
@@ -265,6 +266,19 @@ struct Mixed {
     wq_pe: Vec<Vec<f32>>,   // H × [P, C]
     wk_nope: Vec<f32>,      // [Nk, C]
     wq_nope: Vec<Vec<f32>>, // H × [Nk, C]
+    /// Per RoPE row: the source head dim (2i + comp) it comes from (mixed head 0).
+    pe_dims: Vec<usize>, // [P]
+    /// Per nope row: (mixed head m, source head dim 2i + comp).
+    nope_dims: Vec<(usize, usize)>, // [Nk]
+    /// The RoRoPE mixes `[D/2][G·G]` (see [`rorope`]).
+    u: Vec<Vec<f64>>,
+}
+
+impl Mixed {
+    /// The coefficient of query head `hh`'s source dim `j` in mixed head `m`.
+    fn coef(&self, m: usize, j: usize, hh: usize, dm: &Dims) -> f64 {
+        self.u[j / 2][m * dm.g + hh / (dm.h / dm.g)]
+    }
 }
 
 fn mixed(src: &SrcAttn, dm: &Dims, u: &[Vec<f64>], rot: Option<&[(f64, f64)]>) -> Mixed {
@@ -276,6 +290,8 @@ fn mixed(src: &SrcAttn, dm: &Dims, u: &[Vec<f64>], rot: Option<&[(f64, f64)]>) -
     let mut wq_pe = vec![vec![0f32; p * c]; h];
     let mut wk_nope = Vec::with_capacity(dm.nk() * c);
     let mut wq_nope = vec![Vec::with_capacity(dm.nk() * c); h];
+    let mut pe_dims = vec![0usize; p];
+    let mut nope_dims = Vec::with_capacity(dm.nk());
     for m in 0..g {
         for i in 0..d / 2 {
             let ui = &u[i];
@@ -293,6 +309,7 @@ fn mixed(src: &SrcAttn, dm: &Dims, u: &[Vec<f64>], rot: Option<&[(f64, f64)]>) -
             if roped {
                 let ip = i / stride;
                 for comp in 0..2 {
+                    pe_dims[2 * ip + comp] = 2 * i + comp;
                     for (dst, v) in wk_pe[(2 * ip + comp) * c..][..c].iter_mut().zip(&kc[comp]) {
                         *dst = *v as f32;
                     }
@@ -311,6 +328,7 @@ fn mixed(src: &SrcAttn, dm: &Dims, u: &[Vec<f64>], rot: Option<&[(f64, f64)]>) -
                 let k1: Vec<f32> = kc[0].iter().zip(&kc[1]).map(|(a, b)| (-es * a + ec * b) as f32).collect();
                 wk_nope.extend(k0);
                 wk_nope.extend(k1);
+                nope_dims.extend([(m, 2 * i), (m, 2 * i + 1)]);
                 for (hh, wqn) in wq_nope.iter_mut().enumerate() {
                     let coef = ui[m * g + hh / per] as f32;
                     for comp in 0..2 {
@@ -320,7 +338,7 @@ fn mixed(src: &SrcAttn, dm: &Dims, u: &[Vec<f64>], rot: Option<&[(f64, f64)]>) -
             }
         }
     }
-    Mixed { wk_pe, wq_pe, wk_nope, wq_nope }
+    Mixed { wk_pe, wq_pe, wk_nope, wq_nope, pe_dims, nope_dims, u: u.to_vec() }
 }
 
 /// The converted layer for one candidate latent metric; returns it with its layer-output
@@ -444,30 +462,26 @@ fn build(
     let num: f64 = err.iter().map(|&v| (v as f64).powi(2)).sum();
     let den: f64 = refo.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().max(f64::MIN_POSITIVE);
     let rel_err = (num / den).sqrt();
-    // File layout.
+    // File layout: the source's query rows; B_k, the coefficients and the scale go to W_UK.
     let n = dm.n();
-    let qscale = (((n + p) as f64).sqrt() / (d as f64).sqrt()) as f32;
-    let mut wq = Vec::with_capacity(h * (n + p) * c);
+    let qscale = ((n + p) as f64).sqrt() / (d as f64).sqrt();
+    let mut q_rows = Vec::with_capacity(h * (n + p));
     let mut w_uk = vec![0f32; h * n * r];
     for hh in 0..h {
-        if nk == 0 {
-            wq.extend(std::iter::repeat_n(0f32, n * c));
-        } else if dm.absorbed() {
-            // q_nope' = B_kᵀ·Wq_nope,h: [R, C]; W_UK = I.
-            let bkt = transpose(&bk, nk, r);
-            wq.extend(matmul(&bkt, &mx.wq_nope[hh], r, nk, c, false).iter().map(|v| v * qscale));
-            for i in 0..r {
-                w_uk[hh * n * r + i * r + i] = 1.0;
+        q_rows.extend((0..d).map(|j| (hh * d + j, 1.0f32)));
+        q_rows.extend(mx.pe_dims.iter().map(|&j| (hh * d + j, mx.coef(0, j, hh, dm) as f32)));
+        let wuk = &mut w_uk[hh * n * r..(hh + 1) * n * r];
+        for (ni, &(m, j)) in mx.nope_dims.iter().enumerate() {
+            let coef = mx.coef(m, j, hh, dm) * qscale;
+            for (dst, &b) in wuk[j * r..(j + 1) * r].iter_mut().zip(&bk[ni * r..(ni + 1) * r]) {
+                *dst = (*dst as f64 + coef * b as f64) as f32;
             }
-        } else {
-            wq.extend(mx.wq_nope[hh].iter().map(|v| v * qscale));
-            w_uk[hh * n * r..(hh + 1) * n * r].copy_from_slice(&bk);
         }
-        wq.extend(mx.wq_pe[hh].iter().map(|v| v * qscale));
     }
+    // The scale change of the RoPE scores goes to the shared RoPE key (f32, one for all heads).
     let mut wkv_a = a;
-    wkv_a.extend_from_slice(&mx.wk_pe);
-    (MlaAttn { wq, wkv_a, w_uk, w_uv, latent_ms_max, rel_err, balance: 1.0 }, rel_err)
+    wkv_a.extend(mx.wk_pe.iter().map(|&v| (v as f64 * qscale) as f32));
+    (MlaAttn { q_rows, wkv_a, w_uk, w_uv, latent_ms_max, rel_err, balance: 1.0 }, rel_err)
 }
 
 /// The MLA key's RoPE (P dims, same base): pair i' has the frequency of source pair i'·D/P.

@@ -91,9 +91,10 @@ pub struct ConvertOptions {
     /// RoPE dims P of the shared key: D (every frequency of one mixed head), D/2, D/4, ….
     pub rope_dim: usize,
     pub method: Method,
-    /// Type of the new query matrices (`attn_q`); the latent down-projection and the
-    /// up-projections are written in F32.
-    pub q_type: WeightType,
+    /// Type of the query matrices (`attn_q`). `None`: the source's rows in the source's type
+    /// (the RoPE rows' block scales scaled; no re-quantization). The latent down-projection and
+    /// the up-projections are written in F32.
+    pub q_type: Option<WeightType>,
 }
 
 impl ConvertOptions {
@@ -118,10 +119,9 @@ impl ConvertOptions {
             )));
         }
         let row = src.cfg.hidden;
-        if self.q_type.row_bytes(row).is_err() {
+        if let Some(t) = self.q_type.filter(|t| t.row_bytes(row).is_err()) {
             return Err(ConvertError::Invalid(format!(
-                "--q-type {:?} cannot hold rows of {row} (its block size does not divide them)",
-                self.q_type
+                "--q-type {t:?} cannot hold rows of {row} (its block size does not divide them)"
             )));
         }
         Ok(())

@@ -25,7 +25,7 @@ pub struct ReportOptions {
     pub skip: usize,
     pub windows: usize,
     pub threads: usize,
-    pub q_type: latent_quant::WeightType,
+    pub q_type: Option<latent_quant::WeightType>,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]

@@ -29,6 +29,47 @@ fn encode(t: WeightType, rows: usize, cols: usize, v: &[f32]) -> Result<Vec<u8>,
     Ok(out)
 }
 
+/// `attn_q` from the source's query rows `(row, scale)`: in the source's own type with the
+/// scales applied to the block scales (`into: None`; exact up to one f16 rounding of a scaled
+/// block scale), or dequantized, scaled and encoded as `into`.
+fn query_rows(
+    src: &Source,
+    name: &str,
+    rows: &[(usize, f32)],
+    c: usize,
+    into: Option<WeightType>,
+) -> Result<(WeightType, Vec<u8>), ConvertError> {
+    let f = &*src.file;
+    let t = f.tensor(name).ok_or_else(|| ConvertError::Invalid(format!("{}: no tensor {name}", src.path)))?;
+    let st = WeightType::from_ggml_id(t.ggml_type.id())
+        .ok_or_else(|| ConvertError::Invalid(format!("{}: {name} has type {:?}", src.path, t.ggml_type)))?;
+    let srb = st.row_bytes(c)?;
+    let data = f.tensor_data(t);
+    let src_row = |r: usize| -> Result<&[u8], ConvertError> {
+        data.get(r * srb..(r + 1) * srb)
+            .ok_or_else(|| ConvertError::Invalid(format!("{}: {name} has no row {r}", src.path)))
+    };
+    match into {
+        None => {
+            let mut out = Vec::with_capacity(rows.len() * srb);
+            for &(r, scale) in rows {
+                let at = out.len();
+                out.extend_from_slice(src_row(r)?);
+                latent_quant::scale_row(st, &mut out[at..], scale)?;
+            }
+            Ok((st, out))
+        }
+        Some(qt) => {
+            let mut v = vec![0f32; rows.len() * c];
+            for (dst, &(r, scale)) in v.chunks_exact_mut(c).zip(rows) {
+                latent_quant::dequantize_row_ref(st, src_row(r)?, dst)?;
+                dst.iter_mut().for_each(|x| *x *= scale);
+            }
+            Ok((qt, encode(qt, rows.len(), c, &v)?))
+        }
+    }
+}
+
 pub(crate) fn deepseek2(
     src: &Source,
     opts: &ConvertOptions,
@@ -103,12 +144,8 @@ pub(crate) fn deepseek2(
         for s in ["attn_norm", "ffn_norm", "ffn_gate", "ffn_up", "ffn_down", "attn_output"] {
             raw(&mut b, &nm(s), &nm(s))?;
         }
-        b.tensor(
-            nm("attn_q"),
-            &[c as u64, (h * (n + p)) as u64],
-            ggml(opts.q_type)?,
-            encode(opts.q_type, h * (n + p), c, &ly.wq)?,
-        );
+        let (q_type, q_bytes) = query_rows(src, &nm("attn_q"), &ly.q_rows, c, opts.q_type)?;
+        b.tensor(nm("attn_q"), &[c as u64, (h * (n + p)) as u64], ggml(q_type)?, q_bytes);
         let delta = (MARGIN * eps / ly.latent_ms_max.max(1e-30)).sqrt();
         let mut kva = ly.wkv_a.clone(); // [R+P, C]
         for v in kva[..r * c].iter_mut() {

@@ -38,16 +38,25 @@ fn logits(file: Arc<GgufFile>, toks: &[u32], path: MlaPath) -> Vec<f32> {
 /// no position-free key dims) and the latent has the values' full rank (R = D). The file
 /// runs as latent's deepseek2 model (absorbed and naive MLA, f32 weights and cache) and
 /// gives the source's logits.
+///
+/// Twice: from an f32 source with the queries written as F32, and from a Q8_0 source with
+/// the queries left in the source's type (its rows copied, scales ±1 exact).
 #[test]
 fn lossless_conversion_gives_the_source_logits() {
-    let t = TinyLlama { kv_heads: 1, heads: 4, hidden: 64, layers: 2, seed: 5, ..TinyLlama::default() };
+    for (wtype, q_type) in [(WeightType::F32, Some(WeightType::F32)), (WeightType::Q8_0, None)] {
+        lossless(wtype, q_type);
+    }
+}
+
+fn lossless(wtype: WeightType, q_type: Option<WeightType>) {
+    let t = TinyLlama { kv_heads: 1, heads: 4, hidden: 64, layers: 2, seed: 5, wtype, ..TinyLlama::default() };
     let src = source(&t);
     let d = src.cfg.head_dim;
     let cal = Calibration::collect_ids(&src, &ids(96, t.vocab, 1), 48, 2).expect("calibration");
     let want = logits(src.file.clone(), &ids(40, t.vocab, 9), MlaPath::Auto);
     let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
     for method in [Method::BASELINE, Method::FULL] {
-        let opts = ConvertOptions { kv_rank: d, rope_dim: d, method, q_type: WeightType::F32 };
+        let opts = ConvertOptions { kv_rank: d, rope_dim: d, method, q_type };
         let conv = convert(&src, &cal, &opts).expect("convert");
         for l in &conv.layers {
             assert!(l.rel_err < 1e-5, "{method:?}: calibration attention error {}", l.rel_err);
@@ -56,7 +65,10 @@ fn lossless_conversion_gives_the_source_logits() {
         for path in [MlaPath::Absorbed, MlaPath::Naive] {
             let got = logits(file.clone(), &ids(40, t.vocab, 9), path);
             let err = got.iter().zip(&want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-            assert!(err <= 1e-4 * scale.max(1.0), "{method:?} {path:?}: max |Δlogit| {err} (logit scale {scale})");
+            assert!(
+                err <= 1e-4 * scale.max(1.0),
+                "{wtype:?} {method:?} {path:?}: max |Δlogit| {err} (logit scale {scale})"
+            );
         }
     }
 }
@@ -74,7 +86,7 @@ fn lossy_gqa_conversion_runs_and_the_refits_help_on_calibration() {
     let want = logits(src.file.clone(), &toks, MlaPath::Auto);
     let mut errs = Vec::new();
     for (name, method) in Method::steps() {
-        let opts = ConvertOptions { kv_rank: d, rope_dim: d / 2, method, q_type: WeightType::Q8_0 };
+        let opts = ConvertOptions { kv_rank: d, rope_dim: d / 2, method, q_type: Some(WeightType::Q8_0) };
         let conv = convert(&src, &cal, &opts).expect("convert");
         let e: f64 = conv.layers.iter().map(|l| l.rel_err).sum::<f64>() / conv.layers.len() as f64;
         assert!(e.is_finite() && e > 1e-4, "{name}: lossy conversion reports error {e}");
@@ -97,33 +109,59 @@ fn lossy_gqa_conversion_runs_and_the_refits_help_on_calibration() {
 
 #[test]
 fn written_file_has_deepseek2_metadata_and_shapes() {
-    let t = TinyLlama { kv_heads: 2, heads: 4, hidden: 64, layers: 2, tied: true, seed: 3, ..TinyLlama::default() };
+    let t = TinyLlama {
+        kv_heads: 2,
+        heads: 4,
+        hidden: 64,
+        layers: 2,
+        tied: true,
+        seed: 3,
+        wtype: WeightType::Q4_1,
+        ..TinyLlama::default()
+    };
     let src = source(&t);
     let d = src.cfg.head_dim; // 16
     let cal = Calibration::collect_ids(&src, &ids(64, t.vocab, 4), 32, 1).expect("calibration");
     let (r, p) = (12, d / 2);
-    let opts = ConvertOptions { kv_rank: r, rope_dim: p, method: Method::BASELINE, q_type: WeightType::Q8_0 };
+    let opts = ConvertOptions { kv_rank: r, rope_dim: p, method: Method::BASELINE, q_type: None };
     let f = GgufFile::from_bytes(convert(&src, &cal, &opts).expect("convert").bytes).expect("gguf");
     assert_eq!(f.architecture().unwrap(), "deepseek2");
     let u = |k: &str| f.get_u32(&format!("deepseek2.{k}")).unwrap_or_else(|e| panic!("{k}: {e}")) as usize;
-    let nk = 2 * d - p; // 24 position-free key dims ≥ R: queries absorb B_k, N = R
-    assert!(r <= nk);
     assert_eq!(u("attention.kv_lora_rank"), r);
     assert_eq!(u("attention.q_lora_rank"), 0);
     assert_eq!(u("attention.head_count"), 4);
     assert_eq!(u("attention.head_count_kv"), 1);
     assert_eq!(u("attention.key_length"), r + p);
     assert_eq!(u("attention.value_length"), r);
-    assert_eq!(u("attention.key_length_mla"), r + p);
+    assert_eq!(u("attention.key_length_mla"), d + p); // nope query: the head's own D dims
     assert_eq!(u("attention.value_length_mla"), d);
     assert_eq!(u("rope.dimension_count"), p);
     assert_eq!(u("leading_dense_block_count"), 2);
     assert_eq!(f.get("latent.convert.norm_free_latent"), Some(&MetaValue::Bool(true)));
     let dims = |n: &str| f.tensor(n).unwrap_or_else(|| panic!("{n} missing")).dims.clone();
-    assert_eq!(dims("blk.0.attn_q.weight"), vec![64, (4 * (r + p)) as u64]);
+    assert_eq!(dims("blk.0.attn_q.weight"), vec![64, (4 * (d + p)) as u64]);
+    // attn_q is the source's Q4_1 rows: per head its 16 rows as they are, then the RoPE rows
+    // (every other frequency) with only their block scales changed.
+    let q = f.tensor("blk.0.attn_q.weight").unwrap();
+    assert_eq!(q.ggml_type, src.file.tensor("blk.0.attn_q.weight").unwrap().ggml_type);
+    let (qd, sd) = (f.tensor_data(q), src.file.tensor_data_by_name("blk.0.attn_q.weight").unwrap());
+    let rb = 2 * 20; // 64 Q4_1 elements
+    for hh in 0..4 {
+        for j in 0..d {
+            let got = &qd[(hh * (d + p) + j) * rb..][..rb];
+            assert_eq!(got, &sd[(hh * d + j) * rb..][..rb], "head {hh} nope row {j}");
+        }
+        for k in 0..p {
+            let j = 2 * (k / 2) * (d / p) + k % 2; // source dim of RoPE row k
+            let (got, want) = (&qd[(hh * (d + p) + d + k) * rb..][..rb], &sd[(hh * d + j) * rb..][..rb]);
+            for blk in 0..2 {
+                assert_eq!(got[blk * 20 + 4..][..16], want[blk * 20 + 4..][..16], "head {hh} rope row {k}: quants");
+            }
+        }
+    }
     assert_eq!(dims("blk.1.attn_kv_a_mqa.weight"), vec![64, (r + p) as u64]);
     assert_eq!(dims("blk.1.attn_kv_a_norm.weight"), vec![r as u64]);
-    assert_eq!(dims("blk.0.attn_k_b.weight"), vec![r as u64, r as u64, 4]);
+    assert_eq!(dims("blk.0.attn_k_b.weight"), vec![d as u64, r as u64, 4]);
     assert_eq!(dims("blk.0.attn_v_b.weight"), vec![r as u64, d as u64, 4]);
     assert_eq!(dims("blk.0.attn_output.weight"), vec![64, 64]);
     // Tied source embeddings get their own output matrix (llama.cpp's deepseek2 needs one).
@@ -137,7 +175,7 @@ fn bad_arguments_are_clear_errors() {
     let src = source(&t);
     let d = src.cfg.head_dim; // 16: Ny = 3·2·16 − P
     let bad = |r: usize, p: usize, want: &str| {
-        let o = ConvertOptions { kv_rank: r, rope_dim: p, method: Method::FULL, q_type: WeightType::Q8_0 };
+        let o = ConvertOptions { kv_rank: r, rope_dim: p, method: Method::FULL, q_type: Some(WeightType::Q8_0) };
         match o.check(&src) {
             Err(ConvertError::Invalid(m)) => assert!(m.contains(want), "R={r} P={p}: {m}"),
             other => panic!("R={r} P={p}: expected an argument error, got {other:?}"),
@@ -191,7 +229,7 @@ fn half_rope_is_exact_when_the_dropped_frequencies_are_empty() {
     let want = logits(src.file.clone(), &toks, MlaPath::Auto);
     let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
     let (p, nk) = (d / 2, d / 2);
-    let opts = ConvertOptions { kv_rank: nk + d, rope_dim: p, method: Method::BASELINE, q_type: WeightType::F32 };
+    let opts = ConvertOptions { kv_rank: nk + d, rope_dim: p, method: Method::BASELINE, q_type: Some(WeightType::F32) };
     let conv = convert(&src, &cal, &opts).expect("convert");
     let conv_errs: Vec<f64> = conv.layers.iter().map(|l| l.rel_err).collect();
     let got = logits(Arc::new(GgufFile::from_bytes(conv.bytes).unwrap()), &toks, MlaPath::Auto);

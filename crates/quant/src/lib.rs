@@ -80,7 +80,7 @@ pub use matmul::{
     MatmulPrecision, PreparedInput, QMatrix,
 };
 pub use packed::{matmul_packed_par, matmul_packed_rows, matmul_packed_rows_with, PackedMatrix, PACK_ROWS};
-pub use reference::{dequantize_row_q8_k, dequantize_row_ref, quantize_row, quantize_row_q8_k};
+pub use reference::{dequantize_row_q8_k, dequantize_row_ref, quantize_row, quantize_row_q8_k, scale_row};
 pub use types::{QuantError, WeightType, K_SCALE_SIZE, Q8_K_BLOCK_BYTES, QK, QK_K};
 
 pub use latent_kernels::cpu::Isa;

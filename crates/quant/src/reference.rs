@@ -377,6 +377,79 @@ fn encode_q6_k(x: &[f32], b: &mut [u8]) {
     }
 }
 
+/// Multiplies one packed row by `s` in place without re-encoding it: the f16 block scales
+/// (d, and the min / dmin where the type has one) are scaled, the quants are untouched, so the
+/// row decodes to `s ×` its old values up to one f16 rounding of each scaled scale (F16/BF16
+/// elements are rounded once each; F32 is exact). Refuses a non-finite scale or one that
+/// would overflow a block scale, leaving the row as it was.
+pub fn scale_row(t: WeightType, row: &mut [u8], s: f32) -> Result<(), QuantError> {
+    let mut out = row.to_vec();
+    scale_row_into(t, &mut out, s)?;
+    row.copy_from_slice(&out);
+    Ok(())
+}
+
+fn scale_row_into(t: WeightType, row: &mut [u8], s: f32) -> Result<(), QuantError> {
+    if !s.is_finite() {
+        return Err(QuantError::Overflow("row scale (not finite)"));
+    }
+    if !row.len().is_multiple_of(t.type_size()) {
+        return Err(QuantError::BufferLength {
+            what: "packed row bytes",
+            expected: row.len().next_multiple_of(t.type_size()),
+            got: row.len(),
+        });
+    }
+    if s == 1.0 {
+        return Ok(());
+    }
+    let f16_at = |b: &mut [u8], off: usize| -> Result<(), QuantError> {
+        let old = rd_f16(b, off);
+        let new = old * s;
+        if old.is_finite() && !new.is_finite() || new.abs() > 65504.0 {
+            return Err(QuantError::Overflow("scaled f16 block scale"));
+        }
+        b[off..off + 2].copy_from_slice(&f32_to_f16_bits(new).to_le_bytes());
+        Ok(())
+    };
+    match t {
+        WeightType::F32 => {
+            for c in row.chunks_exact_mut(4) {
+                let v = f32::from_le_bytes([c[0], c[1], c[2], c[3]]) * s;
+                c.copy_from_slice(&v.to_le_bytes());
+            }
+        }
+        WeightType::F16 => {
+            for c in row.chunks_exact_mut(2) {
+                f16_at(c, 0)?;
+            }
+        }
+        WeightType::BF16 => {
+            for c in row.chunks_exact_mut(2) {
+                let v = bf16_to_f32(u16::from_le_bytes([c[0], c[1]])) * s;
+                c.copy_from_slice(&f32_to_bf16_bits(v).to_le_bytes());
+            }
+        }
+        WeightType::Q4_0 | WeightType::Q8_0 => {
+            for b in row.chunks_exact_mut(t.type_size()) {
+                f16_at(b, 0)?;
+            }
+        }
+        WeightType::Q4_1 | WeightType::Q4_K | WeightType::Q5_K => {
+            for b in row.chunks_exact_mut(t.type_size()) {
+                f16_at(b, 0)?;
+                f16_at(b, 2)?;
+            }
+        }
+        WeightType::Q6_K => {
+            for b in row.chunks_exact_mut(t.type_size()) {
+                f16_at(b, 208)?;
+            }
+        }
+    }
+    Ok(())
+}
+
 /// ggml's Q8_K activation encoder (`f32 d; i8 qs[256]; i16 bsums[16]` per 256 elements,
 /// [`Q8_K_BLOCK_BYTES`] bytes): `qs = min(127, nearest(-127 / max * x))` where `max` is the
 /// signed element of largest magnitude, `d = 1 / (-127 / max)`.

@@ -6,7 +6,7 @@ mod common;
 use common::{random_row, Rng};
 use latent_quant::{
     dequantize_row, dequantize_row_q8_k, dequantize_row_ref, dequantize_row_with, quantize_row, quantize_row_q8_k,
-    Variant, WeightType, Q8_K_BLOCK_BYTES,
+    scale_row, Variant, WeightType, Q8_K_BLOCK_BYTES,
 };
 
 #[test]
@@ -148,5 +148,52 @@ fn q8_k_encoder() {
             let e = (x[blk * 256 + i] - y[blk * 256 + i]).abs();
             assert!(e <= 0.5 * d.abs() * 1.0001, "element {i}: error {e}, d {d}");
         }
+    }
+}
+
+/// `scale_row` multiplies a packed row by s in place: it decodes to s × the old values within
+/// one f16 rounding of the block scales (exact for F32), for positive, negative and tiny s; 1 is
+/// a byte-exact no-op; an overflowing or non-finite scale is refused and leaves the row as it was.
+#[test]
+fn scale_row_scales_every_type() {
+    let mut rng = Rng(31);
+    for t in WeightType::ALL {
+        let k = if t.is_quantized() { 2 * t.block_size() } else { 67 };
+        let row = random_row(t, k, &mut rng);
+        let mut old = vec![f32::NAN; k];
+        dequantize_row_ref(t, &row, &mut old).unwrap();
+        let amax = old.iter().fold(0f32, |m, v| m.max(v.abs()));
+        for s in [-1.7f32, 0.37, -0.003, 1.41] {
+            let mut b = row.clone();
+            scale_row(t, &mut b, s).unwrap();
+            let mut got = vec![f32::NAN; k];
+            dequantize_row_ref(t, &b, &mut got).unwrap();
+            // f16 scale rounding: 2^-11 relative per scale, on values up to amax.
+            let tol = match t {
+                WeightType::F32 => 0.0,
+                WeightType::BF16 => 2f32.powi(-8) * amax * s.abs(),
+                _ => 2f32.powi(-9) * amax * s.abs(),
+            };
+            for i in 0..k {
+                let want = s * old[i];
+                assert!((got[i] - want).abs() <= tol + f32::MIN_POSITIVE, "{t} s={s} [{i}]: {} vs {want}", got[i]);
+            }
+            if t.is_quantized() {
+                assert_ne!(b, row, "{t}: scaled row unchanged");
+            }
+        }
+        let mut b = row.clone();
+        scale_row(t, &mut b, 1.0).unwrap();
+        assert_eq!(b, row, "{t}: scale 1 changed bytes");
+        let mut b = row.clone();
+        assert!(scale_row(t, &mut b, f32::NAN).is_err(), "{t}: NaN scale accepted");
+        if t != WeightType::F32 && t != WeightType::BF16 {
+            let mut b = row.clone();
+            assert!(scale_row(t, &mut b, 1e9).is_err(), "{t}: f16 overflow accepted");
+            assert_eq!(b, row, "{t}: a refused scale changed the row");
+        }
+        let mut short = row.clone();
+        short.pop();
+        assert!(scale_row(t, &mut short, 2.0).is_err(), "{t}: ragged row accepted");
     }
 }
