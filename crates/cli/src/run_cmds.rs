@@ -36,6 +36,9 @@ pub struct ModelArgs {
     /// MLA execution path: auto (per pass), absorbed or naive.
     #[arg(long, default_value = "auto", value_parser = ["auto", "absorbed", "naive"])]
     pub mla_path: String,
+    /// Prompt tokens per prefill pass (its activation buffers scale with it).
+    #[arg(long, default_value_t = EngineOptions::default().prefill_chunk)]
+    pub prefill_chunk: usize,
 }
 
 impl ModelArgs {
@@ -64,7 +67,7 @@ impl ModelArgs {
             kv_dtype,
             window,
             mla_path,
-            ..Default::default()
+            prefill_chunk: self.prefill_chunk,
         };
         Engine::load(&path, opts).with_context(|| format!("loading {}", path.display()))
     }

@@ -21,7 +21,9 @@ pub struct EngineOptions {
     pub precision: MatmulPrecision,
     /// KV-cache element type (`None`: f32).
     pub kv_dtype: Option<KvDtype>,
-    /// Tokens per prefill chunk.
+    /// Tokens per prefill chunk. Its activation buffers (hidden, FFN and QKV rows of every
+    /// token of a pass) scale with it: 128 keeps them within L2-sized tiles and a few MB; at
+    /// 512 they are ~11 MB more of peak memory for no speed (docs/BENCHMARKS.md).
     pub prefill_chunk: usize,
     /// StreamingLLM window with attention sinks: the cache keeps the first `sinks` tokens
     /// and the last `window`; sequences may then run past the model's context.
@@ -36,7 +38,7 @@ impl Default for EngineOptions {
             threads: 0,
             precision: MatmulPrecision::Fast,
             kv_dtype: None,
-            prefill_chunk: 512,
+            prefill_chunk: 128,
             window: None,
             mla_path: MlaPath::Auto,
         }

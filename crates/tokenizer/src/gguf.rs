@@ -66,9 +66,11 @@ impl TokenizerSpec {
         let tokens: Vec<String> =
             f.get_str_array(keys::TOKENS).map_err(gguf_err)?.into_iter().map(str::to_string).collect();
         let n = tokens.len();
-        let token_types = match f.get(keys::TOKEN_TYPE) {
-            None => Vec::new(),
-            Some(_) => f.get_i32_array(keys::TOKEN_TYPE).map_err(gguf_err)?,
+        // `contains`, not `get`: `get` would parse the array into a value kept for good.
+        let token_types = if f.contains(keys::TOKEN_TYPE) {
+            f.get_i32_array(keys::TOKEN_TYPE).map_err(gguf_err)?
+        } else {
+            Vec::new()
         };
         let merges: Vec<String> =
             f.get_str_array(keys::MERGES).map_err(gguf_err)?.into_iter().map(str::to_string).collect();

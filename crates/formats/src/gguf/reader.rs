@@ -231,6 +231,11 @@ impl GgufFile {
         self.metadata.len()
     }
 
+    /// Whether `key` is present, without parsing a lazy array's elements.
+    pub fn contains(&self, key: &str) -> bool {
+        self.key_index.contains_key(key)
+    }
+
     pub fn get(&self, key: &str) -> Option<&MetaValue> {
         self.key_index.get(key).map(|&i| self.value_of(&self.metadata[i]))
     }
