@@ -49,6 +49,11 @@ pub struct BenchAttnArgs {
     /// Tokens per block with --paged.
     #[arg(long, default_value_t = 64)]
     block_size: usize,
+    /// With --paged: time the same cache contiguous too, the two layouts alternating
+    /// repetition by repetition, and report paged / contiguous as the median of the pairs'
+    /// ratios (one process, one window of the machine's noise).
+    #[arg(long, requires = "paged")]
+    vs_contiguous: bool,
     /// One JSON object per line on stdout.
     #[arg(long)]
     json: bool,
@@ -253,6 +258,8 @@ fn prefill_bytes(m: &Mech, dtype: KvDtype, t: usize) -> Option<u64> {
 /// One measured case.
 pub struct Row {
     pub mechanism: &'static str,
+    /// Read through the paged block pool.
+    pub paged: bool,
     pub phase: &'static str,
     pub context: usize,
     pub seconds: f64,
@@ -274,7 +281,7 @@ impl Row {
             "gemm_crate_gflops": lim.gemm_crate_gflops, "tile_gemm_gflops": lim.tile_gemm_gflops,
             "roofline_fraction": roofline(self, lim),
             "bound": if self.bytes / lim.read_gbps > self.flops / lim.gemm_gflops { "memory" } else { "compute" },
-            "paged": a.paged, "block_size": if a.paged { a.block_size } else { self.context.max(1) },
+            "paged": self.paged, "block_size": if self.paged { a.block_size } else { self.context.max(1) },
         })
     }
 }
@@ -282,6 +289,32 @@ impl Row {
 /// max(bytes / read bandwidth, flops / GEMM peak) / seconds.
 pub fn roofline(r: &Row, lim: &MachineLimits) -> f64 {
     (r.bytes / (lim.read_gbps * 1e9)).max(r.flops / (lim.gemm_gflops * 1e9)) / r.seconds
+}
+
+/// Medians of `f` and `g` timed alternately (at least `reps` pairs and ~0.5 s of pairs,
+/// after one warm-up of each), and the median of the pairs' ratios g / f.
+fn time_pairs(reps: usize, mut f: impl FnMut(), mut g: impl FnMut()) -> (f64, f64, f64) {
+    f();
+    g();
+    let (mut tf, mut tg, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
+    let start = Instant::now();
+    while tf.len() < reps.max(1) || (start.elapsed().as_secs_f64() < 0.5 && tf.len() < 200) {
+        let t = Instant::now();
+        f();
+        let a = t.elapsed().as_secs_f64();
+        let t = Instant::now();
+        g();
+        let b = t.elapsed().as_secs_f64();
+        tf.push(a);
+        tg.push(b);
+        ratio.push(b / a);
+    }
+    (median(tf), median(tg), median(ratio))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(|a, b| a.total_cmp(b));
+    v[v.len() / 2]
 }
 
 /// Median of at least `reps` timed runs (and at least ~0.5 s of runs), after one warm-up.
@@ -319,6 +352,9 @@ pub fn run(a: BenchAttnArgs) -> Result<()> {
         for &ctx in &contexts {
             let what = format!("{} decode at context {ctx} × --batch {}", m.name, a.batch);
             check_memory(&what, decode_bytes(m, dtype, ctx, a.batch, a.paged.then_some(a.block_size)))?;
+            if a.vs_contiguous {
+                check_memory(&format!("{what}, contiguous"), decode_bytes(m, dtype, ctx, a.batch, None))?;
+            }
         }
         for &t in &prefills {
             check_memory(&format!("{} prefill of {t} tokens", m.name), prefill_bytes(m, dtype, t))?;
@@ -348,7 +384,13 @@ pub fn run(a: BenchAttnArgs) -> Result<()> {
             "GFLOP/s",
             "roofline",
             a.kv_dtype,
-            if a.paged { format!(", paged, block {}", a.block_size) } else { ", contiguous".into() }
+            if a.vs_contiguous {
+                format!(", paged with block {} against contiguous", a.block_size)
+            } else if a.paged {
+                format!(", paged, block {}", a.block_size)
+            } else {
+                ", contiguous".into()
+            }
         );
     }
     let mut rng = Rng(2024);
@@ -357,10 +399,15 @@ pub fn run(a: BenchAttnArgs) -> Result<()> {
             outln!("{}", r.json(&lim, &a));
         } else {
             let j = r.json(&lim, &a);
+            let phase = match (a.vs_contiguous, r.paged) {
+                (false, _) => r.phase.to_string(),
+                (true, true) => format!("{} (paged)", r.phase),
+                (true, false) => format!("{} (contiguous)", r.phase),
+            };
             outln!(
                 "{:<8} {:<8} {:>7} {:>10.3} {:>10.1} {:>9.2} {:>9.1} {:>9.3}  {}",
                 r.mechanism,
-                r.phase,
+                phase,
                 r.context,
                 r.seconds * 1e3,
                 r.bytes / 1e6,
@@ -375,30 +422,66 @@ pub fn run(a: BenchAttnArgs) -> Result<()> {
         let sh = m.shape;
         let params = AttnParams { shape: sh, scale: m.scale, mask: m.mask, sink_logits: None };
         for &ctx in &contexts {
-            let caches: Vec<Cache> =
-                if a.paged { Vec::new() } else { (0..a.batch).map(|_| Cache::new(m, dtype, ctx, &mut rng)).collect() };
+            let caches: Vec<Cache> = if !a.paged || a.vs_contiguous {
+                (0..a.batch).map(|_| Cache::new(m, dtype, ctx, &mut rng)).collect()
+            } else {
+                Vec::new()
+            };
             let paged: Vec<PagedCache> = if a.paged {
                 (0..a.batch).map(|_| PagedCache::new(m, dtype, ctx, a.block_size, &mut rng)).collect::<Result<_>>()?
             } else {
                 Vec::new()
             };
-            let views: Vec<KvSeq> = if a.paged {
-                paged.iter().map(|p| p.pool.view(p.seq, 0)).collect::<Result<_, _>>()?
-            } else {
-                caches.iter().map(|c| c.view(m)).collect()
-            };
-            let seqs: Vec<SeqSpec> = views.iter().map(|v| SeqSpec { q_len: 1, q_pos: ctx - 1, kv: *v }).collect();
+            fn spec(kv: KvSeq<'_>, pos: usize) -> SeqSpec<'_> {
+                SeqSpec { q_len: 1, q_pos: pos, kv }
+            }
+            let dense_seqs: Vec<SeqSpec> = caches.iter().map(|c| spec(c.view(m), ctx - 1)).collect();
+            let paged_seqs: Vec<SeqSpec> =
+                paged.iter().map(|p| p.pool.view(p.seq, 0).map(|v| spec(v, ctx - 1))).collect::<Result<_, _>>()?;
             let q = rng.normals(a.batch * sh.heads * sh.dk, 1.0);
             let mut out = vec![0f32; a.batch * sh.heads * sh.dv];
             let mut lse = vec![0f32; a.batch * sh.heads];
-            let secs =
-                pool.install(|| time(a.reps, || decode(&params, &q, &seqs, &mut out, &mut lse).expect("decode")));
             // Bytes of the positions the query sees (all of them without a window).
             let seen = m.visible(ctx - 1) as f64 / ctx.max(1) as f64;
-            let bytes: f64 =
-                seen * (caches.iter().map(|c| c.bytes()).sum::<f64>() + paged.iter().map(|p| p.bytes()).sum::<f64>());
+            let dense_bytes: f64 = seen * caches.iter().map(|c| c.bytes()).sum::<f64>();
+            let paged_bytes: f64 = seen * paged.iter().map(|p| p.bytes()).sum::<f64>();
             let flops = (a.batch * 2 * sh.heads * m.visible(ctx - 1) * (sh.dk + sh.dv)) as f64;
-            emit(Row { mechanism: m.name, phase: "decode", context: ctx, seconds: secs, bytes, flops });
+            let row = |paged: bool, seconds: f64| Row {
+                mechanism: m.name,
+                paged,
+                phase: "decode",
+                context: ctx,
+                seconds,
+                bytes: if paged { paged_bytes } else { dense_bytes },
+                flops,
+            };
+            if a.vs_contiguous {
+                let (mut o2, mut l2) = (out.clone(), lse.clone());
+                let (dense, pagedt, ratio) = pool.install(|| {
+                    time_pairs(
+                        a.reps,
+                        || decode(&params, &q, &dense_seqs, &mut out, &mut lse).expect("decode"),
+                        || decode(&params, &q, &paged_seqs, &mut o2, &mut l2).expect("decode"),
+                    )
+                });
+                emit(row(false, dense));
+                emit(row(true, pagedt));
+                if a.json {
+                    outln!(
+                        "{}",
+                        serde_json::json!({"mechanism": m.name, "phase": "decode", "context": ctx,
+                            "batch": a.batch, "kv_dtype": a.kv_dtype, "block_size": a.block_size,
+                            "paged_over_contiguous": ratio})
+                    );
+                } else {
+                    outln!("{:<8} paged / contiguous at {ctx}: {ratio:.3} (median of alternating pairs)", m.name);
+                }
+            } else {
+                let seqs = if a.paged { &paged_seqs } else { &dense_seqs };
+                let secs =
+                    pool.install(|| time(a.reps, || decode(&params, &q, seqs, &mut out, &mut lse).expect("decode")));
+                emit(row(a.paged, secs));
+            }
         }
         for &t in &prefills {
             let cache = Cache::new(m, dtype, t, &mut rng);
@@ -412,7 +495,15 @@ pub fn run(a: BenchAttnArgs) -> Result<()> {
             // Useful work only: the visible pairs (without a window, half of the T×T products).
             let pairs: f64 = (0..t).map(|p| m.visible(p) as f64).sum();
             let flops = 2.0 * sh.heads as f64 * (sh.dk + sh.dv) as f64 * pairs;
-            emit(Row { mechanism: m.name, phase: "prefill", context: t, seconds: secs, bytes: cache.bytes(), flops });
+            emit(Row {
+                mechanism: m.name,
+                paged: false,
+                phase: "prefill",
+                context: t,
+                seconds: secs,
+                bytes: cache.bytes(),
+                flops,
+            });
         }
     }
     if mla_layer {
