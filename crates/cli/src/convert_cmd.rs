@@ -26,14 +26,15 @@ pub struct ConvertArgs {
     /// Calibration text (default: $LATENT_EVAL_TEXT, else ../shared/data/eval/rust-book-sample.txt).
     #[arg(long)]
     calib: Option<PathBuf>,
-    /// Calibration tokens, from the start of the text.
-    #[arg(long, default_value_t = 2048)]
+    /// Calibration tokens, from the start of the text (with --report: at most --skip).
+    #[arg(long, default_value_t = 4096)]
     calib_tokens: usize,
     /// Tokens per calibration sequence.
     #[arg(long, default_value_t = 512)]
     calib_len: usize,
-    /// Fitting method: baseline, metric, full (metric latent + value refit) or full+rope-avg.
-    #[arg(long, default_value = "full", value_parser = ["baseline", "metric", "full", "full+rope-avg"])]
+    /// Fitting method: baseline, metric, value (metric latent + per-head value refit), full
+    /// (metric latent + joint value refit in the layer-output metric) or full+rope-avg.
+    #[arg(long, default_value = "full", value_parser = ["baseline", "metric", "value", "full", "full+rope-avg"])]
     method: String,
     /// Type of the query matrices: source (default: the source's rows in its own type, not
     /// re-quantized), q8_0, f16 or f32.

@@ -24,6 +24,11 @@
 //!    searched per layer on the measured layer-output error.
 //! 5. **Value refit** (`v_refit`): W_UV per head by least squares against the teacher's
 //!    per-head attention output, with the converted model's own attention weights.
+//! 6. **Joint value refit** (`joint`): the heads' W_UV refitted together against the layer's
+//!    output, Σ_t ‖Σ_h W_o,h (W_UV,h z_h − o_h)‖² (the error after W_o, where heads can make up
+//!    for each other), by block coordinate descent: with the other heads fixed, head h's
+//!    optimum is the per-head fit against o_h − W_o,h⁺ R_{−h} (R_{−h} the other heads' error
+//!    after W_o; W_o,h `[C, D]` has full column rank).
 //!
 //! Keys are then `k_nope = B_k·c` (LS), values `v_h = W_UV,h·c`. Queries keep the source's
 //! rows: a head's nope query is its own D unrotated source query rows (N = D), and
@@ -40,25 +45,31 @@ use rayon::prelude::*;
 /// Ridge of the value refit, relative to the mean diagonal of ZᵀZ.
 const V_RIDGE: f64 = 1e-3;
 
+/// Sweeps of the joint value refit in the layer-output metric.
+const JOINT_SWEEPS: usize = 4;
+
 /// Which refits run (cumulative steps of the report).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Method {
     pub rope_avg: bool,
     pub metric: bool,
     pub v_refit: bool,
+    /// With `v_refit`: the value maps refitted jointly in the layer-output metric.
+    pub joint: bool,
 }
 
 impl Method {
-    pub const BASELINE: Method = Method { rope_avg: false, metric: false, v_refit: false };
+    pub const BASELINE: Method = Method { rope_avg: false, metric: false, v_refit: false, joint: false };
     /// Every refit that helps (the default).
-    pub const FULL: Method = Method { rope_avg: false, metric: true, v_refit: true };
+    pub const FULL: Method = Method { rope_avg: false, metric: true, v_refit: true, joint: true };
 
     /// The cumulative steps, in report order, with their names.
-    pub fn steps() -> [(&'static str, Method); 4] {
+    pub fn steps() -> [(&'static str, Method); 5] {
         [
             ("baseline (RoRoPE + balanced joint PCA)", Method::BASELINE),
             ("+ score/output-metric latent", Method { metric: true, ..Method::BASELINE }),
-            ("+ value refit", Method::FULL),
+            ("+ per-head value refit", Method { joint: false, ..Method::FULL }),
+            ("+ joint value refit (layer output)", Method::FULL),
             ("+ expected-rotation keys", Method { rope_avg: true, ..Method::FULL }),
         ]
     }
@@ -67,6 +78,7 @@ impl Method {
         Some(match s {
             "baseline" => Method::BASELINE,
             "metric" => Method { metric: true, ..Method::BASELINE },
+            "value" => Method { joint: false, ..Method::FULL },
             "full" => Method::FULL,
             "full+rope-avg" => Method { rope_avg: true, ..Method::FULL },
             _ => return None,
@@ -354,6 +366,7 @@ fn build(
     y: &[f32],          // [T, Ny]
     omega_half: &[f64], // [Ny, Ny]: Ω^½
     v_refit: bool,
+    joint: usize,
     seqs: usize,
 ) -> (MlaAttn, f64) {
     let (c, h, g, d, p, r) = (dm.c, dm.h, dm.g, dm.d, dm.p, dm.r);
@@ -419,31 +432,77 @@ fn build(
     // Per-head value maps [D, R].
     let mut w_uv = vec![0f32; h * d * r];
     let ts = seqs * l;
-    for hh in 0..h {
-        let gi = hh / per;
-        let dst = &mut w_uv[hh * d * r..(hh + 1) * d * r];
-        if v_refit {
-            let mut zh = vec![0f32; ts * r];
-            for (s, h2, zz) in &z {
-                if *h2 == hh {
-                    zh[s * l * r..(s + 1) * l * r].copy_from_slice(zz);
+    if v_refit {
+        // Per head: Z_h [Ts, R] (the student's attention-weighted latents), its Gram, the
+        // teacher's output O_h [Ts, D], and the ridge target (towards the PCA map B_v:
+        // directions the attention never averages over, e.g. a head that only looks at the
+        // first token and sees a rank-1 Z, keep B_v).
+        let zs: Vec<Vec<f32>> = (0..h)
+            .map(|hh| {
+                let mut zh = vec![0f32; ts * r];
+                for (s, h2, zz) in &z {
+                    if *h2 == hh {
+                        zh[s * l * r..(s + 1) * l * r].copy_from_slice(zz);
+                    }
                 }
-            }
-            let oh = cols(&te.o, h * d, 0, ts, hh * d, d); // [Ts, D]
-                                                           // Ridge towards the PCA map: directions the attention never averages over (a
-                                                           // head that only looks at the first token sees a rank-1 Z) keep B_v.
-            let gz = gram(&zh, ts, r);
-            let mut oz = cross(&oh, &zh, ts, d, r);
+                zh
+            })
+            .collect();
+        let gzs: Vec<Vec<f64>> = zs.par_iter().map(|zh| gram(zh, ts, r)).collect();
+        let fit = |hh: usize, target: &[f32]| -> Vec<f32> {
+            let gi = hh / per;
+            let gz = &gzs[hh];
+            let mut oz = cross(target, &zs[hh], ts, d, r);
             let lam = V_RIDGE * (0..r).map(|i| gz[i * r + i]).sum::<f64>() / r as f64;
             for (o, b) in oz.iter_mut().zip(&bv[gi * d * r..(gi + 1) * d * r]) {
                 *o += lam * *b as f64;
             }
-            let w = solve_spd_right(&gz, &oz, r, d, V_RIDGE);
-            for (a, b) in dst.iter_mut().zip(&w) {
-                *a = *b as f32;
+            solve_spd_right(gz, &oz, r, d, V_RIDGE).iter().map(|&v| v as f32).collect()
+        };
+        let os: Vec<Vec<f32>> = (0..h).map(|hh| cols(&te.o, h * d, 0, ts, hh * d, d)).collect(); // [Ts, D]
+                                                                                                 // First each head against its own teacher output.
+        for hh in 0..h {
+            w_uv[hh * d * r..(hh + 1) * d * r].copy_from_slice(&fit(hh, &os[hh]));
+        }
+        // Then jointly in the layer-output metric: Σ_t ‖Σ_h W_o,h (W_UV,h z_h − o_h)‖². Block
+        // coordinate descent over heads: with the others fixed, head h's optimum is the
+        // plain fit against o_h − W_o,h⁺ R_{−h}, R_{−h} the other heads' output error.
+        if joint > 0 {
+            let wo_h: Vec<Vec<f32>> = (0..h).map(|hh| cols(&src.wo, h * d, 0, c, hh * d, d)).collect(); // [C, D]
+            let pinv: Vec<Vec<f32>> = wo_h
+                .iter()
+                .map(|w| {
+                    // W⁺ᵀ = W(WᵀW)⁻¹ `[C, D]`, solved as X·(WᵀW) = W.
+                    let w64: Vec<f64> = w.iter().map(|&v| v as f64).collect();
+                    solve_spd_right(&gram(w, c, d), &w64, d, c, 1e-9).iter().map(|&v| v as f32).collect()
+                })
+                .collect();
+            let err_of = |hh: usize, w: &[f32]| -> Vec<f32> {
+                let mut e = matmul(&zs[hh], w, ts, r, d, true); // [Ts, D]
+                e.iter_mut().zip(&os[hh]).for_each(|(a, b)| *a -= b);
+                matmul(&e, &wo_h[hh], ts, d, c, true) // [Ts, C]
+            };
+            let mut outs: Vec<Vec<f32>> = (0..h).map(|hh| err_of(hh, &w_uv[hh * d * r..(hh + 1) * d * r])).collect();
+            let mut total = vec![0f32; ts * c];
+            for o in &outs {
+                total.iter_mut().zip(o).for_each(|(a, b)| *a += b);
             }
-        } else {
-            dst.copy_from_slice(&bv[gi * d * r..(gi + 1) * d * r]);
+            for _ in 0..joint {
+                for hh in 0..h {
+                    total.iter_mut().zip(&outs[hh]).for_each(|(a, b)| *a -= b);
+                    let fix = matmul(&total, &pinv[hh], ts, c, d, false); // [Ts, D]
+                    let target: Vec<f32> = os[hh].iter().zip(&fix).map(|(o, f)| o - f).collect();
+                    let w = fit(hh, &target);
+                    outs[hh] = err_of(hh, &w);
+                    total.iter_mut().zip(&outs[hh]).for_each(|(a, b)| *a += b);
+                    w_uv[hh * d * r..(hh + 1) * d * r].copy_from_slice(&w);
+                }
+            }
+        }
+    } else {
+        for hh in 0..h {
+            let gi = hh / per;
+            w_uv[hh * d * r..(hh + 1) * d * r].copy_from_slice(&bv[gi * d * r..(gi + 1) * d * r]);
         }
     }
     // Layer-output error: Σ_p ‖W_o (o' − o)‖² / Σ_p ‖W_o o‖² over the rows used.
@@ -567,7 +626,20 @@ pub fn convert_layer(src: &SrcAttn, cal: &Calib, dm: &Dims, rope: &Rope, method:
         for i in 0..ny {
             oh[i * ny + i] = if i < nk { w } else { 1.0 };
         }
-        return build(src, cal, dm, rope, &te, &mx, &y, &oh, method.v_refit, all).0;
+        return build(
+            src,
+            cal,
+            dm,
+            rope,
+            &te,
+            &mx,
+            &y,
+            &oh,
+            method.v_refit,
+            if method.joint { JOINT_SWEEPS } else { 0 },
+            all,
+        )
+        .0;
     }
     // Ω_K: the heads' nope-query second moment (score error), Ω_V: W_oᵀW_o per group.
     let mut qk = vec![0f64; nk * nk];
@@ -600,14 +672,15 @@ pub fn convert_layer(src: &SrcAttn, cal: &Calib, dm: &Dims, rope: &Rope, method:
     let mut best: Option<(f64, f64)> = None;
     for &f in &[1.0 / 16.0, 0.25, 1.0, 4.0, 16.0] {
         let oh = omega_half(&qk, &vbs, nk, d, w0 * f);
-        let (_, e) = build(src, cal, dm, rope, &te, &mx, &y, &oh, method.v_refit, search);
+        let (_, e) = build(src, cal, dm, rope, &te, &mx, &y, &oh, method.v_refit, 0, search);
         if best.is_none_or(|(_, be)| e < be) {
             best = Some((f, e));
         }
     }
     let f = best.map(|b| b.0).unwrap_or(1.0);
     let oh = omega_half(&qk, &vbs, nk, d, w0 * f);
-    let (mut out, _) = build(src, cal, dm, rope, &te, &mx, &y, &oh, method.v_refit, all);
+    let (mut out, _) =
+        build(src, cal, dm, rope, &te, &mx, &y, &oh, method.v_refit, if method.joint { JOINT_SWEEPS } else { 0 }, all);
     out.balance = f;
     out
 }

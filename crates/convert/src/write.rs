@@ -122,6 +122,7 @@ pub(crate) fn deepseek2(
     b.meta("latent.convert.rope_avg", m.rope_avg);
     b.meta("latent.convert.metric_latent", m.metric);
     b.meta("latent.convert.value_refit", m.v_refit);
+    b.meta("latent.convert.joint_value_refit", m.v_refit && m.joint);
     b.meta("latent.convert.norm_free_latent", true);
     b.meta("latent.convert.norm_margin", MARGIN as f32);
 

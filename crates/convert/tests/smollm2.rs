@@ -36,7 +36,8 @@ fn smollm2_at_half_the_kv_cache() {
     let mla = perplexity(file, eval, 512, 2, KvDtype::F32).expect("converted ppl");
     eprintln!("source {base:.3}, MLA at 50 % {mla:.3} ({:+.1} %)", 100.0 * (mla / base - 1.0));
     assert!(mla.is_finite() && mla > base, "converted {mla} vs source {base}");
-    // The report's protocol (6 windows, 2048 calibration tokens) measures +42 % for this
-    // method and +98 % for the known recipe (docs/BENCHMARKS.md, "Conversion").
-    assert!(mla < base * 1.55, "converted perplexity {mla} vs source {base}");
+    // Measured here: +44.1 % (1024 calibration tokens); the report's protocol (6 windows,
+    // 4096 calibration tokens) measures +22 % for this method and +98 % for the known recipe
+    // (docs/BENCHMARKS.md, "Conversion").
+    assert!(mla < base * 1.50, "converted perplexity {mla} vs source {base}");
 }

@@ -546,7 +546,8 @@ fn conversion(cx: &Ctx, out: &mut Out) -> Result<()> {
     out.summary = format!(
         "`latent convert --report`: the model converted to MLA (RoRoPE, shared RoPE key, joint K/V latent) at \
          each KV budget, one line per method step: the baseline recipe (balanced joint PCA), + the score/output \
-         metric latent, + the least-squares value refit, and one tried refit (expected-rotation keys); calibration \
+         metric latent, + the per-head least-squares value refit, + the joint value refit in the layer-output metric \
+         (the default), and one tried refit (expected-rotation keys); calibration \
          text is never scored. Right: every cache variant on one axis of bytes per token, with the source's 8-bit \
          caches.\n\n{table}"
     );
