@@ -30,6 +30,12 @@
 //!    optimum is the per-head fit against o_h − W_o,h⁺ R_{−h} (R_{−h} the other heads' error
 //!    after W_o; W_o,h `[C, D]` has full column rank).
 //!
+//! **Held-out choices.** With 4 or more calibration sequences a quarter is held out: the
+//! metric's K/V balance and how far each layer's values are refitted (PCA map, per-head,
+//! joint) are chosen on the layer-output error of the held-out sequences, fitted on the rest;
+//! the chosen layer is then fitted on all sequences. The refits minimise the in-sample error,
+//! and at small ranks (12.5 % of the KV) the joint one fits noise.
+//!
 //! Keys are then `k_nope = B_k·c` (LS), values `v_h = W_UV,h·c`. Queries keep the source's
 //! rows: a head's nope query is its own D unrotated source query rows (N = D), and
 //! `W_UK,h = s·S_h·B_k` `[D, R]` carries the RoRoPE coefficients S_h of the head's group and
@@ -138,8 +144,13 @@ pub struct MlaAttn {
     pub latent_ms_max: f64,
     /// Relative error of the layer's attention output on the calibration set.
     pub rel_err: f64,
+    /// The same on held-out calibration sequences, for the value fit chosen, when some were
+    /// held out (the fit on the others).
+    pub heldout_err: Option<f64>,
     /// The chosen K/V balance (metric step), relative to equal energy.
     pub balance: f64,
+    /// How far the value maps were fitted (chosen on held-out sequences).
+    pub value_fit: ValueFit,
 }
 
 /// Per-layer teacher quantities shared by every method.
@@ -353,8 +364,37 @@ fn mixed(src: &SrcAttn, dm: &Dims, u: &[Vec<f64>], rot: Option<&[(f64, f64)]>) -
     Mixed { wk_pe, wq_pe, wk_nope, wq_nope, pe_dims, nope_dims, u: u.to_vec() }
 }
 
-/// The converted layer for one candidate latent metric; returns it with its layer-output
-/// relative error on the calibration rows `seqs`.
+/// How far a build fits the value maps: the PCA map B_v, + the per-head least-squares refit,
+/// + the joint refit in the layer-output metric.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ValueFit {
+    Pca,
+    PerHead,
+    Joint,
+}
+
+/// Calibration sequences of a build: fitted on `0..fit`, scored on `eval` (held-out
+/// sequences; the fitted ones when empty).
+#[derive(Clone, Debug)]
+struct Split {
+    fit: usize,
+    eval: std::ops::Range<usize>,
+}
+
+impl Split {
+    fn scored(&self) -> std::ops::Range<usize> {
+        if self.eval.is_empty() {
+            0..self.fit
+        } else {
+            self.eval.clone()
+        }
+    }
+}
+
+/// The converted layer for one candidate latent metric, with the value maps fitted up to
+/// `vfit`; returns it with the layer-output relative error on the scored sequences after each
+/// value stage reached (`[PCA, per-head, joint]`).
 #[allow(clippy::too_many_arguments)]
 fn build(
     src: &SrcAttn,
@@ -365,16 +405,16 @@ fn build(
     mx: &Mixed,
     y: &[f32],          // [T, Ny]
     omega_half: &[f64], // [Ny, Ny]: Ω^½
-    v_refit: bool,
-    joint: usize,
-    seqs: usize,
-) -> (MlaAttn, f64) {
+    vfit: ValueFit,
+    split: &Split,
+) -> (MlaAttn, [Option<f64>; 3]) {
     let (c, h, g, d, p, r) = (dm.c, dm.h, dm.g, dm.d, dm.p, dm.r);
     let (nk, ny) = (dm.nk(), dm.ny());
     let t = cal.seqs * cal.len;
     let l = cal.len;
-    // PCA of Ω^½ Y: M = Ω^½ Cov_Y Ω^½.
-    let cov = gram(y, t, ny);
+    let ts = split.fit * l; // fitted rows
+                            // PCA of Ω^½ Y over the fitted rows: M = Ω^½ Cov_Y Ω^½.
+    let cov = gram(&y[..ts * ny], ts, ny);
     let oh = omega_half;
     let tmp = mat64(oh, &cov, ny, ny, ny);
     let m = mat64(&tmp, oh, ny, ny, ny);
@@ -389,17 +429,19 @@ fn build(
     let mut lat = matmul(cal.x, &a, t, c, r, true); // [T, R]
                                                     // Unit RMS latent (any scale of c is absorbed by B and W_UV; the query rows and the
                                                     // file's types then see the source's magnitudes).
-    let ms = lat.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / lat.len().max(1) as f64;
+    let ms = lat[..ts * r].iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / (ts * r).max(1) as f64;
     if ms > 0.0 && ms.is_finite() {
         let k = (1.0 / ms.sqrt()) as f32;
         a.iter_mut().for_each(|v| *v *= k);
         lat.iter_mut().for_each(|v| *v *= k);
     }
-    let latent_ms_max =
-        lat.chunks(r).map(|row| row.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / r as f64).fold(0f64, f64::max);
+    let latent_ms_max = lat[..ts * r]
+        .chunks(r)
+        .map(|row| row.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / r as f64)
+        .fold(0f64, f64::max);
     // B = (Yᵀc)(cᵀc)⁻¹: [Ny, R].
-    let gc = gram(&lat, t, r);
-    let yc = cross(y, &lat, t, ny, r);
+    let gc = gram(&lat[..ts * r], ts, r);
+    let yc = cross(&y[..ts * ny], &lat[..ts * r], ts, ny, r);
     let b = solve_spd_right(&gc, &yc, r, ny, 1e-9);
     let bk: Vec<f32> = b[..nk * r].iter().map(|&v| v as f32).collect(); // [Nk, R]
     let bv: Vec<f32> = b[nk * r..].iter().map(|&v| v as f32).collect(); // [G·D, R]
@@ -409,7 +451,9 @@ fn build(
     let knope = matmul(&lat, &bk, t, r, nk, true); // [T, Nk]
     let scale = 1.0 / (d as f32).sqrt();
     let per = h / g;
-    let jobs: Vec<(usize, usize)> = (0..seqs).flat_map(|s| (0..h).map(move |hh| (s, hh))).collect();
+    let scored = split.scored();
+    let seqs: Vec<usize> = (0..split.fit).chain(split.eval.clone()).collect();
+    let jobs: Vec<(usize, usize)> = seqs.iter().flat_map(|&s| (0..h).map(move |hh| (s, hh))).collect();
     let z: Vec<(usize, usize, Vec<f32>)> = jobs
         .par_iter()
         .map(|&(s, hh)| {
@@ -429,19 +473,45 @@ fn build(
             // z: [L, R]
         })
         .collect();
-    // Per-head value maps [D, R].
+    // Layer-output error on the scored sequences: Σ ‖W_o (o' − o)‖² / Σ ‖W_o o‖².
+    let te_rows = scored.len() * l;
+    let refo = {
+        let o = &te.o[scored.start * l * h * d..scored.end * l * h * d];
+        matmul(o, &src.wo, te_rows, h * d, c, true)
+    };
+    let den: f64 = refo.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().max(f64::MIN_POSITIVE);
+    let rel_err_of = |w_uv: &[f32]| -> f64 {
+        let mut diff = vec![0f32; te_rows * h * d];
+        for (s, hh, zz) in z.iter().filter(|(s, _, _)| scored.contains(s)) {
+            let oh = matmul(zz, &w_uv[hh * d * r..(hh + 1) * d * r], l, r, d, true); // [L, D]
+            for i in 0..l {
+                let row = ((s - scored.start) * l + i) * h * d + hh * d;
+                let trow = (s * l + i) * h * d + hh * d;
+                for e in 0..d {
+                    diff[row + e] = oh[i * d + e] - te.o[trow + e];
+                }
+            }
+        }
+        let err = matmul(&diff, &src.wo, te_rows, h * d, c, true);
+        (err.iter().map(|&v| (v as f64).powi(2)).sum::<f64>() / den).sqrt()
+    };
+    // Value maps [H, D, R], first the PCA map of each head's group.
     let mut w_uv = vec![0f32; h * d * r];
-    let ts = seqs * l;
-    if v_refit {
-        // Per head: Z_h [Ts, R] (the student's attention-weighted latents), its Gram, the
-        // teacher's output O_h [Ts, D], and the ridge target (towards the PCA map B_v:
-        // directions the attention never averages over, e.g. a head that only looks at the
-        // first token and sees a rank-1 Z, keep B_v).
+    for hh in 0..h {
+        let gi = hh / per;
+        w_uv[hh * d * r..(hh + 1) * d * r].copy_from_slice(&bv[gi * d * r..(gi + 1) * d * r]);
+    }
+    let mut errs = [Some(rel_err_of(&w_uv)), None, None];
+    if vfit >= ValueFit::PerHead {
+        // Per head: Z_h [Ts, R] (the student's attention-weighted latents over the fitted
+        // rows), its Gram, the teacher's output O_h [Ts, D], and the ridge target (towards the
+        // PCA map B_v: directions the attention never averages over, e.g. a head that only
+        // looks at the first token and sees a rank-1 Z, keep B_v).
         let zs: Vec<Vec<f32>> = (0..h)
             .map(|hh| {
                 let mut zh = vec![0f32; ts * r];
                 for (s, h2, zz) in &z {
-                    if *h2 == hh {
+                    if *h2 == hh && *s < split.fit {
                         zh[s * l * r..(s + 1) * l * r].copy_from_slice(zz);
                     }
                 }
@@ -464,10 +534,11 @@ fn build(
         for hh in 0..h {
             w_uv[hh * d * r..(hh + 1) * d * r].copy_from_slice(&fit(hh, &os[hh]));
         }
+        errs[1] = Some(rel_err_of(&w_uv));
         // Then jointly in the layer-output metric: Σ_t ‖Σ_h W_o,h (W_UV,h z_h − o_h)‖². Block
         // coordinate descent over heads: with the others fixed, head h's optimum is the
         // plain fit against o_h − W_o,h⁺ R_{−h}, R_{−h} the other heads' output error.
-        if joint > 0 {
+        if vfit == ValueFit::Joint {
             let wo_h: Vec<Vec<f32>> = (0..h).map(|hh| cols(&src.wo, h * d, 0, c, hh * d, d)).collect(); // [C, D]
             let pinv: Vec<Vec<f32>> = wo_h
                 .iter()
@@ -487,7 +558,7 @@ fn build(
             for o in &outs {
                 total.iter_mut().zip(o).for_each(|(a, b)| *a += b);
             }
-            for _ in 0..joint {
+            for _ in 0..JOINT_SWEEPS {
                 for hh in 0..h {
                     total.iter_mut().zip(&outs[hh]).for_each(|(a, b)| *a -= b);
                     let fix = matmul(&total, &pinv[hh], ts, c, d, false); // [Ts, D]
@@ -498,29 +569,10 @@ fn build(
                     w_uv[hh * d * r..(hh + 1) * d * r].copy_from_slice(&w);
                 }
             }
-        }
-    } else {
-        for hh in 0..h {
-            let gi = hh / per;
-            w_uv[hh * d * r..(hh + 1) * d * r].copy_from_slice(&bv[gi * d * r..(gi + 1) * d * r]);
+            errs[2] = Some(rel_err_of(&w_uv));
         }
     }
-    // Layer-output error: Σ_p ‖W_o (o' − o)‖² / Σ_p ‖W_o o‖² over the rows used.
-    let mut diff = vec![0f32; ts * h * d];
-    for (s, hh, zz) in &z {
-        let oh = matmul(zz, &w_uv[hh * d * r..(hh + 1) * d * r], l, r, d, true); // [L, D]
-        for i in 0..l {
-            let row = (s * l + i) * h * d + hh * d;
-            for e in 0..d {
-                diff[row + e] = oh[i * d + e] - te.o[row + e];
-            }
-        }
-    }
-    let err = matmul(&diff, &src.wo, ts, h * d, c, true);
-    let refo = matmul(&te.o[..ts * h * d], &src.wo, ts, h * d, c, true);
-    let num: f64 = err.iter().map(|&v| (v as f64).powi(2)).sum();
-    let den: f64 = refo.iter().map(|&v| (v as f64).powi(2)).sum::<f64>().max(f64::MIN_POSITIVE);
-    let rel_err = (num / den).sqrt();
+    let rel_err = errs.iter().rev().find_map(|e| *e).unwrap_or(f64::NAN);
     // File layout: the source's query rows; B_k, the coefficients and the scale go to W_UK.
     let n = dm.n();
     let qscale = ((n + p) as f64).sqrt() / (d as f64).sqrt();
@@ -540,7 +592,10 @@ fn build(
     // The scale change of the RoPE scores goes to the shared RoPE key (f32, one for all heads).
     let mut wkv_a = a;
     wkv_a.extend(mx.wk_pe.iter().map(|&v| (v as f64 * qscale) as f32));
-    (MlaAttn { q_rows, wkv_a, w_uk, w_uv, latent_ms_max, rel_err, balance: 1.0 }, rel_err)
+    (
+        MlaAttn { q_rows, wkv_a, w_uk, w_uv, latent_ms_max, rel_err, heldout_err: None, balance: 1.0, value_fit: vfit },
+        errs,
+    )
 }
 
 /// The MLA key's RoPE (P dims, same base): pair i' has the frequency of source pair i'·D/P.
@@ -617,7 +672,18 @@ pub fn convert_layer(src: &SrcAttn, cal: &Calib, dm: &Dims, rope: &Rope, method:
     }
     let cov = gram(&y, t, ny);
     let all = cal.seqs;
-    if !method.metric {
+    // A quarter of the sequences (at least one when there are 4 or more) is held out to choose,
+    // per layer, the latent metric's balance and how far the value maps are refitted: the
+    // refits minimise the in-sample error, and at small ranks the joint one can fit noise.
+    let hold = if all >= 4 { all / 4 } else { 0 };
+    let fitn = all - hold;
+    let held = Split { fit: fitn, eval: fitn..all };
+    let vmax = match (method.v_refit, method.joint) {
+        (false, _) => ValueFit::Pca,
+        (true, false) => ValueFit::PerHead,
+        (true, true) => ValueFit::Joint,
+    };
+    let (oh, balance) = if !method.metric {
         // Balanced: keys scaled to the values' total energy.
         let ek: f64 = (0..nk).map(|i| cov[i * ny + i]).sum();
         let ev: f64 = (nk..ny).map(|i| cov[i * ny + i]).sum();
@@ -626,62 +692,64 @@ pub fn convert_layer(src: &SrcAttn, cal: &Calib, dm: &Dims, rope: &Rope, method:
         for i in 0..ny {
             oh[i * ny + i] = if i < nk { w } else { 1.0 };
         }
-        return build(
-            src,
-            cal,
-            dm,
-            rope,
-            &te,
-            &mx,
-            &y,
-            &oh,
-            method.v_refit,
-            if method.joint { JOINT_SWEEPS } else { 0 },
-            all,
-        )
-        .0;
-    }
-    // Ω_K: the heads' nope-query second moment (score error), Ω_V: W_oᵀW_o per group.
-    let mut qk = vec![0f64; nk * nk];
-    for hh in 0..h {
-        let qn = matmul(cal.x, &mx.wq_nope[hh], t, c, nk, true);
-        for (a, b) in qk.iter_mut().zip(gram(&qn, t, nk)) {
-            *a += b / (t as f64 * d as f64);
-        }
-    }
-    let per = h / g;
-    let wo_t = transpose(&src.wo, c, h * d); // [H·D, C]
-    let vbs: Vec<Vec<f64>> = (0..g)
-        .map(|gi| {
-            let mut m = vec![0f64; d * d];
-            for hh in gi * per..(gi + 1) * per {
-                let rows = &wo_t[hh * d * c..(hh + 1) * d * c]; // [D, C]
-                let gg = gram(&transpose(rows, d, c), c, d);
-                for (a, b) in m.iter_mut().zip(gg) {
-                    *a += b;
-                }
+        (oh, 1.0)
+    } else {
+        // Ω_K: the heads' nope-query second moment (score error), Ω_V: W_oᵀW_o per group.
+        let mut qk = vec![0f64; nk * nk];
+        for hh in 0..h {
+            let qn = matmul(cal.x, &mx.wq_nope[hh], t, c, nk, true);
+            for (a, b) in qk.iter_mut().zip(gram(&qn, t, nk)) {
+                *a += b / (t as f64 * d as f64);
             }
-            m
-        })
-        .collect();
-    // Equal weighted energy, then a search over the balance on the layer-output error.
-    let ek = trace_prod(&qk, &cov, ny, 0, nk, ny);
-    let ev: f64 = vbs.iter().enumerate().map(|(gi, vb)| trace_prod(vb, &cov, ny, nk + gi * d, d, ny)).sum();
-    let w0 = if ek > 0.0 && ev > 0.0 { ev / ek } else { 1.0 };
-    let search = all.min(2);
-    let mut best: Option<(f64, f64)> = None;
-    for &f in &[1.0 / 16.0, 0.25, 1.0, 4.0, 16.0] {
-        let oh = omega_half(&qk, &vbs, nk, d, w0 * f);
-        let (_, e) = build(src, cal, dm, rope, &te, &mx, &y, &oh, method.v_refit, 0, search);
-        if best.is_none_or(|(_, be)| e < be) {
-            best = Some((f, e));
         }
-    }
-    let f = best.map(|b| b.0).unwrap_or(1.0);
-    let oh = omega_half(&qk, &vbs, nk, d, w0 * f);
-    let (mut out, _) =
-        build(src, cal, dm, rope, &te, &mx, &y, &oh, method.v_refit, if method.joint { JOINT_SWEEPS } else { 0 }, all);
-    out.balance = f;
+        let per = h / g;
+        let wo_t = transpose(&src.wo, c, h * d); // [H·D, C]
+        let vbs: Vec<Vec<f64>> = (0..g)
+            .map(|gi| {
+                let mut m = vec![0f64; d * d];
+                for hh in gi * per..(gi + 1) * per {
+                    let rows = &wo_t[hh * d * c..(hh + 1) * d * c]; // [D, C]
+                    let gg = gram(&transpose(rows, d, c), c, d);
+                    for (a, b) in m.iter_mut().zip(gg) {
+                        *a += b;
+                    }
+                }
+                m
+            })
+            .collect();
+        // Equal weighted energy, then a search over the balance on the held-out layer-output
+        // error (fitted on up to 2 sequences).
+        let ek = trace_prod(&qk, &cov, ny, 0, nk, ny);
+        let ev: f64 = vbs.iter().enumerate().map(|(gi, vb)| trace_prod(vb, &cov, ny, nk + gi * d, d, ny)).sum();
+        let w0 = if ek > 0.0 && ev > 0.0 { ev / ek } else { 1.0 };
+        let search = Split { fit: fitn.min(2), eval: held.eval.clone() };
+        let mut best: Option<(f64, f64)> = None;
+        for &f in &[1.0 / 16.0, 0.25, 1.0, 4.0, 16.0] {
+            let oh = omega_half(&qk, &vbs, nk, d, w0 * f);
+            let (_, e) = build(src, cal, dm, rope, &te, &mx, &y, &oh, vmax.min(ValueFit::PerHead), &search);
+            let e = e[vmax.min(ValueFit::PerHead) as usize].unwrap_or(f64::INFINITY);
+            if best.is_none_or(|(_, be)| e < be) {
+                best = Some((f, e));
+            }
+        }
+        let f = best.map(|b| b.0).unwrap_or(1.0);
+        (omega_half(&qk, &vbs, nk, d, w0 * f), f)
+    };
+    // How far to refit the values: the stage with the least held-out error.
+    let (vfit, heldout_err) = if vmax == ValueFit::Pca || hold == 0 {
+        (vmax, None)
+    } else {
+        let (_, errs) = build(src, cal, dm, rope, &te, &mx, &y, &oh, vmax, &held);
+        let (i, e) = errs
+            .iter()
+            .enumerate()
+            .filter_map(|(i, e)| e.map(|e| (i, e)))
+            .fold((0, f64::INFINITY), |b, (i, e)| if e < b.1 { (i, e) } else { b });
+        ([ValueFit::Pca, ValueFit::PerHead, ValueFit::Joint][i], Some(e))
+    };
+    let (mut out, _) = build(src, cal, dm, rope, &te, &mx, &y, &oh, vfit, &Split { fit: all, eval: 0..0 });
+    out.balance = balance;
+    out.heldout_err = heldout_err;
     out
 }
 

@@ -231,6 +231,10 @@ pub struct LayerFacts {
     pub rel_err: f64,
     /// The K/V balance chosen by the metric step (1 = equal weighted energy).
     pub balance: f64,
+    /// How far the value maps were refitted, chosen on held-out calibration sequences.
+    pub value_fit: layer::ValueFit,
+    /// The layer-output error of that choice on the held-out sequences (fitted on the others).
+    pub heldout_err: Option<f64>,
 }
 
 /// A converted model.
@@ -270,7 +274,15 @@ pub fn convert(src: &Source, cal: &Calibration, opts: &ConvertOptions) -> Result
         let calib = layer::Calib { x, seqs: cal.seqs, len: cal.len };
         out.push(layer::convert_layer(&src_attn, &calib, &dm, &cfg.rope, opts.method));
     }
-    let layers = out.iter().map(|m| LayerFacts { rel_err: m.rel_err, balance: m.balance }).collect();
+    let layers = out
+        .iter()
+        .map(|m| LayerFacts {
+            rel_err: m.rel_err,
+            balance: m.balance,
+            value_fit: m.value_fit,
+            heldout_err: m.heldout_err,
+        })
+        .collect();
     let bytes = write::deepseek2(src, opts, &dm, &out)?;
     Ok(Converted { bytes, layers })
 }

@@ -107,6 +107,38 @@ fn lossy_gqa_conversion_runs_and_the_refits_help_on_calibration() {
     assert!(errs[3] <= errs[0] * 1.001, "full method error {} above the baseline's {}", errs[3], errs[0]);
 }
 
+/// With 4 or more calibration sequences a quarter is held out: every layer reports the
+/// held-out error of its value fit, which is one the method allows; with fewer, none.
+#[test]
+fn value_fit_is_chosen_on_held_out_sequences() {
+    use latent_convert::layer::ValueFit;
+    let t = TinyLlama { kv_heads: 2, heads: 4, hidden: 64, layers: 2, seed: 5, ..TinyLlama::default() };
+    let src = source(&t);
+    let d = src.cfg.head_dim;
+    let four = Calibration::collect_ids(&src, &ids(128, t.vocab, 3), 32, 2).expect("calibration");
+    assert_eq!(four.seqs, 4);
+    let two = Calibration::collect_ids(&src, &ids(64, t.vocab, 3), 32, 2).expect("calibration");
+    for (method, most) in [
+        (Method::BASELINE, ValueFit::Pca),
+        (Method::parse("value").expect("method"), ValueFit::PerHead),
+        (Method::FULL, ValueFit::Joint),
+    ] {
+        let opts = ConvertOptions { kv_rank: d / 2, rope_dim: d / 2, method, q_type: Some(WeightType::F32) };
+        let conv = convert(&src, &four, &opts).expect("convert");
+        for (l, f) in conv.layers.iter().enumerate() {
+            assert!(f.value_fit <= most, "layer {l}: {:?} beyond {most:?}", f.value_fit);
+            if method.v_refit {
+                let e = f.heldout_err.unwrap_or(f64::NAN);
+                assert!(e.is_finite() && e > 0.0, "layer {l}: held-out error {e}");
+            } else {
+                assert_eq!(f.value_fit, ValueFit::Pca);
+            }
+        }
+        let conv = convert(&src, &two, &opts).expect("convert");
+        assert!(conv.layers.iter().all(|f| f.heldout_err.is_none() && f.value_fit == most), "{method:?}");
+    }
+}
+
 #[test]
 fn written_file_has_deepseek2_metadata_and_shapes() {
     let t = TinyLlama {

@@ -26,8 +26,9 @@ fn smollm2_at_half_the_kv_cache() {
     let text = std::fs::read_to_string(&text).expect("eval text");
     let tok = latent_tokenizer::Tokenizer::from_gguf(&src.file).expect("tokenizer");
     let ids = tok.encode(&text, false);
-    // Calibration on the first 1024 tokens; scored: 2 windows of 512 after the first 4096.
-    let cal = Calibration::collect_ids(&src, &ids[..1024], 512, 2).expect("calibration");
+    // Calibration on the first 2048 tokens (4 sequences of 512: one is held out for the
+    // per-layer choices); scored: 2 windows of 512 after the first 4096.
+    let cal = Calibration::collect_ids(&src, &ids[..2048], 512, 2).expect("calibration");
     let eval = &ids[4096..4096 + 1024];
     let opts = ConvertOptions { kv_rank: 128, rope_dim: 64, method: Method::FULL, q_type: Some(WeightType::Q8_0) };
     let conv = convert(&src, &cal, &opts).expect("convert");
@@ -36,8 +37,8 @@ fn smollm2_at_half_the_kv_cache() {
     let mla = perplexity(file, eval, 512, 2, KvDtype::F32).expect("converted ppl");
     eprintln!("source {base:.3}, MLA at 50 % {mla:.3} ({:+.1} %)", 100.0 * (mla / base - 1.0));
     assert!(mla.is_finite() && mla > base, "converted {mla} vs source {base}");
-    // Measured here: +44.1 % (1024 calibration tokens); the report's protocol (6 windows,
-    // 4096 calibration tokens) measures +22 % for this method and +98 % for the known recipe
-    // (docs/BENCHMARKS.md, "Conversion").
-    assert!(mla < base * 1.50, "converted perplexity {mla} vs source {base}");
+    // Measured here: +35.9 % (2048 calibration tokens, one sequence of 4 held out); the
+    // report's protocol (6 windows, 4096 calibration tokens) measures +19 % for this method and
+    // +81 % for the known recipe (docs/BENCHMARKS.md, "Conversion").
+    assert!(mla < base * 1.40, "converted perplexity {mla} vs source {base}");
 }
