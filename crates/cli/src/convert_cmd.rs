@@ -32,8 +32,10 @@ pub struct ConvertArgs {
     /// Tokens per calibration sequence.
     #[arg(long, default_value_t = 512)]
     calib_len: usize,
-    /// Fitting method: baseline, metric, value (metric latent + per-head value refit), full
-    /// (metric latent + joint value refit in the layer-output metric) or full+rope-avg.
+    /// Fitting method (cumulative): baseline, metric (score/output-metric latent), value
+    /// (+ per-head value refit), full (+ joint value refit in the layer-output metric) or
+    /// full+rope-avg (+ expected-rotation position-free keys in the layers where held-out
+    /// calibration sequences say they help).
     #[arg(long, default_value = "full", value_parser = ["baseline", "metric", "value", "full", "full+rope-avg"])]
     method: String,
     /// Type of the query matrices: source (default: the source's rows in its own type, not

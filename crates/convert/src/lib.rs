@@ -235,6 +235,9 @@ pub struct LayerFacts {
     pub value_fit: layer::ValueFit,
     /// The layer-output error of that choice on the held-out sequences (fitted on the others).
     pub heldout_err: Option<f64>,
+    /// Whether the position-free keys carry the expected rotation (with `rope_avg`, chosen on
+    /// the held-out sequences).
+    pub rope_avg: bool,
 }
 
 /// A converted model.
@@ -281,6 +284,7 @@ pub fn convert(src: &Source, cal: &Calibration, opts: &ConvertOptions) -> Result
             balance: m.balance,
             value_fit: m.value_fit,
             heldout_err: m.heldout_err,
+            rope_avg: m.rope_avg,
         })
         .collect();
     let bytes = write::deepseek2(src, opts, &dm, &out)?;
