@@ -779,7 +779,9 @@ pub fn convert_layer(src: &SrcAttn, cal: &Calib, dm: &Dims, rope: &Rope, method:
     };
     let choose = hold > 0 && (keys.len() > 1 || vmax > ValueFit::Pca);
     let mut balance = None;
-    let mut best: Option<(f64, ValueFit, Mixed, Vec<f32>, Vec<f64>, f64)> = None;
+    // (held-out error, value fit, keys, Y [T, Ny], Ω^½ [Ny, Ny], balance)
+    type Candidate = (f64, ValueFit, Mixed, Vec<f32>, Vec<f64>, f64);
+    let mut best: Option<Candidate> = None;
     for key in keys {
         let mx = mixed(src, dm, &u, key);
         let kn = matmul(cal.x, &mx.wk_nope, t, c, nk, true); // [T, Nk]
