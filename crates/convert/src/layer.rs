@@ -382,11 +382,13 @@ pub enum ValueFit {
 }
 
 /// Calibration sequences of a build: fitted on `0..fit`, scored on `eval` (held-out
-/// sequences; the fitted ones when empty).
+/// sequences; the fitted ones when empty), after every value stage when `every_stage` (to
+/// choose among them), else after the last only.
 #[derive(Clone, Debug)]
 struct Split {
     fit: usize,
     eval: std::ops::Range<usize>,
+    every_stage: bool,
 }
 
 impl Split {
@@ -400,8 +402,8 @@ impl Split {
 }
 
 /// The converted layer for one candidate latent metric, with the value maps fitted up to
-/// `vfit`; returns it with the layer-output relative error on the scored sequences after each
-/// value stage reached (`[PCA, per-head, joint]`).
+/// `vfit`; returns it with the layer-output relative error on the scored sequences after the
+/// value stages scored (`[PCA, per-head, joint]`, see [`Split`]).
 #[allow(clippy::too_many_arguments)]
 fn build(
     src: &SrcAttn,
@@ -508,7 +510,8 @@ fn build(
         let gi = hh / per;
         w_uv[hh * d * r..(hh + 1) * d * r].copy_from_slice(&bv[gi * d * r..(gi + 1) * d * r]);
     }
-    let mut errs = [Some(rel_err_of(&w_uv)), None, None];
+    let scores = |stage: ValueFit| split.every_stage || stage == vfit;
+    let mut errs = [scores(ValueFit::Pca).then(|| rel_err_of(&w_uv)), None, None];
     if vfit >= ValueFit::PerHead {
         // Per head: Z_h [Ts, R] (the student's attention-weighted latents over the fitted
         // rows), its Gram, the teacher's output O_h [Ts, D], and the ridge target (towards the
@@ -541,7 +544,7 @@ fn build(
         for hh in 0..h {
             w_uv[hh * d * r..(hh + 1) * d * r].copy_from_slice(&fit(hh, &os[hh]));
         }
-        errs[1] = Some(rel_err_of(&w_uv));
+        errs[1] = scores(ValueFit::PerHead).then(|| rel_err_of(&w_uv));
         // Then jointly in the layer-output metric: Σ_t ‖Σ_h W_o,h (W_UV,h z_h − o_h)‖². Block
         // coordinate descent over heads: with the others fixed, head h's optimum is the
         // plain fit against o_h − W_o,h⁺ R_{−h}, R_{−h} the other heads' output error.
@@ -732,7 +735,7 @@ fn latent_metric(
     let ev: f64 = vbs.iter().enumerate().map(|(gi, vb)| trace_prod(vb, cov, ny, nk + gi * d, d, ny)).sum();
     let w0 = if ek > 0.0 && ev > 0.0 { ev / ek } else { 1.0 };
     let f = fixed.unwrap_or_else(|| {
-        let search = Split { fit: held.fit.min(2), eval: held.eval.clone() };
+        let search = Split { fit: held.fit.min(2), eval: held.eval.clone(), every_stage: false };
         let stage = vfit.min(ValueFit::PerHead);
         let mut best: Option<(f64, f64)> = None;
         for &f in &[1.0 / 16.0, 0.25, 1.0, 4.0, 16.0] {
@@ -762,7 +765,7 @@ pub fn convert_layer(src: &SrcAttn, cal: &Calib, dm: &Dims, rope: &Rope, method:
     // ranks the joint one can fit noise.
     let hold = if all >= 4 { all / 4 } else { 0 };
     let fitn = all - hold;
-    let held = Split { fit: fitn, eval: fitn..all };
+    let held = Split { fit: fitn, eval: fitn..all, every_stage: true };
     let vmax = match (method.v_refit, method.joint) {
         (false, _) => ValueFit::Pca,
         (true, false) => ValueFit::PerHead,
@@ -811,7 +814,8 @@ pub fn convert_layer(src: &SrcAttn, cal: &Calib, dm: &Dims, rope: &Rope, method:
         }
     }
     let Some((e, vfit, mx, y, oh, f)) = best else { unreachable!("at least one key variant") };
-    let (mut out, _) = build(src, cal, dm, rope, &te, &mx, &y, &oh, vfit, &Split { fit: all, eval: 0..0 });
+    let (mut out, _) =
+        build(src, cal, dm, rope, &te, &mx, &y, &oh, vfit, &Split { fit: all, eval: 0..0, every_stage: false });
     out.balance = f;
     out.heldout_err = choose.then_some(e);
     out.rope_avg = mx.rot;
