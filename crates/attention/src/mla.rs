@@ -181,15 +181,45 @@ impl<M> Mla<M> {
     where
         M: Matrix<C>,
     {
-        let (r, l) = (self.cfg.kv_lora_rank, self.cfg.latent_dim());
         let total: usize = segs.iter().map(|p| p.len()).sum();
-        let mut rows = self.w.w_dkv.apply(cx, x, total)?;
+        Ok(self.latent_rows(self.w.w_dkv.apply(cx, x, total)?, segs))
+    }
+
+    /// Cache rows `[ΣT, R+P]` from the down-projection `W_DKV · x` `[ΣT, R+P]`: the latent
+    /// normed, the shared key rotated at each token's position.
+    fn latent_rows(&self, mut rows: Vec<f32>, segs: &[&Positions]) -> Vec<f32> {
+        let (r, l) = (self.cfg.kv_lora_rank, self.cfg.latent_dim());
         let angles = segs.iter().flat_map(|p| p.angles.iter());
         for (row, a) in rows.chunks_exact_mut(l).zip(angles) {
             rms_norm(&mut row[..r], &self.w.kv_norm, self.cfg.eps);
             a.apply(&mut row[r..]);
         }
-        Ok(rows)
+        rows
+    }
+
+    /// Queries `[ΣT, H, N+P]` (before RoPE) and cache rows `[ΣT, R+P]` of `x` `[ΣT, C]`, the
+    /// two products of `x` run as one group (the same values as [`Mla::project_queries`]
+    /// and [`Mla::compress_kv_batch`]).
+    fn project_all<C: ?Sized>(&self, cx: &C, x: &[f32], segs: &[&Positions]) -> Result<(Vec<f32>, Vec<f32>), AttnError>
+    where
+        M: Matrix<C> + Sized,
+    {
+        let total: usize = segs.iter().map(|p| p.len()).sum();
+        let first = match &self.w.q {
+            QProj::Direct { w_q } => w_q,
+            QProj::Lora { w_dq, .. } => w_dq,
+        };
+        let mut g = M::apply_group(cx, &[first, &self.w.w_dkv], x, total)?.into_iter();
+        let (a, kv) = (g.next().unwrap_or_default(), g.next().unwrap_or_default());
+        let q = match &self.w.q {
+            QProj::Direct { .. } => a,
+            QProj::Lora { q_norm, w_uq, .. } => {
+                let mut cq = a;
+                rms_norm(&mut cq, q_norm, self.cfg.eps);
+                w_uq.apply(cx, &cq, total)?
+            }
+        };
+        Ok((q, self.latent_rows(kv, segs)))
     }
 
     /// Queries `[T, H, N+P]` of `x` `[T, C]`, before RoPE.
@@ -432,8 +462,7 @@ impl<M> Mla<M> {
     {
         let total: usize = segs.iter().map(|p| p.len()).sum();
         let (h, qk, v, l) = (self.cfg.heads, self.cfg.qk_dim(), self.cfg.v_dim, self.cfg.latent_dim());
-        let q = self.project_queries(cx, x, total)?; // [ΣT, H, N+P]
-        let rows = self.compress_kv_batch(cx, x, segs)?; // [ΣT, R+P]
+        let (q, rows) = self.project_all(cx, x, segs)?; // [ΣT, H, N+P], [ΣT, R+P]
         let mut o = vec![0f32; total * h * v]; // [ΣT, H, V]
         let mut r0 = 0;
         for (si, pos) in segs.iter().enumerate() {

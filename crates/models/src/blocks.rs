@@ -156,6 +156,22 @@ pub fn rope_heads(x: &mut [f32], heads: usize, dim: usize, angles: &[RopeAngles]
     }
 }
 
+/// The SwiGLU feed-forward `down · (silu(gate · x) ⊙ up · x)` of `x` `[T, C]`, returning
+/// `[T, C]`; gate and up `[F, C]` run as one group (one parallel region per decode step),
+/// down is `[C, F]`.
+pub fn swiglu_ffn(
+    ex: &Exec,
+    file: &GgufFile,
+    (gate, up, down): (&Linear, &Linear, &Linear),
+    x: &[f32],
+    t: usize,
+) -> Result<Vec<f32>, ModelError> {
+    let mut gu = matmuls(ex, file, &[gate, up], x, t)?.into_iter();
+    let (mut g, u) = (gu.next().unwrap_or_default(), gu.next().unwrap_or_default()); // [T, F] each
+    swiglu(&mut g, &u);
+    matmul(ex, file, down, &g, t)
+}
+
 /// SwiGLU: silu(gate) ⊙ up, in place into `gate`.
 pub fn swiglu(gate: &mut [f32], up: &[f32]) {
     for (g, u) in gate.iter_mut().zip(up) {

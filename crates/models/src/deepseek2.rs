@@ -13,7 +13,7 @@
 //! cache with key dim R+P and value c_KV, outputs expanded by W_UV); a fresh prefill
 //! decompresses instead (see [`Mla::choose_path`]).
 
-use crate::blocks::{add_into, batch_inputs, embed, logits_batch, matmul, rms_norm, swiglu, Cx};
+use crate::blocks::{add_into, batch_inputs, embed, logits_batch, rms_norm, swiglu_ffn, Cx};
 use crate::moe::{moe_ffn, Gating, MoeConfig, MoeLayer};
 use crate::weights::{dequantize, linear, vector, Linear, Meta, META_MAX};
 use crate::{BatchCache, CacheSpec, Exec, Model, ModelError, ModelInfo, Pass};
@@ -295,11 +295,7 @@ impl Model for Deepseek2 {
             add_into(&mut x, &ly.attn.forward_batch(&cx, &xn, &segs, l, cache, ex.window, ex.mla_path)?);
             let xn = rms_norm(&x, &ly.ffn_norm, cfg.eps);
             let y = match &ly.ffn {
-                Ffn::Dense { gate, up, down } => {
-                    let mut g = matmul(ex, f, gate, &xn, t)?;
-                    swiglu(&mut g, &matmul(ex, f, up, &xn, t)?);
-                    matmul(ex, f, down, &g, t)?
-                }
+                Ffn::Dense { gate, up, down } => swiglu_ffn(ex, f, (gate, up, down), &xn, t)?,
                 Ffn::Moe(m) => moe_ffn(ex, f, m, &cfg.moe, &xn, t)?,
             };
             add_into(&mut x, &y);

@@ -7,7 +7,7 @@
 //! `rope_freqs` frequency factors (Llama 3.1), value heads of another size than the keys.
 //! SentencePiece vocabularies (Llama 2, Mistral) are refused by the tokenizer.
 
-use crate::blocks::{add_into, batch_inputs, embed, logits_batch, matmul, matmuls, rms_norm, swiglu, Cx};
+use crate::blocks::{add_into, batch_inputs, embed, logits_batch, rms_norm, swiglu_ffn, Cx};
 use crate::weights::{linear, vector, Linear, Meta, META_MAX};
 use crate::{BatchCache, CacheSpec, Exec, Model, ModelError, ModelInfo, Pass};
 use latent_attention::{AttnShape, GqaLayer, Positions, Rope, RopeStyle, Yarn};
@@ -184,10 +184,7 @@ impl Model for Llama {
             }
             add_into(&mut x, &ly.attn.forward_batch(&cx, &xn, &segs, l, cache, ex.window)?);
             let xn = rms_norm(&x, &ly.ffn_norm, cfg.eps);
-            let mut gu = matmuls(ex, f, &[&ly.gate, &ly.up], &xn, t)?.into_iter();
-            let (mut g, u) = (gu.next().unwrap_or_default(), gu.next().unwrap_or_default()); // [ΣT, F] each
-            swiglu(&mut g, &u);
-            add_into(&mut x, &matmul(ex, f, &ly.down, &g, t)?);
+            add_into(&mut x, &swiglu_ffn(ex, f, (&ly.gate, &ly.up, &ly.down), &xn, t)?);
         }
         logits_batch(ex, f, &x, cfg.hidden, &self.out_norm, cfg.eps, &self.output, passes)
     }

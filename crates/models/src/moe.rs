@@ -3,7 +3,7 @@
 //! renormalisation → scale; routed experts run only on the tokens routed to them; shared
 //! experts run on every token.
 
-use crate::blocks::{matmul, swiglu};
+use crate::blocks::{matmul, swiglu_ffn};
 use crate::weights::{linear, Linear};
 use crate::{Exec, ModelError};
 use latent_formats::gguf::GgufFile;
@@ -171,9 +171,7 @@ pub fn moe_ffn(
         let gate = m.gate.sub_rows(rows.clone());
         let up = m.up.sub_rows(rows);
         let down = m.down.sub_rows(e * c..(e + 1) * c);
-        let mut g = matmul(ex, f, &gate, &xs, n)?;
-        swiglu(&mut g, &matmul(ex, f, &up, &xs, n)?);
-        let o = matmul(ex, f, &down, &g, n)?; // [n, C]
+        let o = swiglu_ffn(ex, f, (&gate, &up, &down), &xs, n)?; // [n, C]
         for (i, &(ti, w)) in toks.iter().enumerate() {
             for (yv, ov) in y[ti * c..(ti + 1) * c].iter_mut().zip(&o[i * c..(i + 1) * c]) {
                 *yv += w * ov;
@@ -181,9 +179,7 @@ pub fn moe_ffn(
         }
     }
     if let Some((g, u, d)) = &m.shared {
-        let mut gs = matmul(ex, f, g, x, t)?;
-        swiglu(&mut gs, &matmul(ex, f, u, x, t)?);
-        let s = matmul(ex, f, d, &gs, t)?;
+        let s = swiglu_ffn(ex, f, (g, u, d), x, t)?;
         for (a, b) in y.iter_mut().zip(&s) {
             *a += b;
         }
