@@ -3,7 +3,8 @@
 //! GQA groups 1 / 3 / full, partial RoPE, linear RoPE scaling, tied embeddings, F32 / F16 /
 //! Q8_0 / Q4_1 weights; MLA with and without q_lora, split and fused kv_b, YaRN, softmax and
 //! sigmoid gating with bias, group routing, shared experts; every MLA path; chunked passes;
-//! StreamingLLM windows with sinks, past the model's context, with released blocks.
+//! StreamingLLM windows with sinks, past the model's context, with released blocks; decode on a
+//! team of two threads (the grouped matmuls).
 //! Needs nothing outside the repository.
 
 use latent_attention::RowFormat;
@@ -124,6 +125,57 @@ fn deepseek2_matches_its_f64_twin_on_every_branch_and_path() {
                 assert!(d <= TOL, "deepseek2 {name} {path:?} chunks {ch:?}: max |Δ| {d}");
             }
         }
+    }
+}
+
+#[test]
+fn a_team_of_two_matches_the_twin_through_the_grouped_matmuls() {
+    // Decode steps on a worker team run products of the same input as one group of row tasks
+    // (Q/K/V, gate/up, MLA's query and latent down-projections) once their matrices pass
+    // 256 KiB: sizes here are chosen to take that path (the tiny defaults never do).
+    let team = latent_kernels::team::Team::new(2).expect("team");
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
+    let ll = TinyLlama { hidden: 256, heads: 8, kv_heads: 2, ffn: 512, layers: 2, ..TinyLlama::default() };
+    let ds = TinyDeepseek2 {
+        hidden: 256,
+        heads: 8,
+        q_lora: None,
+        kv_lora: 64,
+        nope: 32,
+        rope: 16,
+        v_dim: 32,
+        ffn: 512,
+        layers: 2,
+        dense_layers: 1,
+        ..TinyDeepseek2::default()
+    };
+    let toks = tokens(12, 300, 12);
+    for (arch, bytes) in [("llama", ll.gguf()), ("deepseek2", ds.gguf())] {
+        let (f, m) = load(bytes);
+        let want = match arch {
+            "llama" => reference::llama_forward(&f, &toks, None).unwrap(),
+            _ => reference::deepseek2_forward(&f, &toks, None).unwrap(),
+        };
+        let ex = Exec {
+            pool: &pool,
+            team: Some(&team),
+            precision: MatmulPrecision::Exact,
+            window: None,
+            mla_path: MlaPath::Auto,
+            tap: None,
+        };
+        let fmt = match m.info().cache {
+            CacheSpec::Gqa { .. } => RowFormat::plain(KvDtype::F32),
+            CacheSpec::Latent { rope, .. } => RowFormat::latent(KvDtype::F32, rope),
+        };
+        let mut cache = SeqCache::new(m.info().cache, fmt, toks.len()).unwrap();
+        let mut got = Vec::new();
+        for (p, t) in toks.iter().enumerate() {
+            got.extend(m.forward(&ex, &[*t], p, &mut cache, Logits::All).unwrap());
+        }
+        let d = max_diff(&got, &want);
+        eprintln!("{arch} on a team of 2, token by token: max |Δ| {d:.2e}");
+        assert!(d <= TOL, "{arch} on a team of 2: max |Δ| {d}");
     }
 }
 
