@@ -202,24 +202,35 @@ impl<M> Mla<M> {
     /// and [`Mla::compress_kv_batch`]).
     fn project_all<C: ?Sized>(&self, cx: &C, x: &[f32], segs: &[&Positions]) -> Result<(Vec<f32>, Vec<f32>), AttnError>
     where
-        M: Matrix<C> + Sized,
+        M: Matrix<C>,
     {
         let total: usize = segs.iter().map(|p| p.len()).sum();
-        let first = match &self.w.q {
+        let mut g = M::apply_group(cx, &[self.first_q(), &self.w.w_dkv], x, total)?.into_iter();
+        let (a, kv) = (g.next().unwrap_or_default(), g.next().unwrap_or_default());
+        Ok((self.queries_from(cx, a, total)?, self.latent_rows(kv, segs)))
+    }
+
+    /// The query path's first product of `x`: `W_Q` (direct) or `W_DQ` (q_lora).
+    fn first_q(&self) -> &M {
+        match &self.w.q {
             QProj::Direct { w_q } => w_q,
             QProj::Lora { w_dq, .. } => w_dq,
-        };
-        let mut g = M::apply_group(cx, &[first, &self.w.w_dkv], x, total)?.into_iter();
-        let (a, kv) = (g.next().unwrap_or_default(), g.next().unwrap_or_default());
-        let q = match &self.w.q {
-            QProj::Direct { .. } => a,
+        }
+    }
+
+    /// Queries `[T, H, N+P]` from the first product `a` of [`Mla::first_q`].
+    fn queries_from<C: ?Sized>(&self, cx: &C, a: Vec<f32>, t: usize) -> Result<Vec<f32>, AttnError>
+    where
+        M: Matrix<C>,
+    {
+        match &self.w.q {
+            QProj::Direct { .. } => Ok(a),
             QProj::Lora { q_norm, w_uq, .. } => {
                 let mut cq = a;
                 rms_norm(&mut cq, q_norm, self.cfg.eps);
-                w_uq.apply(cx, &cq, total)?
+                w_uq.apply(cx, &cq, t)
             }
-        };
-        Ok((q, self.latent_rows(kv, segs)))
+        }
     }
 
     /// Queries `[T, H, N+P]` of `x` `[T, C]`, before RoPE.
@@ -227,14 +238,7 @@ impl<M> Mla<M> {
     where
         M: Matrix<C>,
     {
-        match &self.w.q {
-            QProj::Direct { w_q } => w_q.apply(cx, x, t),
-            QProj::Lora { w_dq, q_norm, w_uq } => {
-                let mut cq = w_dq.apply(cx, x, t)?;
-                rms_norm(&mut cq, q_norm, self.cfg.eps);
-                w_uq.apply(cx, &cq, t)
-            }
-        }
+        self.queries_from(cx, self.first_q().apply(cx, x, t)?, t)
     }
 
     /// Queries `q` `[T, H, N+P]` with RoPE on each head's last P dims, token i at `pos(i)`
