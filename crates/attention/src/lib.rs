@@ -27,6 +27,7 @@ pub mod rope;
 pub use gqa::GqaLayer;
 pub use kv_view::DenseLatent;
 pub use layer::{BatchCache, CacheAccess, Dense, Local, Matrix, MatrixDims, Positions, Runner, Single, StreamWindow};
+pub use linear::{HeadMats, HeadWeights};
 pub use lowrank::LowRankKv;
 pub use mla::{Mla, MlaConfig, MlaPath, MlaWeights, QProj};
 pub use rope::{Rope, RopeAngles, RopeStyle, Yarn};

@@ -1,7 +1,105 @@
 //! Small dense helpers the mechanisms share: y = x·Wᵀ through the kernel table's GEMM tile,
 //! RMSNorm.
 
-use latent_kernels::{Kernels, MatMut, MatRef};
+use latent_kernels::{Elem, Kernels, MatMut, MatRef, RawMat};
+
+/// Stacked per-head matrices `[Hw, rows, cols]` (MLA's and low-rank K/V's up-projections),
+/// kept in the precision they were stored in: the kernels read bf16 as it is (bf16 → f32 is
+/// exact), so a bf16 matrix gives exactly what its f32 copy would, from half the bytes.
+#[derive(Clone, Debug, PartialEq)]
+pub enum HeadWeights {
+    F32(Vec<f32>),
+    /// bf16 bit patterns, little-endian, two bytes per element.
+    Bf16(Vec<u8>),
+}
+
+impl HeadWeights {
+    /// Elements (not bytes).
+    pub fn len(&self) -> usize {
+        match self {
+            HeadWeights::F32(w) => w.len(),
+            HeadWeights::Bf16(b) => b.len() / 2,
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        match self {
+            HeadWeights::F32(w) => 4 * w.len(),
+            HeadWeights::Bf16(b) => b.len(),
+        }
+    }
+
+    /// The elements as f32 (a copy for bf16).
+    pub fn to_f32(&self) -> std::borrow::Cow<'_, [f32]> {
+        match self {
+            HeadWeights::F32(w) => std::borrow::Cow::Borrowed(w),
+            HeadWeights::Bf16(b) => {
+                let mut out = vec![0f32; b.len() / 2];
+                (Kernels::best().bf16_to_f32)(b, &mut out);
+                std::borrow::Cow::Owned(out)
+            }
+        }
+    }
+
+    /// A view of the stack.
+    pub fn view(&self) -> HeadMats<'_> {
+        match self {
+            HeadWeights::F32(w) => HeadMats::F32(w),
+            HeadWeights::Bf16(b) => HeadMats::Bf16(b),
+        }
+    }
+}
+
+/// A borrowed [`HeadWeights`] stack `[Hw, rows, cols]`.
+#[derive(Clone, Copy, Debug)]
+pub enum HeadMats<'a> {
+    F32(&'a [f32]),
+    Bf16(&'a [u8]),
+}
+
+/// Matrix `i` `[rows, cols]` of a stack, as the GEMM tiles read it.
+enum One<'a> {
+    F32(MatRef<'a>),
+    Raw(RawMat<'a>),
+}
+
+impl<'a> HeadMats<'a> {
+    fn one(self, i: usize, rows: usize, cols: usize) -> One<'a> {
+        let n = rows * cols;
+        match self {
+            HeadMats::F32(w) => One::F32(MatRef::dense(&w[i * n..(i + 1) * n], rows, cols)),
+            HeadMats::Bf16(b) => One::Raw(RawMat {
+                data: &b[2 * i * n..2 * (i + 1) * n],
+                elem: Elem::Bf16,
+                rows,
+                cols,
+                stride_bytes: 2 * cols,
+                ahead: &[],
+            }),
+        }
+    }
+}
+
+/// C = A·Bᵀ with B matrix `i` `[rows, cols]` of a stack.
+fn nt(k: &Kernels, a: MatRef, w: HeadMats, i: usize, rows: usize, cols: usize, c: MatMut) {
+    match w.one(i, rows, cols) {
+        One::F32(b) => (k.gemm_nt)(1.0, a, b, c),
+        One::Raw(b) => (k.gemm_nt_raw)(1.0, a, b, c),
+    }
+}
+
+/// C += A·B with B matrix `i` `[rows, cols]` of a stack.
+fn nn(k: &Kernels, a: MatRef, w: HeadMats, i: usize, rows: usize, cols: usize, c: MatMut) {
+    match w.one(i, rows, cols) {
+        One::F32(b) => (k.gemm_nn)(a, b, c),
+        One::Raw(b) => (k.gemm_nn_raw)(a, b, c),
+    }
+}
 
 /// y `[T, out]` = x `[T, in]` · wᵀ, w `[out, in]` row-major (the checkpoint layout).
 pub fn linear(x: &[f32], w: &[f32], t: usize, inp: usize, out: usize) -> Vec<f32> {
@@ -79,7 +177,7 @@ pub fn absorb_heads(
     heads: usize,
     q_dim: usize,
     n: usize,
-    w: &[f32],
+    w: HeadMats,
     group: usize,
     r: usize,
     out: &mut [f32],
@@ -87,11 +185,9 @@ pub fn absorb_heads(
 ) {
     let k = Kernels::best();
     per_head(par, heads, t, r, out, out_dim, &|h| {
-        let wi = h / group;
         let a = MatRef { data: &q[h * q_dim..], rows: t, cols: n, stride: heads * q_dim };
-        let b = MatRef::dense(&w[wi * n * r..(wi + 1) * n * r], n, r);
         let mut c = vec![0f32; t * r];
-        (k.gemm_nn)(a, b, MatMut::dense(&mut c, t, r));
+        nn(k, a, w, h / group, n, r, MatMut::dense(&mut c, t, r));
         c
     });
 }
@@ -105,18 +201,16 @@ pub fn expand_heads(
     t: usize,
     heads: usize,
     r: usize,
-    w: &[f32],
+    w: HeadMats,
     group: usize,
     d: usize,
 ) -> Vec<f32> {
     let k = Kernels::best();
     let mut out = vec![0f32; t * heads * d];
     per_head(par, heads, t, d, &mut out, d, &|h| {
-        let wi = h / group;
         let a = MatRef { data: &o[h * r..], rows: t, cols: r, stride: heads * r };
-        let b = MatRef::dense(&w[wi * d * r..(wi + 1) * d * r], d, r);
         let mut c = vec![0f32; t * d];
-        (k.gemm_nt)(1.0, a, b, MatMut::dense(&mut c, t, d));
+        nt(k, a, w, h / group, d, r, MatMut::dense(&mut c, t, d));
         c
     });
     out
@@ -130,7 +224,7 @@ pub fn decompress_heads(
     s: usize,
     row_dim: usize,
     r: usize,
-    w: &[f32],
+    w: HeadMats,
     hw: usize,
     d: usize,
     out_dim: usize,
@@ -139,8 +233,7 @@ pub fn decompress_heads(
     let mut out = vec![0f32; s * hw * out_dim];
     let c = MatRef { data: rows, rows: s, cols: r, stride: row_dim };
     for h in 0..hw {
-        let b = MatRef::dense(&w[h * d * r..(h + 1) * d * r], d, r);
-        (k.gemm_nt)(1.0, c, b, MatMut { data: &mut out[h * out_dim..], rows: s, cols: d, stride: hw * out_dim });
+        nt(k, c, w, h, d, r, MatMut { data: &mut out[h * out_dim..], rows: s, cols: d, stride: hw * out_dim });
     }
     out
 }

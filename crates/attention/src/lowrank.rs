@@ -8,7 +8,7 @@
 
 use crate::flash::{attend_one, AttnParams, AttnShape, MaskSpec, Plan, SeqSpec};
 use crate::kv_view::{DenseKv, KvDtype, KvSeq};
-use crate::linear::{absorb_heads, decompress_heads, expand_heads, in_order, linear};
+use crate::linear::{absorb_heads, decompress_heads, expand_heads, in_order, linear, HeadMats};
 use crate::AttnError;
 
 /// A low-rank K/V layer: H query heads over Hkv (virtual) KV heads of dim D, cache rank r.
@@ -71,7 +71,7 @@ impl LowRankKv {
         self.validate()?;
         let (h, d, r) = (self.heads, self.head_dim, self.rank);
         let mut qa = vec![0f32; t * h * r];
-        absorb_heads(&in_order, q, t, h, d, d, &self.u_k, self.group(), r, &mut qa, r);
+        absorb_heads(&in_order, q, t, h, d, d, HeadMats::F32(&self.u_k), self.group(), r, &mut qa, r);
         let o_lat = attend_one(
             &AttnParams {
                 shape: AttnShape { heads: h, kv_heads: 1, dk: r, dv: r },
@@ -83,13 +83,16 @@ impl LowRankKv {
             &qa,
             SeqSpec { q_len: t, q_pos, kv },
         )?;
-        Ok(expand_heads(&in_order, &o_lat, t, h, r, &self.u_v, self.group(), d))
+        Ok(expand_heads(&in_order, &o_lat, t, h, r, HeadMats::F32(&self.u_v), self.group(), d))
     }
 
     /// Decompresses latent rows `[S, r]` into K and V `[S, Hkv, D]`.
     pub fn decompress(&self, rows: &[f32], s: usize) -> (Vec<f32>, Vec<f32>) {
         let (hk, d, r) = (self.kv_heads, self.head_dim, self.rank);
-        (decompress_heads(rows, s, r, r, &self.u_k, hk, d, d), decompress_heads(rows, s, r, r, &self.u_v, hk, d, d))
+        (
+            decompress_heads(rows, s, r, r, HeadMats::F32(&self.u_k), hk, d, d),
+            decompress_heads(rows, s, r, r, HeadMats::F32(&self.u_v), hk, d, d),
+        )
     }
 
     /// Naive attention: decompress, then GQA. Returns `[T, H, D]`.

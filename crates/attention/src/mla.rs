@@ -20,7 +20,7 @@ use crate::kv_view::{DenseKv, KvDtype, KvSeq};
 use crate::layer::{
     attend_causal, BatchCache, CacheAccess, Dense, Matrix, MatrixDims, Positions, Runner, Single, StreamWindow,
 };
-use crate::linear::{absorb_heads, decompress_heads, expand_heads, rms_norm, Parts};
+use crate::linear::{absorb_heads, decompress_heads, expand_heads, rms_norm, HeadWeights, Parts};
 use crate::rope::Rope;
 use crate::testing::Rng;
 use crate::AttnError;
@@ -72,8 +72,8 @@ pub enum QProj<M = Dense> {
     Lora { w_dq: M, q_norm: Vec<f32>, w_uq: M },
 }
 
-/// Weights of one MLA layer, `[out, in]`. The per-head up-projections are f32 (they are
-/// absorbed into the query and output sides).
+/// Weights of one MLA layer, `[out, in]`. The per-head up-projections are f32 or bf16 as
+/// stored (they are absorbed into the query and output sides).
 #[derive(Clone, Debug)]
 pub struct MlaWeights<M = Dense> {
     pub q: QProj<M>,
@@ -82,9 +82,9 @@ pub struct MlaWeights<M = Dense> {
     /// `[R]`
     pub kv_norm: Vec<f32>,
     /// `[H, N, R]`: k_nope_h = W_UK_h · c
-    pub w_uk: Vec<f32>,
+    pub w_uk: HeadWeights,
     /// `[H, V, R]`: v_h = W_UV_h · c
-    pub w_uv: Vec<f32>,
+    pub w_uv: HeadWeights,
     /// `[C, H·V]`
     pub w_o: M,
 }
@@ -159,8 +159,8 @@ impl Mla<Dense> {
             Some(rq) => QProj::Lora { w_dq: m(rq, c), q_norm: vec![1.0; rq], w_uq: m(h * (n + p), rq) },
         };
         let w_dkv = m(r + p, c);
-        let w_uk = m(h * n, r).data;
-        let w_uv = m(h * v, r).data;
+        let w_uk = HeadWeights::F32(m(h * n, r).data);
+        let w_uv = HeadWeights::F32(m(h * v, r).data);
         let w_o = m(c, h * v);
         let kv_norm = (0..r).map(|i| 0.5 + (i % 7) as f32 * 0.15).collect();
         Mla { cfg, w: MlaWeights { q, w_dkv, kv_norm, w_uk, w_uv, w_o } }
@@ -270,7 +270,7 @@ impl<M> Mla<M> {
         let cfg = &self.cfg;
         let (h, n, r, qk, l) = (cfg.heads, cfg.nope, cfg.kv_lora_rank, cfg.qk_dim(), cfg.latent_dim());
         let mut out = vec![0f32; t * h * l];
-        absorb_heads(par, q, t, h, qk, n, &self.w.w_uk, 1, r, &mut out, l);
+        absorb_heads(par, q, t, h, qk, n, self.w.w_uk.view(), 1, r, &mut out, l);
         for ti in 0..t {
             for hi in 0..h {
                 let src = &q[(ti * h + hi) * qk + n..][..cfg.rope_dim];
@@ -283,7 +283,7 @@ impl<M> Mla<M> {
     /// Per-head outputs `[T, H, V]` from latent outputs `[T, H, R]`: o_h = W_UV_h · o'_h.
     pub fn expand_outputs(&self, par: Parts, o_lat: &[f32], t: usize) -> Vec<f32> {
         let cfg = &self.cfg;
-        expand_heads(par, o_lat, t, cfg.heads, cfg.kv_lora_rank, &self.w.w_uv, 1, cfg.v_dim)
+        expand_heads(par, o_lat, t, cfg.heads, cfg.kv_lora_rank, self.w.w_uv.view(), 1, cfg.v_dim)
     }
 
     /// Attention shape of the absorbed path: MQA with key dim R+P and value dim R.
@@ -295,8 +295,8 @@ impl<M> Mla<M> {
     pub fn decompress(&self, rows: &[f32], s: usize) -> (Vec<f32>, Vec<f32>) {
         let cfg = &self.cfg;
         let (h, n, r, p, l, qk) = (cfg.heads, cfg.nope, cfg.kv_lora_rank, cfg.rope_dim, cfg.latent_dim(), cfg.qk_dim());
-        let mut kk = decompress_heads(rows, s, l, r, &self.w.w_uk, h, n, qk);
-        let vv = decompress_heads(rows, s, l, r, &self.w.w_uv, h, cfg.v_dim, cfg.v_dim);
+        let mut kk = decompress_heads(rows, s, l, r, self.w.w_uk.view(), h, n, qk);
+        let vv = decompress_heads(rows, s, l, r, self.w.w_uv.view(), h, cfg.v_dim, cfg.v_dim);
         for j in 0..s {
             for hi in 0..h {
                 kk[(j * h + hi) * qk + n..][..p].copy_from_slice(&rows[j * l + r..][..p]);

@@ -118,6 +118,7 @@ pub fn mla_ref(m: &crate::mla::Mla, x: &[f32], s: usize, q0: usize) -> (Vec<f64>
         lat.push((cj, kr));
     }
     let scale = cfg.softmax_scale() as f64;
+    let (w_uk, w_uv) = (m.w.w_uk.to_f32(), m.w.w_uv.to_f32());
     let mut o_all = Vec::new();
     let mut y_all = Vec::new();
     for (i, xi) in xs.iter().enumerate().skip(q0) {
@@ -133,8 +134,8 @@ pub fn mla_ref(m: &crate::mla::Mla, x: &[f32], s: usize, q0: usize) -> (Vec<f64>
         for hi in 0..h {
             let mut qh = q[hi * qk..(hi + 1) * qk].to_vec();
             rope64(&cfg.rope, &mut qh[n..], i);
-            let wk = &m.w.w_uk[hi * n * r..(hi + 1) * n * r];
-            let wv = &m.w.w_uv[hi * v * r..(hi + 1) * v * r];
+            let wk = &w_uk[hi * n * r..(hi + 1) * n * r];
+            let wv = &w_uv[hi * v * r..(hi + 1) * v * r];
             let mut logits = Vec::with_capacity(i + 1);
             for (cj, kr) in &lat[..=i] {
                 let kn = matvec64(wk, cj, n);

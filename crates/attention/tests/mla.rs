@@ -184,7 +184,7 @@ fn mla_rejects_mismatched_weights() {
     let mut rng = Rng(14);
     let m = Mla::random(cfg(2, None, false), &mut rng);
     let mut w = m.w.clone();
-    w.w_uk.pop();
+    w.w_uk = HeadWeights::F32(m.w.w_uk.to_f32()[1..].to_vec());
     assert!(matches!(Mla::new(m.cfg, w), Err(AttnError::Len { .. })));
     let empty = Dense { rows: 0, cols: 0, data: vec![] };
     let w = MlaWeights { q: QProj::Lora { w_dq: empty.clone(), q_norm: vec![], w_uq: empty }, ..m.w.clone() };

@@ -42,6 +42,10 @@ pub struct ConvertArgs {
     /// re-quantized), q8_0, f16 or f32.
     #[arg(long, default_value = "source", value_parser = ["source", "q8_0", "f16", "f32"])]
     q_type: String,
+    /// Type of the latent projections (attn_kv_a_mqa, attn_k_b, attn_v_b): f32 (default) or
+    /// bf16 (half their bytes and read time per decode step; see docs/BENCHMARKS.md).
+    #[arg(long, default_value = "f32", value_parser = ["f32", "bf16"])]
+    latent_type: String,
     /// Output GGUF.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -100,12 +104,13 @@ pub fn run(a: ConvertArgs) -> Result<()> {
         "q8_0" => Some(WeightType::Q8_0),
         _ => None,
     };
+    let latent_type = if a.latent_type == "bf16" { WeightType::BF16 } else { WeightType::F32 };
     let method = Method::parse(&a.method).context("unknown --method")?;
     let (text_path, text) = calib_text(&a.calib)?;
     if a.report {
-        return run_report(&a, &src, &text, threads, q_type);
+        return run_report(&a, &src, &text, threads, q_type, latent_type);
     }
-    let opts = ConvertOptions { kv_rank: a.kv_rank, rope_dim, method, q_type };
+    let opts = ConvertOptions { kv_rank: a.kv_rank, rope_dim, method, q_type, latent_type };
     opts.check(&src)?;
     let Some(out) = &a.out else { bail!("--out OUT.gguf is required (or --report)") };
     let t0 = Instant::now();
@@ -143,7 +148,14 @@ pub fn run(a: ConvertArgs) -> Result<()> {
     Ok(())
 }
 
-fn run_report(a: &ConvertArgs, src: &Source, text: &str, threads: usize, q_type: Option<WeightType>) -> Result<()> {
+fn run_report(
+    a: &ConvertArgs,
+    src: &Source,
+    text: &str,
+    threads: usize,
+    q_type: Option<WeightType>,
+    latent_type: WeightType,
+) -> Result<()> {
     let d = src.cfg.head_dim;
     let budgets = if a.quick { vec![(0.5, d)] } else { vec![(0.5, d), (0.375, d), (0.25, d), (0.125, d / 2)] };
     let methods: Vec<(String, Method)> = Method::steps()
@@ -161,6 +173,7 @@ fn run_report(a: &ConvertArgs, src: &Source, text: &str, threads: usize, q_type:
         windows: a.windows,
         threads,
         q_type,
+        latent_type,
     };
     let t0 = Instant::now();
     let rows = report::run(src, text, &o, |r| {

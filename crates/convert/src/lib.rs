@@ -92,9 +92,12 @@ pub struct ConvertOptions {
     pub rope_dim: usize,
     pub method: Method,
     /// Type of the query matrices (`attn_q`). `None`: the source's rows in the source's type
-    /// (the RoPE rows' block scales scaled; no re-quantization). The latent down-projection and
-    /// the up-projections are written in F32.
+    /// (the RoPE rows' block scales scaled; no re-quantization).
     pub q_type: Option<WeightType>,
+    /// Type of the latent down-projection and the up-projections (`attn_kv_a_mqa`,
+    /// `attn_k_b`, `attn_v_b`): F32 or BF16 (the latent rows are scaled far below what an
+    /// f16 scale holds, so F16 and the block types are refused).
+    pub latent_type: WeightType,
 }
 
 impl ConvertOptions {
@@ -119,6 +122,12 @@ impl ConvertOptions {
             )));
         }
         let row = src.cfg.hidden;
+        if !matches!(self.latent_type, WeightType::F32 | WeightType::BF16) {
+            return Err(ConvertError::Invalid(format!(
+                "latent projections in {:?}: only F32 or BF16 (the norm-free latent's rows are scaled below an f16 scale's range)",
+                self.latent_type
+            )));
+        }
         if let Some(t) = self.q_type.filter(|t| t.row_bytes(row).is_err()) {
             return Err(ConvertError::Invalid(format!(
                 "--q-type {t:?} cannot hold rows of {row} (its block size does not divide them)"

@@ -26,6 +26,7 @@ pub struct ReportOptions {
     pub windows: usize,
     pub threads: usize,
     pub q_type: Option<latent_quant::WeightType>,
+    pub latent_type: latent_quant::WeightType,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -122,7 +123,8 @@ pub fn run(
         }
         let r = elems - p;
         for (name, m) in &o.methods {
-            let opts = ConvertOptions { kv_rank: r, rope_dim: p, method: *m, q_type: o.q_type };
+            let opts =
+                ConvertOptions { kv_rank: r, rope_dim: p, method: *m, q_type: o.q_type, latent_type: o.latent_type };
             let conv = convert(src, &cal, &opts)?;
             let err = conv.layers.iter().map(|l| l.rel_err).sum::<f64>() / conv.layers.len().max(1) as f64;
             let file = Arc::new(GgufFile::from_bytes(conv.bytes)?);

@@ -125,6 +125,7 @@ pub(crate) fn deepseek2(
     b.meta("latent.convert.joint_value_refit", m.v_refit && m.joint);
     b.meta("latent.convert.norm_free_latent", true);
     b.meta("latent.convert.norm_margin", MARGIN as f32);
+    b.meta("latent.convert.latent_type", format!("{:?}", opts.latent_type));
 
     let raw = |b: &mut GgufBuilder<'_>, name: &str, as_name: &str| -> Result<(), ConvertError> {
         let t = f.tensor(name).ok_or_else(|| ConvertError::Invalid(format!("{}: no tensor {name}", src.path)))?;
@@ -152,9 +153,10 @@ pub(crate) fn deepseek2(
         for v in kva[..r * c].iter_mut() {
             *v = (*v as f64 * delta) as f32;
         }
-        // f32: the latent rows are scaled by δ (tiny), below what a Q8_0/F16 block's f16 scale
-        // can hold (tried: Q8_0 here sends SmolLM2's perplexity from 28.6 to 1.6e5).
-        b.tensor_f32(nm("attn_kv_a_mqa"), &[c as u64, (r + p) as u64], &kva);
+        // F32 or BF16: the latent rows are scaled by δ (tiny), below what a Q8_0/F16 block's
+        // f16 scale can hold (tried: Q8_0 here sends SmolLM2's perplexity from 28.6 to 1.6e5).
+        let lt = opts.latent_type;
+        b.tensor(nm("attn_kv_a_mqa"), &[c as u64, (r + p) as u64], ggml(lt)?, encode(lt, r + p, c, &kva)?);
         b.tensor_f32(nm("attn_kv_a_norm"), &[r as u64], &vec![(eps.sqrt() / delta) as f32; r]);
         // attn_k_b {N, R, H}: per head [R, N] = W_UKᵀ.
         let mut kb = vec![0f32; h * r * n];
@@ -165,8 +167,8 @@ pub(crate) fn deepseek2(
                 }
             }
         }
-        b.tensor_f32(nm("attn_k_b"), &[n as u64, r as u64, h as u64], &kb);
-        b.tensor_f32(nm("attn_v_b"), &[r as u64, d as u64, h as u64], &ly.w_uv);
+        b.tensor(nm("attn_k_b"), &[n as u64, r as u64, h as u64], ggml(lt)?, encode(lt, h * r, n, &kb)?);
+        b.tensor(nm("attn_v_b"), &[r as u64, d as u64, h as u64], ggml(lt)?, encode(lt, h * d, r, &ly.w_uv)?);
     }
     Ok(b.build()?)
 }

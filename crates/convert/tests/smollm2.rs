@@ -30,7 +30,13 @@ fn smollm2_at_half_the_kv_cache() {
     // per-layer choices); scored: 2 windows of 512 after the first 4096.
     let cal = Calibration::collect_ids(&src, &ids[..2048], 512, 2).expect("calibration");
     let eval = &ids[4096..4096 + 1024];
-    let opts = ConvertOptions { kv_rank: 128, rope_dim: 64, method: Method::FULL, q_type: Some(WeightType::Q8_0) };
+    let opts = ConvertOptions {
+        kv_rank: 128,
+        rope_dim: 64,
+        method: Method::FULL,
+        q_type: Some(WeightType::Q8_0),
+        latent_type: WeightType::F32,
+    };
     let conv = convert(&src, &cal, &opts).expect("convert");
     let file = Arc::new(GgufFile::from_bytes(conv.bytes).expect("gguf"));
     let base = perplexity(src.file.clone(), eval, 512, 2, KvDtype::F32).expect("source ppl");

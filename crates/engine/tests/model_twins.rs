@@ -92,6 +92,7 @@ fn deepseek2_matches_its_f64_twin_on_every_branch_and_path() {
     let cases = [
         ("q_lora, split kv_b", base.clone()),
         ("no q_lora, fused kv_b", TinyDeepseek2 { q_lora: None, fused_kv_b: true, ..base.clone() }),
+        ("bf16 up-projections", TinyDeepseek2 { up_type: WeightType::BF16, ..base.clone() }),
         ("yarn", TinyDeepseek2 { yarn: Some((4.0, 32, 0.0707)), ..base.clone() }),
         (
             "sigmoid gating, bias, norm, scale",

@@ -15,9 +15,9 @@
 
 use crate::blocks::{add_into, batch_inputs, embed, logits_batch, rms_norm, swiglu_ffn, Cx};
 use crate::moe::{moe_ffn, Gating, MoeConfig, MoeLayer};
-use crate::weights::{dequantize, linear, vector, Linear, Meta, META_MAX};
+use crate::weights::{dequantize, linear, stored_bf16, vector, Linear, Meta, META_MAX};
 use crate::{BatchCache, CacheSpec, Exec, Model, ModelError, ModelInfo, Pass};
-use latent_attention::{Mla, MlaConfig, MlaWeights, Positions, QProj, Rope, RopeStyle, Yarn};
+use latent_attention::{HeadWeights, Mla, MlaConfig, MlaWeights, Positions, QProj, Rope, RopeStyle, Yarn};
 use latent_formats::gguf::GgufFile;
 use std::sync::Arc;
 
@@ -207,17 +207,23 @@ impl Deepseek2 {
                 None => QProj::Direct { w_q: linear(f, &nm("attn_q"), h * (n + p), c)? },
             };
             let (w_uk, w_uv) = if f.tensor(&nm("attn_k_b")).is_some() {
-                // attn_k_b {N, R, H}: per head [R, N] → transpose to [N, R].
-                let kb = dequantize(f, &nm("attn_k_b"), &[n as u64, r as u64, h as u64])?;
-                let mut w_uk = vec![0f32; h * n * r];
-                for hi in 0..h {
-                    for ri in 0..r {
-                        for ni in 0..n {
-                            w_uk[(hi * n + ni) * r + ri] = kb[(hi * r + ri) * n + ni];
-                        }
+                // attn_k_b {N, R, H}: per head [R, N] → transpose to [N, R]. Both in BF16 stay
+                // BF16 (read as stored); any other type becomes f32.
+                let (kd, vd) = ([n as u64, r as u64, h as u64], [r as u64, v as u64, h as u64]);
+                match (stored_bf16(f, &nm("attn_k_b"), &kd)?, stored_bf16(f, &nm("attn_v_b"), &vd)?) {
+                    (Some(kb), Some(vb)) => {
+                        let kb: Vec<[u8; 2]> = kb.chunks_exact(2).map(|p| [p[0], p[1]]).collect();
+                        let w_uk = transpose_heads(&kb, h, r, n).into_iter().flatten().collect();
+                        (HeadWeights::Bf16(w_uk), HeadWeights::Bf16(vb))
+                    }
+                    _ => {
+                        let kb = dequantize(f, &nm("attn_k_b"), &kd)?;
+                        (
+                            HeadWeights::F32(transpose_heads(&kb, h, r, n)),
+                            HeadWeights::F32(dequantize(f, &nm("attn_v_b"), &vd)?),
+                        )
                     }
                 }
-                (w_uk, dequantize(f, &nm("attn_v_b"), &[r as u64, v as u64, h as u64])?)
             } else {
                 // Legacy attn_kv_b {R, H·(N+V)}: per head rows [k_nope (N); v (V)].
                 let kvb = dequantize(f, &nm("attn_kv_b"), &[r as u64, (h * (n + v)) as u64])?;
@@ -227,7 +233,7 @@ impl Deepseek2 {
                     w_uk.extend_from_slice(&kvb[base..base + n * r]);
                     w_uv.extend_from_slice(&kvb[base + n * r..base + (n + v) * r]);
                 }
-                (w_uk, w_uv)
+                (HeadWeights::F32(w_uk), HeadWeights::F32(w_uv))
             };
             let attn = Mla::new(
                 cfg.mla(),
@@ -302,4 +308,17 @@ impl Model for Deepseek2 {
         }
         logits_batch(ex, f, &x, cfg.hidden, &self.out_norm, cfg.eps, &self.output, passes)
     }
+}
+
+/// `[H, A, B]` → `[H, B, A]` (each head's matrix transposed).
+fn transpose_heads<T: Copy + Default>(w: &[T], h: usize, a: usize, b: usize) -> Vec<T> {
+    let mut out = vec![T::default(); h * a * b];
+    for hi in 0..h {
+        for ai in 0..a {
+            for bi in 0..b {
+                out[(hi * b + bi) * a + ai] = w[(hi * a + ai) * b + bi];
+            }
+        }
+    }
+    out
 }

@@ -179,6 +179,9 @@ pub struct TinyDeepseek2 {
     pub v_dim: usize,
     /// Legacy fused `attn_kv_b` instead of split `attn_k_b` / `attn_v_b`.
     pub fused_kv_b: bool,
+    /// Type of `attn_k_b` / `attn_v_b` (F32, or BF16 as `latent convert --latent-type bf16`
+    /// writes them; the runtime keeps BF16 as stored).
+    pub up_type: WeightType,
     /// YaRN (factor, original context, log multiplier).
     pub yarn: Option<(f32, usize, f32)>,
     pub dense_layers: usize,
@@ -215,6 +218,7 @@ impl Default for TinyDeepseek2 {
             rope: 8,
             v_dim: 16,
             fused_kv_b: false,
+            up_type: WeightType::F32,
             yarn: None,
             dense_layers: 1,
             ffn: 96,
@@ -293,8 +297,10 @@ impl TinyDeepseek2 {
             if self.fused_kv_b {
                 w.f32s(&nm("attn_kv_b"), &[r as u64, (h * (n + v)) as u64], up);
             } else {
-                w.f32s(&nm("attn_k_b"), &[n as u64, r as u64, h as u64], up);
-                w.f32s(&nm("attn_v_b"), &[r as u64, v as u64, h as u64], up);
+                let kb = w.rng.normals(h * r * n, up);
+                w.typed(&nm("attn_k_b"), &[n as u64, r as u64, h as u64], &kb, self.up_type);
+                let vb = w.rng.normals(h * v * r, up);
+                w.typed(&nm("attn_v_b"), &[r as u64, v as u64, h as u64], &vb, self.up_type);
             }
             w.mat(&nm("attn_output"), c, h * v);
             w.norm(&nm("ffn_norm"), c);

@@ -208,6 +208,23 @@ fn describe(v: &MetaValue) -> String {
 }
 
 /// Dequantizes a whole tensor (of exactly `dims`, ggml order) to f32, row-major.
+/// The bytes of tensor `name` (shape `dims`) when it is stored as BF16; `None` for any other
+/// type (the caller dequantizes those).
+pub fn stored_bf16(f: &GgufFile, name: &str, dims: &[u64]) -> Result<Option<Vec<u8>>, ModelError> {
+    let t = f.tensor(name).ok_or_else(|| ModelError::MissingTensor(name.into()))?;
+    if t.dims != dims {
+        return Err(ModelError::Shape { name: name.into(), expected: dims.to_vec(), found: t.dims.clone() });
+    }
+    if latent_quant::WeightType::from_ggml_id(t.ggml_type.id()) != Some(latent_quant::WeightType::BF16) {
+        return Ok(None);
+    }
+    let n = (t.n_elements() as usize).checked_mul(2);
+    match f.tensor_data(t).get(..n.unwrap_or(usize::MAX)) {
+        Some(b) => Ok(Some(b.to_vec())),
+        None => Err(ModelError::Shape { name: name.into(), expected: dims.to_vec(), found: t.dims.clone() }),
+    }
+}
+
 pub fn dequantize(f: &GgufFile, name: &str, dims: &[u64]) -> Result<Vec<f32>, ModelError> {
     let t = f.tensor(name).ok_or_else(|| ModelError::MissingTensor(name.into()))?;
     if t.dims != dims {
