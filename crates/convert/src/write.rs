@@ -159,14 +159,7 @@ pub(crate) fn deepseek2(
         b.tensor(nm("attn_kv_a_mqa"), &[c as u64, (r + p) as u64], ggml(lt)?, encode(lt, r + p, c, &kva)?);
         b.tensor_f32(nm("attn_kv_a_norm"), &[r as u64], &vec![(eps.sqrt() / delta) as f32; r]);
         // attn_k_b {N, R, H}: per head [R, N] = W_UKᵀ.
-        let mut kb = vec![0f32; h * r * n];
-        for hh in 0..h {
-            for ni in 0..n {
-                for ri in 0..r {
-                    kb[(hh * r + ri) * n + ni] = ly.w_uk[(hh * n + ni) * r + ri];
-                }
-            }
-        }
+        let kb = latent_models::weights::transpose_heads(&ly.w_uk, h, n, r);
         b.tensor(nm("attn_k_b"), &[n as u64, r as u64, h as u64], ggml(lt)?, encode(lt, h * r, n, &kb)?);
         b.tensor(nm("attn_v_b"), &[r as u64, d as u64, h as u64], ggml(lt)?, encode(lt, h * d, r, &ly.w_uv)?);
     }

@@ -15,7 +15,7 @@
 
 use crate::blocks::{add_into, batch_inputs, embed, logits_batch, rms_norm, swiglu_ffn, Cx};
 use crate::moe::{moe_ffn, Gating, MoeConfig, MoeLayer};
-use crate::weights::{dequantize, linear, stored_bf16, vector, Linear, Meta, META_MAX};
+use crate::weights::{dequantize, linear, stored_bf16, transpose_heads, vector, Linear, Meta, META_MAX};
 use crate::{BatchCache, CacheSpec, Exec, Model, ModelError, ModelInfo, Pass};
 use latent_attention::{HeadWeights, Mla, MlaConfig, MlaWeights, Positions, QProj, Rope, RopeStyle, Yarn};
 use latent_formats::gguf::GgufFile;
@@ -308,17 +308,4 @@ impl Model for Deepseek2 {
         }
         logits_batch(ex, f, &x, cfg.hidden, &self.out_norm, cfg.eps, &self.output, passes)
     }
-}
-
-/// `[H, A, B]` → `[H, B, A]` (each head's matrix transposed).
-fn transpose_heads<T: Copy + Default>(w: &[T], h: usize, a: usize, b: usize) -> Vec<T> {
-    let mut out = vec![T::default(); h * a * b];
-    for hi in 0..h {
-        for ai in 0..a {
-            for bi in 0..b {
-                out[(hi * b + bi) * a + ai] = w[(hi * a + ai) * b + bi];
-            }
-        }
-    }
-    out
 }

@@ -211,10 +211,7 @@ fn describe(v: &MetaValue) -> String {
 /// The bytes of tensor `name` (shape `dims`) when it is stored as BF16; `None` for any other
 /// type (the caller dequantizes those).
 pub fn stored_bf16(f: &GgufFile, name: &str, dims: &[u64]) -> Result<Option<Vec<u8>>, ModelError> {
-    let t = f.tensor(name).ok_or_else(|| ModelError::MissingTensor(name.into()))?;
-    if t.dims != dims {
-        return Err(ModelError::Shape { name: name.into(), expected: dims.to_vec(), found: t.dims.clone() });
-    }
+    let t = shaped(f, name, dims)?;
     if latent_quant::WeightType::from_ggml_id(t.ggml_type.id()) != Some(latent_quant::WeightType::BF16) {
         return Ok(None);
     }
@@ -225,11 +222,31 @@ pub fn stored_bf16(f: &GgufFile, name: &str, dims: &[u64]) -> Result<Option<Vec<
     }
 }
 
-pub fn dequantize(f: &GgufFile, name: &str, dims: &[u64]) -> Result<Vec<f32>, ModelError> {
+/// Tensor `name`, required to have GGUF dims `dims`.
+fn shaped<'f>(f: &'f GgufFile, name: &str, dims: &[u64]) -> Result<&'f TensorInfo, ModelError> {
     let t = f.tensor(name).ok_or_else(|| ModelError::MissingTensor(name.into()))?;
     if t.dims != dims {
         return Err(ModelError::Shape { name: name.into(), expected: dims.to_vec(), found: t.dims.clone() });
     }
+    Ok(t)
+}
+
+/// `[H, A, B]` → `[H, B, A]`: each of `h` row-major `[A, B]` matrices transposed (the
+/// per-head up-projections between GGUF's `attn_k_b` layout and the absorbed path's).
+pub fn transpose_heads<T: Copy + Default>(w: &[T], h: usize, a: usize, b: usize) -> Vec<T> {
+    let mut out = vec![T::default(); h * a * b];
+    for hi in 0..h {
+        for ai in 0..a {
+            for bi in 0..b {
+                out[(hi * b + bi) * a + ai] = w[(hi * a + ai) * b + bi];
+            }
+        }
+    }
+    out
+}
+
+pub fn dequantize(f: &GgufFile, name: &str, dims: &[u64]) -> Result<Vec<f32>, ModelError> {
+    let t = shaped(f, name, dims)?;
     let wtype = latent_quant::WeightType::from_ggml_id(t.ggml_type.id())
         .ok_or_else(|| ModelError::TensorType { name: name.into(), ty: t.ggml_type.name().to_string() })?;
     let row = dims[0] as usize;
