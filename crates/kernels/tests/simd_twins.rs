@@ -88,6 +88,29 @@ fn exp_matches_scalar_and_handles_infinities() {
 }
 
 #[test]
+fn silu_mul_matches_scalar() {
+    let mut rng = Rng(99);
+    for k in Kernels::all() {
+        for &n in SIZES {
+            let mut g: Vec<f32> = (0..n).map(|_| rng.f32() * 30.0).collect();
+            let u: Vec<f32> = (0..n).map(|_| rng.f32() * 4.0).collect();
+            if n > 3 {
+                g[0] = -200.0; // e^200 is clamped: silu → −0
+                g[1] = 95.0; // silu(x) = x
+                g[2] = 0.0;
+            }
+            let mut want = g.clone();
+            scalar::silu_mul(&mut want, &u);
+            let mut got = g.clone();
+            (k.silu_mul)(&mut got, &u);
+            for (i, (a, b)) in got.iter().zip(&want).enumerate() {
+                assert!(close(*a, *b, 1e-30, 4e-7), "{:?} silu_mul n={n} i={i} g={}: {a} vs {b}", k.isa, g[i]);
+            }
+        }
+    }
+}
+
+#[test]
 fn conversions_match_scalar_bit_exactly() {
     let mut rng = Rng(7);
     for k in Kernels::all() {

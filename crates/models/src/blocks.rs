@@ -97,11 +97,23 @@ pub fn matmuls(ex: &Exec, file: &GgufFile, ws: &[&Linear], x: &[f32], t: usize) 
             tasks.push((mi, ci * rows, std::sync::Mutex::new(chunk)));
         }
     }
-    // Activations are prepared (quantized, in Fast mode) once per matrix, not once per task.
-    let inputs = ws
-        .iter()
-        .map(|w| latent_quant::prepare_input(effective_precision(ex.precision, w.wtype), w.wtype, x, 1, w.cols))
-        .collect::<Result<Vec<_>, _>>()?;
+    // Activations are prepared (quantized, in Fast mode) once per weight type and precision
+    // of the group, not once per matrix or task: Q, K and V of one type share one input.
+    let mut inputs = Vec::new();
+    let mut kinds = Vec::new();
+    let mut input_of = Vec::with_capacity(ws.len());
+    for w in ws {
+        let kind = (effective_precision(ex.precision, w.wtype), w.wtype, w.cols);
+        let i = match kinds.iter().position(|k| *k == kind) {
+            Some(i) => i,
+            None => {
+                inputs.push(latent_quant::prepare_input(kind.0, w.wtype, x, 1, w.cols)?);
+                kinds.push(kind);
+                inputs.len() - 1
+            }
+        };
+        input_of.push(i);
+    }
     let errors = std::sync::Mutex::new(Vec::new());
     let run = |i: usize| {
         let (mi, r0, ref cell) = tasks[i];
@@ -109,8 +121,13 @@ pub fn matmuls(ex: &Exec, file: &GgufFile, ws: &[&Linear], x: &[f32], t: usize) 
         let mut chunk = cell.lock().unwrap_or_else(|e| e.into_inner());
         let n = chunk.len();
         let r = match packed_for(w, effective_precision(ex.precision, w.wtype)) {
-            Some(pm) => latent_quant::matmul_packed_rows(pm, &inputs[mi], &mut chunk, r0..r0 + n),
-            None => latent_quant::matmul_prepared_rows(&w.rows_of(file, r0..r0 + n), &inputs[mi], &mut chunk, 0..n),
+            Some(pm) => latent_quant::matmul_packed_rows(pm, &inputs[input_of[mi]], &mut chunk, r0..r0 + n),
+            None => latent_quant::matmul_prepared_rows(
+                &w.rows_of(file, r0..r0 + n),
+                &inputs[input_of[mi]],
+                &mut chunk,
+                0..n,
+            ),
         };
         if let Err(e) = r {
             errors.lock().unwrap_or_else(|e| e.into_inner()).push(e);
@@ -172,11 +189,9 @@ pub fn swiglu_ffn(
     matmul(ex, file, down, &g, t)
 }
 
-/// SwiGLU: silu(gate) ⊙ up, in place into `gate`.
+/// SwiGLU: silu(gate) ⊙ up, in place into `gate` (the kernel table's vector exp).
 pub fn swiglu(gate: &mut [f32], up: &[f32]) {
-    for (g, u) in gate.iter_mut().zip(up) {
-        *g = *g / (1.0 + (-*g).exp()) * u;
-    }
+    (latent_kernels::Kernels::best().silu_mul)(gate, up)
 }
 
 /// x += y

@@ -134,3 +134,66 @@ pub(crate) fn quantize_acts_body(x: &[f32], acts: &mut Q8Acts) {
 pub(crate) fn quantize_acts_scalar(x: &[f32], acts: &mut Q8Acts) {
     quantize_acts_body(x, acts)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dispatch::Variant;
+
+    /// Every variant's quantizer against the portable twin, bit for bit: both block sizes,
+    /// rows of random data with outliers, an all-zero block (d = 0), tiny and huge values,
+    /// and values on rounding ties (k + 0.5 steps).
+    #[test]
+    fn every_variant_quantizes_bit_identically() {
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut rnd = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            ((seed >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        };
+        for &block in &[QK, QK_K] {
+            for &(t, k) in &[(1usize, 256usize), (3, 576), (2, 1536), (5, 512)] {
+                let mut x: Vec<f32> = (0..t * k).map(|_| rnd()).collect();
+                x[7] *= 40.0; // outlier
+                let nb = t * k / block;
+                if nb >= 2 {
+                    x[block..2 * block].fill(0.0); // a zero block
+                }
+                if nb >= 3 {
+                    for v in &mut x[2 * block..3 * block] {
+                        *v *= 1e-30; // tiny (normal) values
+                    }
+                }
+                if nb >= 4 {
+                    // Ties: a block whose amax is 127 steps of 1, values k + 0.5.
+                    let b = &mut x[3 * block..4 * block];
+                    b[0] = 127.0;
+                    for (i, v) in b.iter_mut().enumerate().skip(1) {
+                        *v = (i as f32 % 100.0) - 49.5;
+                    }
+                }
+                let mut want = Q8Acts::alloc(block, t, k);
+                quantize_acts_scalar(&x, &mut want);
+                for v in Variant::available() {
+                    let Ok(kern) = v.kernels() else { continue };
+                    let mut got = Q8Acts::alloc(block, t, k);
+                    (kern.quant_acts)(&x, &mut got);
+                    let what = format!("{} block {block} t {t} k {k}", v.name());
+                    assert_eq!(got.qs, want.qs, "{what}: qs");
+                    assert_eq!(
+                        got.d.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        want.d.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        "{what}: d"
+                    );
+                    assert_eq!(
+                        got.s.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        want.s.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                        "{what}: s"
+                    );
+                    assert_eq!(got.bsums, want.bsums, "{what}: bsums");
+                }
+            }
+        }
+    }
+}

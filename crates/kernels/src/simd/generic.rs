@@ -87,6 +87,30 @@ unsafe fn max<L: Lanes>(x: &[f32]) -> f32 {
 }
 
 #[inline(always)]
+/// gate[i] = silu(gate[i]) · up[i] = gate[i] / (1 + e^−gate[i]) · up[i].
+unsafe fn silu_mul<L: Lanes>(gate: &mut [f32], up: &[f32]) {
+    assert_eq!(gate.len(), up.len(), "silu_mul: gate and up lengths differ");
+    let n = gate.len();
+    let (g, u) = (gate.as_mut_ptr(), up.as_ptr());
+    let one = L::splat(1.0);
+    let neg = L::splat(-1.0);
+    let f = |gv: L::V, uv: L::V| L::mul(L::div(gv, L::add(one, L::exp(L::mul(gv, neg)))), uv);
+    let mut i = 0;
+    while i + L::N <= n {
+        L::store(g.add(i), f(L::load(g.add(i)), L::load(u.add(i))));
+        i += L::N;
+    }
+    if i < n {
+        // The tail through the same vector operations (every element rounds alike).
+        let (mut tg, mut tu) = ([0f32; 64], [0f32; 64]);
+        let r = n - i;
+        tg[..r].copy_from_slice(&gate[i..]);
+        tu[..r].copy_from_slice(&up[i..]);
+        L::store(tg.as_mut_ptr(), f(L::load(tg.as_ptr()), L::load(tu.as_ptr())));
+        gate[i..].copy_from_slice(&tg[..r]);
+    }
+}
+
 unsafe fn exp_sub_sum<L: Lanes>(x: &mut [f32], m: f32) -> f32 {
     let n = x.len();
     let mv = L::splat(m);
@@ -666,6 +690,10 @@ macro_rules! instantiate {
                 max::<$L>(x)
             }
             #[target_feature(enable = $feat)]
+            unsafe fn silu_mul_tf(gate: &mut [f32], up: &[f32]) {
+                silu_mul::<$L>(gate, up)
+            }
+            #[target_feature(enable = $feat)]
             unsafe fn exp_sub_sum_tf(x: &mut [f32], m: f32) -> f32 {
                 exp_sub_sum::<$L>(x, m)
             }
@@ -727,6 +755,9 @@ macro_rules! instantiate {
             pub fn max_(x: &[f32]) -> f32 {
                 unsafe { max_tf(x) }
             }
+            pub fn silu_mul_(gate: &mut [f32], up: &[f32]) {
+                unsafe { silu_mul_tf(gate, up) }
+            }
             pub fn exp_sub_sum_(x: &mut [f32], m: f32) -> f32 {
                 unsafe { exp_sub_sum_tf(x, m) }
             }
@@ -771,6 +802,7 @@ macro_rules! instantiate {
             scale: $m::scale_,
             max: $m::max_,
             exp_sub_sum: $m::exp_sub_sum_,
+            silu_mul: $m::silu_mul_,
             f32_from_bytes: $m::f32_from_bytes_,
             f16_to_f32: $m::f16_to_f32_,
             bf16_to_f32: $m::bf16_to_f32_,

@@ -88,6 +88,8 @@ pub struct Kernels {
     pub max: fn(&[f32]) -> f32,
     /// x[i] = exp(x[i] − m), returns Σ x[i]. exp(−∞) = 0 exactly.
     pub exp_sub_sum: fn(&mut [f32], f32) -> f32,
+    /// gate[i] = silu(gate[i]) · up[i] (SwiGLU; equal lengths).
+    pub silu_mul: fn(&mut [f32], &[f32]),
     /// Little-endian f32 bytes → f32 (`src.len() == 4·dst.len()`).
     pub f32_from_bytes: fn(&[u8], &mut [f32]),
     /// Little-endian IEEE half bytes → f32 (`src.len() == 2·dst.len()`).
@@ -263,6 +265,7 @@ pub static SCALAR: Kernels = Kernels {
     scale: scalar::scale,
     max: scalar::max,
     exp_sub_sum: scalar::exp_sub_sum,
+    silu_mul: scalar::silu_mul,
     f32_from_bytes: scalar::f32_from_bytes,
     f16_to_f32: scalar::f16_to_f32,
     bf16_to_f32: scalar::bf16_to_f32,

@@ -25,6 +25,13 @@ pub fn max(x: &[f32]) -> f32 {
     x.iter().copied().fold(f32::NEG_INFINITY, f32::max)
 }
 
+pub fn silu_mul(gate: &mut [f32], up: &[f32]) {
+    assert_eq!(gate.len(), up.len(), "silu_mul: gate and up lengths differ");
+    for (g, u) in gate.iter_mut().zip(up) {
+        *g = *g / (1.0 + (-*g).exp()) * u;
+    }
+}
+
 pub fn exp_sub_sum(x: &mut [f32], m: f32) -> f32 {
     let mut s = 0.0f32;
     for v in x {

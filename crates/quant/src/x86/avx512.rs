@@ -4,8 +4,9 @@
 
 use std::arch::x86_64::*;
 
+use crate::acts::Q8Acts;
 use crate::dispatch::{Kernels, Variant};
-use crate::types::WeightType;
+use crate::types::{WeightType, QK};
 use crate::x86::avx2::{self, ld128, ld256, rd_f16};
 use crate::MAX_TILE;
 
@@ -16,7 +17,7 @@ pub(crate) static KERNELS_BW: Kernels = Kernels {
     tile_nt: MAX_TILE,
     exact_fused: Some(exact_fused),
     fast_dot: bw::fast_dot,
-    quant_acts: avx2::quant_acts,
+    quant_acts,
     spread_scales: true,
     packed_dot: bw::packed_dot,
     packed_dot_f32,
@@ -29,7 +30,7 @@ pub(crate) static KERNELS_VNNI: Kernels = Kernels {
     tile_nt: MAX_TILE,
     exact_fused: Some(exact_fused),
     fast_dot: vnni::fast_dot,
-    quant_acts: avx2::quant_acts,
+    quant_acts,
     spread_scales: true,
     packed_dot: vnni::packed_dot,
     packed_dot_f32,
@@ -685,5 +686,52 @@ fn packed_f32_n<const N: usize>(w: &[u8], xs: &[&[f32]; N], out: &mut [[f32; cra
     }
     for t in 0..N {
         st_ps(&mut out[t], acc[t]);
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Activation quantizer: the portable body's IEEE operations, 16 lanes at a time.
+
+fn quant_acts(x: &[f32], acts: &mut Q8Acts) {
+    // SAFETY: this table entry is only reachable after AVX-512 F/BW were detected.
+    unsafe { quant_acts_impl(x, acts) }
+}
+
+/// Bit-identical to [`crate::acts::quantize_acts_body`] for finite input: the block maximum
+/// of |x| is exact in any order, `d = amax / 127` and `1 / d` are the same scalar
+/// operations, `x · (1/d)` the same product, `VCVTPS2DQ` rounds it to nearest even as
+/// `round_ties_even` (|x · (1/d)| ≤ 127.5 fits, so the saturating narrowing never clips),
+/// and the block sums are exact integer sums.
+#[target_feature(enable = "avx512f,avx512bw")]
+fn quant_acts_impl(x: &[f32], acts: &mut Q8Acts) {
+    let block = acts.block;
+    let nb = x.len() / block;
+    assert!(acts.qs.len() >= nb * block && acts.d.len() >= nb, "quant_acts: buffers too small");
+    for bi in 0..nb {
+        let xb = &x[bi * block..(bi + 1) * block];
+        let mut m = _mm512_setzero_ps();
+        for c in xb.chunks_exact(16) {
+            m = _mm512_max_ps(m, _mm512_abs_ps(ld_ps(c)));
+        }
+        let amax = _mm512_reduce_max_ps(m);
+        let d = amax / 127.0;
+        let id = if d != 0.0 { 1.0 / d } else { 0.0 };
+        acts.d[bi] = d;
+        let vid = _mm512_set1_ps(id);
+        let qb = &mut acts.qs[bi * block..(bi + 1) * block];
+        let mut sum = _mm512_setzero_si512();
+        for (j, c) in xb.chunks_exact(16).enumerate() {
+            let q = _mm512_cvtps_epi32(_mm512_mul_ps(ld_ps(c), vid));
+            sum = _mm512_add_epi32(sum, q);
+            let o = &mut qb[j * 16..(j + 1) * 16];
+            // SAFETY: 16 writable bytes (the chunk of `qb` just sliced).
+            unsafe { _mm_storeu_si128(o.as_mut_ptr().cast(), _mm512_cvtsepi32_epi8(q)) };
+            if block != QK {
+                acts.bsums[bi * (block / 16) + j] = _mm512_reduce_add_epi32(q) as i16;
+            }
+        }
+        if block == QK {
+            acts.s[bi] = d * _mm512_reduce_add_epi32(sum) as f32;
+        }
     }
 }
