@@ -86,18 +86,21 @@ unsafe fn max<L: Lanes>(x: &[f32]) -> f32 {
     s
 }
 
+/// silu(g) · u = g / (1 + e^−g) · u, lane by lane.
 #[inline(always)]
-/// gate[i] = silu(gate[i]) · up[i] = gate[i] / (1 + e^−gate[i]) · up[i].
+unsafe fn silu_v<L: Lanes>(g: L::V, u: L::V) -> L::V {
+    L::mul(L::div(g, L::add(L::splat(1.0), L::exp(L::mul(g, L::splat(-1.0))))), u)
+}
+
+/// gate[i] = silu(gate[i]) · up[i].
+#[inline(always)]
 unsafe fn silu_mul<L: Lanes>(gate: &mut [f32], up: &[f32]) {
     assert_eq!(gate.len(), up.len(), "silu_mul: gate and up lengths differ");
     let n = gate.len();
     let (g, u) = (gate.as_mut_ptr(), up.as_ptr());
-    let one = L::splat(1.0);
-    let neg = L::splat(-1.0);
-    let f = |gv: L::V, uv: L::V| L::mul(L::div(gv, L::add(one, L::exp(L::mul(gv, neg)))), uv);
     let mut i = 0;
     while i + L::N <= n {
-        L::store(g.add(i), f(L::load(g.add(i)), L::load(u.add(i))));
+        L::store(g.add(i), silu_v::<L>(L::load(g.add(i)), L::load(u.add(i))));
         i += L::N;
     }
     if i < n {
@@ -106,11 +109,12 @@ unsafe fn silu_mul<L: Lanes>(gate: &mut [f32], up: &[f32]) {
         let r = n - i;
         tg[..r].copy_from_slice(&gate[i..]);
         tu[..r].copy_from_slice(&up[i..]);
-        L::store(tg.as_mut_ptr(), f(L::load(tg.as_ptr()), L::load(tu.as_ptr())));
+        L::store(tg.as_mut_ptr(), silu_v::<L>(L::load(tg.as_ptr()), L::load(tu.as_ptr())));
         gate[i..].copy_from_slice(&tg[..r]);
     }
 }
 
+#[inline(always)]
 unsafe fn exp_sub_sum<L: Lanes>(x: &mut [f32], m: f32) -> f32 {
     let n = x.len();
     let mv = L::splat(m);
