@@ -296,6 +296,18 @@ impl<'a> OutView<'a> {
         // guarantees no concurrent access to this index.
         unsafe { self.ptr.add(i).write(v) }
     }
+
+    /// Writes `v` at indices `i..i + v.len()`.
+    ///
+    /// # Safety
+    /// No other thread may access those indices concurrently.
+    #[inline(always)]
+    pub(crate) unsafe fn set_slice(&self, i: usize, v: &[f32]) {
+        assert!(i.checked_add(v.len()).is_some_and(|e| e <= self.len));
+        // SAFETY: the range is in bounds of the borrowed slice (checked above) and the
+        // caller guarantees no concurrent access to it; `v` is a distinct borrow.
+        unsafe { std::ptr::copy_nonoverlapping(v.as_ptr(), self.ptr.add(i), v.len()) }
+    }
 }
 
 /// Weight bytes kept hot (L2) while several activation tiles pass over them.

@@ -330,31 +330,49 @@ unsafe fn run_packed(
     let mut res = [[0f32; PACK_ROWS]; MAX_TILE];
     let mut act_rows = [ActRow::default(); MAX_TILE];
     let mut xs: [&[f32]; MAX_TILE] = [&[]; MAX_TILE];
+    // The activation rows of tile t0 (for a single tile, a decode step, set once per call
+    // rather than once per 16-row group).
+    fn set_rows<'a>(
+        acts: Option<&'a crate::acts::Q8Acts>,
+        x: &'a [f32],
+        k: usize,
+        (t0, nt): (usize, usize),
+        act_rows: &mut [ActRow<'a>; MAX_TILE],
+        xs: &mut [&'a [f32]; MAX_TILE],
+    ) {
+        match acts {
+            Some(acts) => {
+                for (i, r) in act_rows[..nt].iter_mut().enumerate() {
+                    *r = acts.row(t0 + i);
+                }
+            }
+            None => {
+                for (i, xr) in xs[..nt].iter_mut().enumerate() {
+                    *xr = &x[(t0 + i) * k..(t0 + i + 1) * k];
+                }
+            }
+        }
+    }
+    let single = t_all <= MAX_TILE;
+    if single {
+        set_rows(acts, input.x(), k, (0, t_all), &mut act_rows, &mut xs);
+    }
     let mut n0 = rows.start;
     while n0 < rows.end {
         let nr = (rows.end - n0).min(PACK_ROWS);
         let w = p.group(n0 / PACK_ROWS);
         for t0 in (0..t_all).step_by(MAX_TILE) {
             let nt = (t_all - t0).min(MAX_TILE);
+            if !single {
+                set_rows(acts, input.x(), k, (t0, nt), &mut act_rows, &mut xs);
+            }
             match acts {
-                Some(acts) => {
-                    for (i, r) in act_rows[..nt].iter_mut().enumerate() {
-                        *r = acts.row(t0 + i);
-                    }
-                    (kern.packed_dot)(w, &act_rows[..nt], &mut res);
-                }
-                None => {
-                    for (i, x) in xs[..nt].iter_mut().enumerate() {
-                        *x = &input.x()[(t0 + i) * k..(t0 + i + 1) * k];
-                    }
-                    (kern.packed_dot_f32)(w, &xs[..nt], &mut res);
-                }
+                Some(_) => (kern.packed_dot)(w, &act_rows[..nt], &mut res),
+                None => (kern.packed_dot_f32)(w, &xs[..nt], &mut res),
             }
             for (i, vals) in res[..nt].iter().enumerate() {
-                for (lane, &v) in vals[..nr].iter().enumerate() {
-                    // SAFETY: row `n0 + lane` belongs to this call's rows (caller contract).
-                    unsafe { out.set((t0 + i) * n_out + n0 + lane - col0, v) };
-                }
+                // SAFETY: rows `n0 .. n0 + nr` belong to this call's rows (caller contract).
+                unsafe { out.set_slice((t0 + i) * n_out + n0 - col0, &vals[..nr]) };
             }
         }
         n0 += nr;
