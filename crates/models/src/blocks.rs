@@ -73,7 +73,7 @@ pub fn matmuls(ex: &Exec, file: &GgufFile, ws: &[&Linear], x: &[f32], t: usize) 
     }
     let mut out: Vec<Vec<f32>> = ws.iter().map(|w| vec![0f32; w.rows]).collect();
     let total: usize = ws.iter().map(|w| w.bytes()).sum();
-    if threads <= 1 || total < 256 * 1024 {
+    if threads <= 1 || total < 128 * 1024 {
         for (w, y) in ws.iter().zip(out.iter_mut()) {
             let p = effective_precision(ex.precision, w.wtype);
             match packed_for(w, p) {
