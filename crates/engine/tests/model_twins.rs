@@ -133,7 +133,7 @@ fn deepseek2_matches_its_f64_twin_on_every_branch_and_path() {
 fn a_team_of_two_matches_the_twin_through_the_grouped_matmuls() {
     // Decode steps on a worker team run products of the same input as one group of row tasks
     // (Q/K/V, gate/up, MLA's query and latent down-projections) once their matrices pass
-    // 256 KiB: sizes here are chosen to take that path (the tiny defaults never do).
+    // 128 KiB: sizes here are chosen to take that path (the tiny defaults never do).
     let team = latent_kernels::team::Team::new(2).expect("team");
     let pool = rayon::ThreadPoolBuilder::new().num_threads(2).build().unwrap();
     let ll = TinyLlama { hidden: 256, heads: 8, kv_heads: 2, ffn: 512, layers: 2, ..TinyLlama::default() };
