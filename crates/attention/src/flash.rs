@@ -133,6 +133,13 @@ pub struct Plan {
     /// Spread work items over the current rayon pool; `false` runs them on the calling
     /// thread (small decode steps, where a pool hand-off costs more than the work).
     pub parallel: bool,
+    /// One work item covers every KV head of its key range when the cache's blocks are
+    /// shorter than `kv_tile` and each thread still gets an item: the item's tiles read each
+    /// block's heads one after the other, so a plane of a block is one sequential stream
+    /// instead of one short stream per head (a paged cache's next block lies elsewhere in
+    /// the pool). The tiles and their arithmetic are the per-head item's: with the same
+    /// splits the result is bit-identical.
+    pub group_heads: bool,
 }
 
 impl Plan {
@@ -144,12 +151,20 @@ impl Plan {
             split: KvSplit::Single,
             min_split: 512,
             parallel: true,
+            group_heads: false,
         }
     }
     /// Decode: one query tile, KV split across threads.
     pub fn decode(shape: &AttnShape) -> Plan {
         let kv_tile = if shape.group() >= 32 { 64 } else { 512 };
-        Plan { q_tile: (128 / shape.group()).max(1), kv_tile, split: KvSplit::Auto, min_split: 256, parallel: true }
+        Plan {
+            q_tile: (128 / shape.group()).max(1),
+            kv_tile,
+            split: KvSplit::Auto,
+            min_split: 256,
+            parallel: true,
+            group_heads: true,
+        }
     }
 }
 
@@ -175,7 +190,8 @@ pub fn attend_one(p: &AttnParams, plan: &Plan, q: &[f32], seq: SeqSpec) -> Resul
 struct Item {
     seq: usize,
     q_row0: usize, // row of the sequence's first query in q
-    g: usize,
+    g: usize,      // first KV head
+    gn: usize,     // KV heads g..g+gn
     q0: usize,
     qn: usize,
     split: usize,
@@ -183,8 +199,8 @@ struct Item {
 }
 
 struct Partial {
-    acc: Vec<f32>, // [rows, Dv], normalised
-    lse: Vec<f32>, // [rows]
+    acc: Vec<f32>, // [gn, rows, Dv], normalised
+    lse: Vec<f32>, // [gn, rows]
 }
 
 /// Who runs the work items of one call.
@@ -273,40 +289,43 @@ pub fn attend_with(
 
     // Work items.
     let g = sh.group();
-    let mut base = Vec::new();
-    let mut row = 0;
-    for (si, s) in seqs.iter().enumerate() {
-        let mut q0 = 0;
-        while q0 < s.q_len {
-            let qn = plan.q_tile.min(s.q_len - q0);
-            for gi in 0..sh.kv_heads {
-                base.push(Item { seq: si, q_row0: row, g: gi, q0, qn, split: 0, nsplit: 1 });
-            }
-            q0 += qn;
-        }
-        row += s.q_len;
-    }
     let threads = match workers {
         Workers::Caller => 1,
         Workers::Rayon => rayon::current_num_threads().max(1),
         Workers::Team(team) => team.threads(),
     };
-    let mut items = Vec::with_capacity(base.len());
-    for it in base {
-        let s = &seqs[it.seq];
-        let (p0, p1) = (s.q_pos + it.q0, s.q_pos + it.q0 + it.qn - 1);
-        let visible: usize = p.mask.ranges(p0, p1, s.kv.len).iter().map(|r| r.len()).sum();
-        let nsplit = match plan.split {
-            KvSplit::Single => 1,
-            KvSplit::Fixed(n) => n.max(1).min(visible.max(1)),
-            KvSplit::Auto => {
-                let want = (2 * threads).div_ceil(sh.kv_heads * seqs.len().max(1));
-                want.min(visible / plan.min_split.max(1)).max(1)
-            }
-        };
-        for split in 0..nsplit {
-            items.push(Item { split, nsplit, ..it });
+    let nsplit_of = |visible: usize, heads: usize| match plan.split {
+        KvSplit::Single => 1,
+        KvSplit::Fixed(n) => n.max(1).min(visible.max(1)),
+        KvSplit::Auto => {
+            let want = (2 * threads).div_ceil(heads * seqs.len().max(1));
+            want.min(visible / plan.min_split.max(1)).max(1)
         }
+    };
+    let mut items = Vec::new();
+    let mut row = 0;
+    for (si, s) in seqs.iter().enumerate() {
+        let mut q0 = 0;
+        while q0 < s.q_len {
+            let qn = plan.q_tile.min(s.q_len - q0);
+            let (p0, p1) = (s.q_pos + q0, s.q_pos + q0 + qn - 1);
+            let visible: usize = p.mask.ranges(p0, p1, s.kv.len).iter().map(|r| r.len()).sum();
+            // All heads in one item per split, when the blocks are short and there are as
+            // many items as threads (else one item per head keeps every thread busy).
+            let grouped = plan.group_heads
+                && sh.kv_heads > 1
+                && s.kv.block_size < plan.kv_tile
+                && nsplit_of(visible, 1) * seqs.len() >= threads;
+            let (gn, nsplit) =
+                if grouped { (sh.kv_heads, nsplit_of(visible, 1)) } else { (1, nsplit_of(visible, sh.kv_heads)) };
+            for gi in (0..sh.kv_heads).step_by(gn) {
+                for split in 0..nsplit {
+                    items.push(Item { seq: si, q_row0: row, g: gi, gn, q0, qn, split, nsplit });
+                }
+            }
+            q0 += qn;
+        }
+        row += s.q_len;
     }
 
     let k = Kernels::best();
@@ -330,10 +349,11 @@ pub fn attend_with(
         let it = &items[i];
         let n = it.nsplit;
         let rows = it.qn * g;
-        for r in 0..rows {
-            let (ti, hi) = (r / g, r % g);
+        for r in 0..it.gn * rows {
+            let (hg, rr) = (r / rows, r % rows);
+            let (ti, hi) = (rr / g, rr % g);
             let qrow = it.q_row0 + it.q0 + ti;
-            let h = it.g * g + hi;
+            let h = (it.g + hg) * g + hi;
             let o = &mut out[(qrow * sh.heads + h) * sh.dv..][..sh.dv];
             let m = parts[i..i + n].iter().map(|pt| pt.lse[r]).fold(f32::NEG_INFINITY, f32::max);
             if m == f32::NEG_INFINITY {
@@ -380,9 +400,9 @@ fn split_ranges(ranges: &[std::ops::Range<usize>; 2], split: usize, nsplit: usiz
     outr
 }
 
-/// The first rows of `plane`'s block that starts at `pos` (if `pos < end` lies on a block
-/// boundary), for the tiles to prefetch while they finish the block before it: the next
-/// block of a paged cache lies elsewhere in the pool, where no hardware prefetcher follows.
+/// The first rows of `head` in `plane` from `pos` on (up to the end of its block and `end`),
+/// for the tiles to prefetch while they finish the rows read before them: the next block of a
+/// paged cache lies elsewhere in the pool, where no hardware prefetcher follows.
 fn ahead_rows<'a>(
     s: &SeqSpec<'a>,
     plane: KvPlane<'a>,
@@ -391,10 +411,10 @@ fn ahead_rows<'a>(
     end: usize,
     scales: &mut Vec<f32>,
 ) -> &'a [u8] {
-    if pos >= end || !pos.is_multiple_of(s.kv.block_size) {
+    if pos >= end {
         return &[];
     }
-    let m = 32.min(end - pos).min(s.kv.block_size);
+    let m = 32.min(end - pos).min(s.kv.block_size - pos % s.kv.block_size);
     plane.raw_rows(&s.kv, head, pos, m, scales).map_or(&[], |r| r.data)
 }
 
@@ -406,6 +426,38 @@ fn grown(buf: &mut Vec<f32>, n: usize) -> &mut [f32] {
     &mut buf[..n]
 }
 
+/// The online-softmax state of one KV head's rows in a work item.
+struct HeadState {
+    qm: Vec<f32>,  // [rows, Dk]
+    m: Vec<f32>,   // [rows] running max
+    l: Vec<f32>,   // [rows] running sum
+    acc: Vec<f32>, // [rows, Dv] unnormalised
+    sc: Vec<f32>,  // [rows, tile] scores, then probabilities
+}
+
+/// Scratch shared by the heads of a work item.
+struct Scratch {
+    kbuf: Vec<f32>,
+    vbuf: Vec<f32>,
+    kscales: Vec<f32>,
+    vscales: Vec<f32>,
+    ascales: Vec<f32>,
+}
+
+/// One tile: keys `j0..j0+n` (block segments `segs`) of a split ending at `end`, for queries
+/// at positions `p0..=p1`, over the item's heads `g0..g0+gn`.
+struct Tile<'t> {
+    j0: usize,
+    n: usize,
+    end: usize,
+    p0: usize,
+    p1: usize,
+    g0: usize,
+    gn: usize,
+    raw_ok: bool,
+    segs: &'t [(usize, usize)],
+}
+
 fn run_item(k: &Kernels, p: &AttnParams, plan: &Plan, q: &[f32], s: &SeqSpec, it: &Item) -> Partial {
     let sh = p.shape;
     let g = sh.group();
@@ -413,45 +465,52 @@ fn run_item(k: &Kernels, p: &AttnParams, plan: &Plan, q: &[f32], s: &SeqSpec, it
     let rows = it.qn * g;
     let kt = plan.kv_tile;
     let (p0, p1) = (s.q_pos + it.q0, s.q_pos + it.q0 + it.qn - 1);
-
-    // Q rows of this tile and group: [rows, Dk].
-    let mut qm = vec![0f32; rows * dk];
-    for ti in 0..it.qn {
-        let src = &q[((it.q_row0 + it.q0 + ti) * sh.heads + it.g * g) * dk..][..g * dk];
-        qm[ti * g * dk..(ti + 1) * g * dk].copy_from_slice(src);
-    }
-    let mut m = vec![f32::NEG_INFINITY; rows];
-    let mut l = vec![0f32; rows];
-    if let (Some(sl), 0) = (p.sink_logits, it.split) {
-        for r in 0..rows {
-            m[r] = sl[it.g * g + r % g];
-            l[r] = 1.0;
-        }
-    }
-    let mut acc = vec![0f32; rows * dv];
     let ranges = p.mask.ranges(p0, p1, s.kv.len);
     // Tiles hold at most `kt` keys of one range: the scratch is sized for the longest tile
     // this item can have, not the plan's (a short decode would clear the plan's size).
     let span = ranges.iter().map(|r| r.len()).max().unwrap_or(0).clamp(1, kt);
-    // Decode buffers for rows the tiles cannot read in place; grown on first use only (an
+
+    let mut heads: Vec<HeadState> = (it.g..it.g + it.gn)
+        .map(|hg| {
+            // Q rows of this tile and head: [rows, Dk].
+            let mut qm = vec![0f32; rows * dk];
+            for ti in 0..it.qn {
+                let src = &q[((it.q_row0 + it.q0 + ti) * sh.heads + hg * g) * dk..][..g * dk];
+                qm[ti * g * dk..(ti + 1) * g * dk].copy_from_slice(src);
+            }
+            let mut m = vec![f32::NEG_INFINITY; rows];
+            let mut l = vec![0f32; rows];
+            if let (Some(sl), 0) = (p.sink_logits, it.split) {
+                for r in 0..rows {
+                    m[r] = sl[hg * g + r % g];
+                    l[r] = 1.0;
+                }
+            }
+            HeadState { qm, m, l, acc: vec![0f32; rows * dv], sc: vec![0f32; rows * span] }
+        })
+        .collect();
+    // Decode buffers for rows the tiles cannot read in place are grown on first use only (an
     // f32/f16/bf16 cache never needs them, and zeroing them per item and layer cost a
     // decode step at 8k context ~3 % in memset).
-    let (mut kbuf, mut vbuf) = (Vec::new(), Vec::new());
-    let mut sc = vec![0f32; rows * span];
-    let (mut kscales, mut vscales) = (Vec::with_capacity(span), Vec::with_capacity(span));
-    let mut ascales = Vec::new();
+    let mut scr = Scratch {
+        kbuf: Vec::new(),
+        vbuf: Vec::new(),
+        kscales: Vec::with_capacity(span),
+        vscales: Vec::with_capacity(span),
+        ascales: Vec::new(),
+    };
 
     // Plain-typed rows (and 8-bit rows with one scale group) are read in place by the GEMM
     // tiles; a tile spans several blocks and is processed block segment by block segment, so
     // the softmax bookkeeping is paid per tile, not per block.
-    let bs = s.kv.block_size;
     // Probe the format on the first visible row (rows outside the ranges may be released).
     let first = ranges.iter().find(|r| !r.is_empty()).map(|r| r.start);
-    let raw_ok = first.is_some_and(|j| s.kv.k.raw_rows(&s.kv, it.g, j, 1, &mut kscales).is_some())
+    let raw_ok = first.is_some_and(|j| s.kv.k.raw_rows(&s.kv, it.g, j, 1, &mut scr.kscales).is_some())
         && match s.kv.v {
-            ValueSource::Plane(vp) => first.is_some_and(|j| vp.raw_rows(&s.kv, it.g, j, 1, &mut vscales).is_some()),
+            ValueSource::Plane(vp) => first.is_some_and(|j| vp.raw_rows(&s.kv, it.g, j, 1, &mut scr.vscales).is_some()),
             ValueSource::KeyPrefix { .. } => true,
         };
+    let bs = s.kv.block_size;
     let mut segs: Vec<(usize, usize)> = Vec::new();
     for r in split_ranges(&ranges, it.split, it.nsplit) {
         let mut j0 = r.start;
@@ -464,122 +523,194 @@ fn run_item(k: &Kernels, p: &AttnParams, plan: &Plan, q: &[f32], s: &SeqSpec, it
                 segs.push((a, len));
                 a += len;
             }
-            // S = scale · Q · Kᵀ  [rows, n]
-            if raw_ok {
-                for &(a, len) in &segs {
-                    let c0 = a - j0;
-                    let scm = MatMut { data: &mut sc[c0..], rows, cols: len, stride: n };
-                    if let Some(kr) = s.kv.k.raw_rows(&s.kv, it.g, a, len, &mut kscales) {
-                        let kr = RawMat { ahead: ahead_rows(s, s.kv.k, it.g, a + len, r.end, &mut ascales), ..kr };
-                        (k.gemm_nt_raw)(p.scale, MatRef::dense(&qm, rows, dk), kr, scm);
-                        if !kscales.is_empty() {
-                            for srow in sc[..rows * n].chunks_exact_mut(n) {
-                                srow[c0..c0 + len].iter_mut().zip(&kscales).for_each(|(v, s)| *v *= s);
-                            }
-                        }
-                    } else {
-                        // A segment the raw path cannot read in place is decoded instead, never skipped.
-                        s.kv.k.load_rows(k, &s.kv, it.g, a, len, grown(&mut kbuf, len * dk));
-                        (k.gemm_nt)(
-                            p.scale,
-                            MatRef::dense(&qm, rows, dk),
-                            MatRef::dense(&kbuf[..len * dk], len, dk),
-                            scm,
-                        );
-                    }
-                }
-            } else {
-                s.kv.k.load_rows(k, &s.kv, it.g, j0, n, grown(&mut kbuf, n * dk));
-                let scm = MatMut { data: &mut sc[..rows * n], rows, cols: n, stride: n };
-                (k.gemm_nt)(p.scale, MatRef::dense(&qm, rows, dk), MatRef::dense(&kbuf[..n * dk], n, dk), scm);
+            let t = Tile { j0, n, end: r.end, p0, p1, g0: it.g, gn: it.gn, raw_ok, segs: &segs };
+            tile_scores(k, p, s, &mut heads, &mut scr, &t);
+            for st in heads.iter_mut() {
+                tile_softmax(k, p, st, &t);
             }
-            let full = p.mask.tile_fully_visible(p0, p1, j0, j0 + n);
-            for row in 0..rows {
-                let srow = &mut sc[row * n..(row + 1) * n];
-                if !full {
-                    let pos = p0 + row / g;
-                    for (c, v) in srow.iter_mut().enumerate() {
-                        if !p.mask.visible(pos, j0 + c) {
-                            *v = f32::NEG_INFINITY;
-                        }
-                    }
-                }
-                let mnew = m[row].max((k.max)(srow));
-                if mnew == f32::NEG_INFINITY {
-                    srow.fill(0.0);
-                    continue;
-                }
-                let alpha = (m[row] - mnew).exp();
-                let sum = (k.exp_sub_sum)(srow, mnew);
-                l[row] = l[row] * alpha + sum;
-                if alpha != 1.0 {
-                    (k.scale)(&mut acc[row * dv..(row + 1) * dv], alpha);
-                }
-                m[row] = mnew;
-            }
-            // acc += P · V  (8-bit value scales fold into P's columns)
-            if raw_ok {
-                for &(a, len) in &segs {
-                    let c0 = a - j0;
-                    let vr = match s.kv.v {
-                        // The key pass just read these rows.
-                        ValueSource::KeyPrefix { dim } => {
-                            s.kv.k.raw_rows(&s.kv, it.g, a, len, &mut vscales).map(|kr| RawMat { cols: dim, ..kr })
-                        }
-                        ValueSource::Plane(vp) => vp
-                            .raw_rows(&s.kv, it.g, a, len, &mut vscales)
-                            .map(|vr| RawMat { ahead: ahead_rows(s, vp, it.g, a + len, r.end, &mut ascales), ..vr }),
-                    };
-                    if let Some(vr) = vr {
-                        if !vscales.is_empty() {
-                            for prow in sc[..rows * n].chunks_exact_mut(n) {
-                                prow[c0..c0 + len].iter_mut().zip(&vscales).for_each(|(v, s)| *v *= s);
-                            }
-                        }
-                        let pm = MatRef { data: &sc[c0..], rows, cols: len, stride: n };
-                        (k.gemm_nn_raw)(pm, vr, MatMut::dense(&mut acc, rows, dv));
-                    } else {
-                        let pm = MatRef { data: &sc[c0..], rows, cols: len, stride: n };
-                        let accm = MatMut::dense(&mut acc, rows, dv);
-                        match s.kv.v {
-                            ValueSource::KeyPrefix { .. } => {
-                                s.kv.k.load_rows(k, &s.kv, it.g, a, len, grown(&mut kbuf, len * dk));
-                                let vm = MatRef { data: &kbuf[..len * dk], rows: len, cols: dv, stride: dk };
-                                (k.gemm_nn)(pm, vm, accm)
-                            }
-                            ValueSource::Plane(vp) => {
-                                vp.load_rows(k, &s.kv, it.g, a, len, grown(&mut vbuf, len * dv));
-                                (k.gemm_nn)(pm, MatRef::dense(&vbuf[..len * dv], len, dv), accm)
-                            }
-                        }
-                    }
-                }
-            } else {
-                let pm = MatRef::dense(&sc[..rows * n], rows, n);
-                let accm = MatMut::dense(&mut acc, rows, dv);
-                match s.kv.v {
-                    ValueSource::KeyPrefix { .. } => {
-                        (k.gemm_nn)(pm, MatRef { data: &kbuf[..n * dk], rows: n, cols: dv, stride: dk }, accm)
-                    }
-                    ValueSource::Plane(vp) => {
-                        vp.load_rows(k, &s.kv, it.g, j0, n, grown(&mut vbuf, n * dv));
-                        (k.gemm_nn)(pm, MatRef::dense(&vbuf[..n * dv], n, dv), accm)
-                    }
-                }
-            }
+            tile_values(k, p, s, &mut heads, &mut scr, &t);
             j0 += n;
         }
     }
 
-    let mut lse = vec![f32::NEG_INFINITY; rows];
-    for row in 0..rows {
-        let a = &mut acc[row * dv..(row + 1) * dv];
-        if l[row] > 0.0 {
-            (k.scale)(a, 1.0 / l[row]);
-            lse[row] = m[row] + l[row].ln();
-        } else {
-            a.fill(0.0);
+    let mut acc = Vec::with_capacity(it.gn * rows * dv);
+    let mut lse = vec![f32::NEG_INFINITY; it.gn * rows];
+    for (hi, st) in heads.iter_mut().enumerate() {
+        for row in 0..rows {
+            let a = &mut st.acc[row * dv..(row + 1) * dv];
+            if st.l[row] > 0.0 {
+                (k.scale)(a, 1.0 / st.l[row]);
+                lse[hi * rows + row] = st.m[row] + st.l[row].ln();
+            } else {
+                a.fill(0.0);
+            }
         }
+        acc.extend_from_slice(&st.acc);
     }
     Partial { acc, lse }
+}
+
+/// The rows of `plane` read after segment `(a, len)` of the item's head `hi`, to prefetch
+/// at its end: segments are read block by block, a block's heads one after the other. One
+/// head continues into the next block (when the segment ends on a block boundary; else the
+/// next tile continues in place); with several heads, head `hi` continues into head `hi + 1`
+/// of the same segment and the last head into the first head of the next segment.
+fn next_rows<'a>(
+    s: &SeqSpec<'a>,
+    plane: KvPlane<'a>,
+    t: &Tile,
+    hi: usize,
+    a: usize,
+    len: usize,
+    scales: &mut Vec<f32>,
+) -> &'a [u8] {
+    let bs = s.kv.block_size;
+    let (head, pos) = if hi + 1 < t.gn {
+        (t.g0 + hi + 1, a)
+    } else if t.gn > 1 || (a + len).is_multiple_of(bs) {
+        (t.g0, a + len)
+    } else {
+        return &[];
+    };
+    ahead_rows(s, plane, head, pos, t.end, scales)
+}
+
+/// S = scale · Q · Kᵀ `[rows, n]` for every head of the tile, segment by segment.
+fn tile_scores<'a>(k: &Kernels, p: &AttnParams, s: &SeqSpec<'a>, heads: &mut [HeadState], scr: &mut Scratch, t: &Tile) {
+    let dk = p.shape.dk;
+    let n = t.n;
+    if !t.raw_ok {
+        for (hi, st) in heads.iter_mut().enumerate() {
+            let rows = st.m.len();
+            s.kv.k.load_rows(k, &s.kv, t.g0 + hi, t.j0, n, grown(&mut scr.kbuf, n * dk));
+            let scm = MatMut { data: &mut st.sc[..rows * n], rows, cols: n, stride: n };
+            (k.gemm_nt)(p.scale, MatRef::dense(&st.qm, rows, dk), MatRef::dense(&scr.kbuf[..n * dk], n, dk), scm);
+        }
+        return;
+    }
+    for &(a, len) in t.segs {
+        let c0 = a - t.j0;
+        for (hi, st) in heads.iter_mut().enumerate() {
+            let head = t.g0 + hi;
+            let rows = st.m.len();
+            let scm = MatMut { data: &mut st.sc[c0..], rows, cols: len, stride: n };
+            if let Some(kr) = s.kv.k.raw_rows(&s.kv, head, a, len, &mut scr.kscales) {
+                let kr = RawMat { ahead: next_rows(s, s.kv.k, t, hi, a, len, &mut scr.ascales), ..kr };
+                (k.gemm_nt_raw)(p.scale, MatRef::dense(&st.qm, rows, dk), kr, scm);
+                if !scr.kscales.is_empty() {
+                    for srow in st.sc[..rows * n].chunks_exact_mut(n) {
+                        srow[c0..c0 + len].iter_mut().zip(&scr.kscales).for_each(|(v, s)| *v *= s);
+                    }
+                }
+            } else {
+                // A segment the raw path cannot read in place is decoded instead, never skipped.
+                s.kv.k.load_rows(k, &s.kv, head, a, len, grown(&mut scr.kbuf, len * dk));
+                (k.gemm_nt)(
+                    p.scale,
+                    MatRef::dense(&st.qm, rows, dk),
+                    MatRef::dense(&scr.kbuf[..len * dk], len, dk),
+                    scm,
+                );
+            }
+        }
+    }
+}
+
+/// Masks one head's scores and turns them into probabilities, rescaling its running state.
+fn tile_softmax(k: &Kernels, p: &AttnParams, st: &mut HeadState, t: &Tile) {
+    let g = p.shape.group();
+    let dv = p.shape.dv;
+    let n = t.n;
+    let full = p.mask.tile_fully_visible(t.p0, t.p1, t.j0, t.j0 + n);
+    for row in 0..st.m.len() {
+        let srow = &mut st.sc[row * n..(row + 1) * n];
+        if !full {
+            let pos = t.p0 + row / g;
+            for (c, v) in srow.iter_mut().enumerate() {
+                if !p.mask.visible(pos, t.j0 + c) {
+                    *v = f32::NEG_INFINITY;
+                }
+            }
+        }
+        let mnew = st.m[row].max((k.max)(srow));
+        if mnew == f32::NEG_INFINITY {
+            srow.fill(0.0);
+            continue;
+        }
+        let alpha = (st.m[row] - mnew).exp();
+        let sum = (k.exp_sub_sum)(srow, mnew);
+        st.l[row] = st.l[row] * alpha + sum;
+        if alpha != 1.0 {
+            (k.scale)(&mut st.acc[row * dv..(row + 1) * dv], alpha);
+        }
+        st.m[row] = mnew;
+    }
+}
+
+/// acc += P · V for every head of the tile, segment by segment (8-bit value scales fold into
+/// P's columns).
+fn tile_values<'a>(k: &Kernels, p: &AttnParams, s: &SeqSpec<'a>, heads: &mut [HeadState], scr: &mut Scratch, t: &Tile) {
+    let (dk, dv) = (p.shape.dk, p.shape.dv);
+    let n = t.n;
+    if !t.raw_ok {
+        for (hi, st) in heads.iter_mut().enumerate() {
+            let head = t.g0 + hi;
+            let rows = st.m.len();
+            let pm = MatRef::dense(&st.sc[..rows * n], rows, n);
+            let accm = MatMut::dense(&mut st.acc, rows, dv);
+            match s.kv.v {
+                ValueSource::KeyPrefix { .. } => {
+                    // The key pass left the (last head's) rows in `kbuf`.
+                    if t.gn > 1 {
+                        s.kv.k.load_rows(k, &s.kv, head, t.j0, n, grown(&mut scr.kbuf, n * dk));
+                    }
+                    (k.gemm_nn)(pm, MatRef { data: &scr.kbuf[..n * dk], rows: n, cols: dv, stride: dk }, accm)
+                }
+                ValueSource::Plane(vp) => {
+                    vp.load_rows(k, &s.kv, head, t.j0, n, grown(&mut scr.vbuf, n * dv));
+                    (k.gemm_nn)(pm, MatRef::dense(&scr.vbuf[..n * dv], n, dv), accm)
+                }
+            }
+        }
+        return;
+    }
+    for &(a, len) in t.segs {
+        let c0 = a - t.j0;
+        for (hi, st) in heads.iter_mut().enumerate() {
+            let head = t.g0 + hi;
+            let rows = st.m.len();
+            let vr = match s.kv.v {
+                // The key pass just read these rows.
+                ValueSource::KeyPrefix { dim } => {
+                    s.kv.k.raw_rows(&s.kv, head, a, len, &mut scr.vscales).map(|kr| RawMat { cols: dim, ..kr })
+                }
+                ValueSource::Plane(vp) => vp
+                    .raw_rows(&s.kv, head, a, len, &mut scr.vscales)
+                    .map(|vr| RawMat { ahead: next_rows(s, vp, t, hi, a, len, &mut scr.ascales), ..vr }),
+            };
+            if let Some(vr) = vr {
+                if !scr.vscales.is_empty() {
+                    for prow in st.sc[..rows * n].chunks_exact_mut(n) {
+                        prow[c0..c0 + len].iter_mut().zip(&scr.vscales).for_each(|(v, s)| *v *= s);
+                    }
+                }
+                let pm = MatRef { data: &st.sc[c0..], rows, cols: len, stride: n };
+                (k.gemm_nn_raw)(pm, vr, MatMut::dense(&mut st.acc, rows, dv));
+            } else {
+                let pm = MatRef { data: &st.sc[c0..], rows, cols: len, stride: n };
+                let accm = MatMut::dense(&mut st.acc, rows, dv);
+                match s.kv.v {
+                    ValueSource::KeyPrefix { .. } => {
+                        s.kv.k.load_rows(k, &s.kv, head, a, len, grown(&mut scr.kbuf, len * dk));
+                        let vm = MatRef { data: &scr.kbuf[..len * dk], rows: len, cols: dv, stride: dk };
+                        (k.gemm_nn)(pm, vm, accm)
+                    }
+                    ValueSource::Plane(vp) => {
+                        vp.load_rows(k, &s.kv, head, a, len, grown(&mut scr.vbuf, len * dv));
+                        (k.gemm_nn)(pm, MatRef::dense(&scr.vbuf[..len * dv], len, dv), accm)
+                    }
+                }
+            }
+        }
+    }
 }

@@ -159,7 +159,8 @@ fn low_rank_absorbed_equals_naive_and_represents_gqa_exactly() {
     let cache = DenseLatent::new(RowFormat::plain(KvDtype::F32), r, r, &rows);
     let q = rng.normals(s * h * d, 1.0);
     let scale = lr.scale;
-    let plan = Plan { q_tile: 5, kv_tile: 16, split: KvSplit::Fixed(2), min_split: 1, parallel: true };
+    let plan =
+        Plan { q_tile: 5, kv_tile: 16, split: KvSplit::Fixed(2), min_split: 1, parallel: true, group_heads: false };
     let a = p.install(|| lr.attend_absorbed(&q, s, 0, cache.view(), MaskSpec::CAUSAL, &plan)).unwrap();
     let n = p.install(|| lr.attend_naive(&q, s, 0, cache.view(), MaskSpec::CAUSAL, &plan)).unwrap();
     // Both against plain GQA on the decompressed K/V in f64.

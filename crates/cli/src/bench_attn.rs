@@ -54,6 +54,10 @@ pub struct BenchAttnArgs {
     /// ratios (one process, one window of the machine's noise).
     #[arg(long, requires = "paged")]
     vs_contiguous: bool,
+    /// With --vs-contiguous: evict the caches before every timed call (by reading a
+    /// 128 MiB buffer), as a decode step finds a layer's cache after the other layers ran.
+    #[arg(long, requires = "vs_contiguous")]
+    cold: bool,
     /// One JSON object per line on stdout.
     #[arg(long)]
     json: bool,
@@ -293,23 +297,42 @@ pub fn roofline(r: &Row, lim: &MachineLimits) -> f64 {
 
 /// Medians of `f` and `g` timed alternately (at least `reps` pairs and ~0.5 s of pairs,
 /// after one warm-up of each), and the median of the pairs' ratios g / f.
-fn time_pairs(reps: usize, mut f: impl FnMut(), mut g: impl FnMut()) -> (f64, f64, f64) {
+fn time_pairs(reps: usize, cold: bool, mut f: impl FnMut(), mut g: impl FnMut()) -> (f64, f64, f64) {
     f();
     g();
     let (mut tf, mut tg, mut ratio) = (Vec::new(), Vec::new(), Vec::new());
     let start = Instant::now();
     while tf.len() < reps.max(1) || (start.elapsed().as_secs_f64() < 0.5 && tf.len() < 200) {
-        let t = Instant::now();
-        f();
-        let a = t.elapsed().as_secs_f64();
-        let t = Instant::now();
-        g();
-        let b = t.elapsed().as_secs_f64();
+        // ABBA order: each layout runs first in every other pair, so neither always follows
+        // the other's cache state.
+        let first_f = tf.len() % 2 == 0;
+        let (mut a, mut b) = (0.0, 0.0);
+        for side in [first_f, !first_f] {
+            if cold {
+                flush_caches();
+            }
+            let t = Instant::now();
+            if side {
+                f();
+                a = t.elapsed().as_secs_f64();
+            } else {
+                g();
+                b = t.elapsed().as_secs_f64();
+            }
+        }
         tf.push(a);
         tg.push(b);
         ratio.push(b / a);
     }
     (median(tf), median(tg), median(ratio))
+}
+
+/// Reads a 128 MiB buffer (allocated once), evicting what the caches held.
+fn flush_caches() {
+    static BUF: std::sync::OnceLock<Vec<u64>> = std::sync::OnceLock::new();
+    let b = BUF.get_or_init(|| (0..(128usize << 20) / 8).map(|i| i as u64).collect());
+    let s: u64 = b.iter().step_by(8).fold(0u64, |a, &x| a.wrapping_add(x));
+    std::hint::black_box(s);
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -460,6 +483,7 @@ pub fn run(a: BenchAttnArgs) -> Result<()> {
                 let (dense, pagedt, ratio) = pool.install(|| {
                     time_pairs(
                         a.reps,
+                        a.cold,
                         || decode(&params, &q, &dense_seqs, &mut out, &mut lse).expect("decode"),
                         || decode(&params, &q, &paged_seqs, &mut o2, &mut l2).expect("decode"),
                     )

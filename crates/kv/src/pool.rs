@@ -151,6 +151,13 @@ impl BlockPool {
         // Zero pages until first written; with poisoning, a block is filled when it is first
         // handed out (`alloc`), so an unused capacity costs no memory in any build.
         let buf = memmap2::MmapMut::map_anon(bytes).map_err(|_| KvError::Alloc { bytes })?;
+        // Transparent huge pages where the kernel offers them on request: a sequence's
+        // blocks lie scattered over the pool, and with 4 KiB pages every block of every
+        // layer costs the decode kernels TLB misses and page walks (GQA decode at 32k, 64-token
+        // blocks: paged / contiguous 1.19–1.25 → 1.09–1.14 on a Zen 4 machine). A failed
+        // advice changes nothing but speed. Pages are still only committed when first written.
+        #[cfg(target_os = "linux")]
+        let _ = buf.advise(memmap2::Advice::HugePage);
         let base = (ALIGN - buf.as_ptr() as usize % ALIGN) % ALIGN;
         let words = (layout.layers * bs).div_ceil(64);
         Ok(BlockPool {
