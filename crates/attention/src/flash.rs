@@ -312,12 +312,12 @@ pub fn attend_with(
             let visible: usize = p.mask.ranges(p0, p1, s.kv.len).iter().map(|r| r.len()).sum();
             // All heads in one item per split, when the blocks are short and there are as
             // many items as threads (else one item per head keeps every thread busy).
+            let all_heads = nsplit_of(visible, 1);
             let grouped = plan.group_heads
                 && sh.kv_heads > 1
                 && s.kv.block_size < plan.kv_tile
-                && nsplit_of(visible, 1) * seqs.len() >= threads;
-            let (gn, nsplit) =
-                if grouped { (sh.kv_heads, nsplit_of(visible, 1)) } else { (1, nsplit_of(visible, sh.kv_heads)) };
+                && all_heads * seqs.len() >= threads;
+            let (gn, nsplit) = if grouped { (sh.kv_heads, all_heads) } else { (1, nsplit_of(visible, sh.kv_heads)) };
             for gi in (0..sh.kv_heads).step_by(gn) {
                 for split in 0..nsplit {
                     items.push(Item { seq: si, q_row0: row, g: gi, gn, q0, qn, split, nsplit });
