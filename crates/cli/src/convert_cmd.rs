@@ -53,7 +53,7 @@ pub struct ConvertArgs {
     /// 50 / 37.5 / 25 / 12.5 %, one row per method step, with 8-bit caches.
     #[arg(long)]
     report: bool,
-    /// With --report: only the 50 % budget and the baseline and full methods.
+    /// With --report: only the 50 % budget, the baseline and --method.
     #[arg(long)]
     quick: bool,
     /// With --report: tokens skipped before the scored windows (calibration stays before them).
@@ -158,11 +158,18 @@ fn run_report(
 ) -> Result<()> {
     let d = src.cfg.head_dim;
     let budgets = if a.quick { vec![(0.5, d)] } else { vec![(0.5, d), (0.375, d), (0.25, d), (0.125, d / 2)] };
-    let methods: Vec<(String, Method)> = Method::steps()
-        .into_iter()
-        .filter(|(_, m)| !a.quick || *m == Method::BASELINE || *m == Method::FULL)
-        .map(|(n, m)| (n.to_string(), m))
-        .collect();
+    let methods: Vec<(String, Method)> = if a.quick {
+        let chosen = Method::parse(&a.method).context("unknown --method")?;
+        let steps = Method::steps();
+        let name = |m: Method| steps.iter().find(|(_, s)| *s == m).map(|(n, _)| n.to_string());
+        let mut m = vec![(name(Method::BASELINE).unwrap_or_else(|| "baseline".into()), Method::BASELINE)];
+        if chosen != Method::BASELINE {
+            m.push((name(chosen).unwrap_or_else(|| format!("--method {}", a.method)), chosen));
+        }
+        m
+    } else {
+        Method::steps().into_iter().map(|(n, m)| (n.to_string(), m)).collect()
+    };
     let o = ReportOptions {
         budgets,
         methods,
