@@ -108,7 +108,7 @@ pub fn run(a: ConvertArgs) -> Result<()> {
     let method = Method::parse(&a.method).context("unknown --method")?;
     let (text_path, text) = calib_text(&a.calib)?;
     if a.report {
-        return run_report(&a, &src, &text, threads, q_type, latent_type);
+        return run_report(&a, &src, &text, threads, method, q_type, latent_type);
     }
     let opts = ConvertOptions { kv_rank: a.kv_rank, rope_dim, method, q_type, latent_type };
     opts.check(&src)?;
@@ -153,23 +153,18 @@ fn run_report(
     src: &Source,
     text: &str,
     threads: usize,
+    method: Method,
     q_type: Option<WeightType>,
     latent_type: WeightType,
 ) -> Result<()> {
     let d = src.cfg.head_dim;
     let budgets = if a.quick { vec![(0.5, d)] } else { vec![(0.5, d), (0.375, d), (0.25, d), (0.125, d / 2)] };
-    let methods: Vec<(String, Method)> = if a.quick {
-        let chosen = Method::parse(&a.method).context("unknown --method")?;
-        let steps = Method::steps();
-        let name = |m: Method| steps.iter().find(|(_, s)| *s == m).map(|(n, _)| n.to_string());
-        let mut m = vec![(name(Method::BASELINE).unwrap_or_else(|| "baseline".into()), Method::BASELINE)];
-        if chosen != Method::BASELINE {
-            m.push((name(chosen).unwrap_or_else(|| format!("--method {}", a.method)), chosen));
-        }
-        m
-    } else {
-        Method::steps().into_iter().map(|(n, m)| (n.to_string(), m)).collect()
-    };
+    // Every method `--method` can name is one of the steps.
+    let methods: Vec<(String, Method)> = Method::steps()
+        .into_iter()
+        .filter(|(_, m)| !a.quick || *m == Method::BASELINE || *m == method)
+        .map(|(n, m)| (n.to_string(), m))
+        .collect();
     let o = ReportOptions {
         budgets,
         methods,
