@@ -16,6 +16,7 @@
 
 use crate::kv_view::{KvPlane, KvSeq, ValueSource};
 use crate::AttnError;
+use latent_kernels::simd::NtPack;
 use latent_kernels::{Kernels, MatMut, MatRef, RawMat};
 use rayon::prelude::*;
 
@@ -429,6 +430,7 @@ fn grown(buf: &mut Vec<f32>, n: usize) -> &mut [f32] {
 /// The online-softmax state of one KV head's rows in a work item.
 struct HeadState {
     qm: Vec<f32>,  // [rows, Dk]
+    qpack: NtPack, // qm laid out for the score tiles (`Kernels::pack_nt`)
     m: Vec<f32>,   // [rows] running max
     l: Vec<f32>,   // [rows] running sum
     acc: Vec<f32>, // [rows, Dv] unnormalised
@@ -486,7 +488,9 @@ fn run_item(k: &Kernels, p: &AttnParams, plan: &Plan, q: &[f32], s: &SeqSpec, it
                     l[r] = 1.0;
                 }
             }
-            HeadState { qm, m, l, acc: vec![0f32; rows * dv], sc: vec![0f32; rows * span] }
+            let mut qpack = NtPack::default();
+            (k.pack_nt)(MatRef::dense(&qm, rows, dk), &mut qpack);
+            HeadState { qm, qpack, m, l, acc: vec![0f32; rows * dv], sc: vec![0f32; rows * span] }
         })
         .collect();
     // Decode buffers for rows the tiles cannot read in place are grown on first use only (an
@@ -596,7 +600,7 @@ fn tile_scores<'a>(k: &Kernels, p: &AttnParams, s: &SeqSpec<'a>, heads: &mut [He
             let scm = MatMut { data: &mut st.sc[c0..], rows, cols: len, stride: n };
             if let Some(kr) = s.kv.k.raw_rows(&s.kv, head, a, len, &mut scr.kscales) {
                 let kr = RawMat { ahead: next_rows(s, s.kv.k, t, hi, a, len, &mut scr.ascales), ..kr };
-                (k.gemm_nt_raw)(p.scale, MatRef::dense(&st.qm, rows, dk), kr, scm);
+                (k.gemm_nt_raw_packed)(p.scale, MatRef::dense(&st.qm, rows, dk), &st.qpack, kr, scm);
                 if !scr.kscales.is_empty() {
                     for srow in st.sc[..rows * n].chunks_exact_mut(n) {
                         srow[c0..c0 + len].iter_mut().zip(&scr.kscales).for_each(|(v, s)| *v *= s);

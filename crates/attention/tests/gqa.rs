@@ -230,7 +230,10 @@ fn split_kv_equals_single_pass() {
             let (o2, l2) = p.install(|| check(&mut seed, &c, &Plan { split, ..single }));
             let diff = o1.iter().zip(&o2).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
             let ldiff = l1.iter().zip(&l2).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-            assert!(diff < 1e-5 && ldiff < 1e-5, "split {split:?}: out diff {diff}, lse diff {ldiff}");
+            // Splits change which tiles see how many keys, and on AMX a tile of < 16 keys runs
+            // on AVX-512 while longer ones carry the queries as bf16 hi + lo (≈ 2⁻¹⁷ relative):
+            // measured 5.2e-6 (out) and 1.1e-5 (LSE) at 1000 splits.
+            assert!(diff < 1e-5 && ldiff < 2e-5, "split {split:?}: out diff {diff}, lse diff {ldiff}");
         }
         let _ = &mut rng;
     }

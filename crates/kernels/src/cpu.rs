@@ -13,6 +13,9 @@ pub enum Isa {
     Avx2,
     /// x86-64 AVX-512 F/BW/VL (+ AVX2/FMA/F16C).
     Avx512,
+    /// [`Isa::Avx512`] plus Intel AMX tiles (AMX-TILE, AMX-BF16) the OS lets this process
+    /// use: the bf16 raw GEMM tiles (bf16 KV caches) run on the tiles.
+    Amx,
     /// AArch64 Advanced SIMD (NEON), always present on aarch64.
     Neon,
 }
@@ -33,6 +36,9 @@ impl Isa {
                     && std::arch::is_x86_feature_detected!("avx512vl")
                 {
                     v.push(Isa::Avx512);
+                    if crate::simd::amx::available() {
+                        v.push(Isa::Amx);
+                    }
                 }
             }
         }
@@ -45,7 +51,7 @@ impl Isa {
         v
     }
 
-    /// The best level available, unless `LATENT_ISA` (scalar|avx2|avx512|neon) asks for a
+    /// The best level available, unless `LATENT_ISA` (scalar|avx2|avx512|amx|neon) asks for a
     /// lower one that is available. Computed once per process.
     pub fn best() -> Isa {
         static BEST: OnceLock<Isa> = OnceLock::new();
@@ -64,6 +70,7 @@ impl Isa {
             "scalar" => Some(Isa::Scalar),
             "avx2" => Some(Isa::Avx2),
             "avx512" => Some(Isa::Avx512),
+            "amx" => Some(Isa::Amx),
             "neon" => Some(Isa::Neon),
             _ => None,
         }
@@ -74,6 +81,7 @@ impl Isa {
             Isa::Scalar => "scalar",
             Isa::Avx2 => "avx2+fma+f16c",
             Isa::Avx512 => "avx512",
+            Isa::Amx => "avx512+amx",
             Isa::Neon => "neon",
         }
     }

@@ -312,3 +312,179 @@ fn raw_gemm_tiles_match_scalar_for_every_stored_type() {
         }
     }
 }
+
+/// The AMX tiles (bf16 B) against an f64 reference on hostile shapes: rows 8..128 (one and
+/// several 16-row blocks, partial blocks), key counts around the 16/64 tile groups, dims from
+/// one 32-wide chunk to 576. B's stride padding and the rows after B are NaN; C's stride gap
+/// must stay untouched. The bound 2⁻¹⁵·Σ|a·b| holds for A split into bf16 hi + lo; A rounded
+/// to bf16 alone (2⁻⁹ relative) would break it.
+#[test]
+fn amx_bf16_tiles_match_an_f64_reference() {
+    use latent_kernels::simd::{Elem, RawMat};
+    let Some(k) = Kernels::for_isa(latent_kernels::Isa::Amx) else {
+        eprintln!("skipping amx_bf16_tiles_match_an_f64_reference: this CPU or OS offers no AMX-BF16 tiles");
+        return;
+    };
+    let mut rng = Rng(77);
+    let bf16 = |x: f32| half::bf16::from_f32(x);
+    // B rows of `cols` bf16 values, stride padded with NaN bytes, followed by NaN rows.
+    let make_b = |rng: &mut Rng, rows: usize, cols: usize| {
+        let stride = cols * 2 + 10;
+        let mut bytes = vec![0xFFu8; (rows + 20) * stride];
+        let mut vals = vec![0f32; rows * cols];
+        for r in 0..rows {
+            for c in 0..cols {
+                let v = bf16(rng.f32());
+                vals[r * cols + c] = v.to_f32();
+                bytes[r * stride + 2 * c..][..2].copy_from_slice(&v.to_bits().to_le_bytes());
+            }
+        }
+        (bytes, vals, stride)
+    };
+    let mut checked = 0;
+    // Scores: C[m, n] = 0.3 · A[m, kk] · B[n, kk]ᵀ.
+    for &m in &[8usize, 9, 16, 17, 33, 128] {
+        for &n in &[16usize, 17, 31, 63, 64, 65, 127, 200] {
+            for &kk in &[32usize, 64, 192, 576] {
+                let a: Vec<f32> = (0..m * kk).map(|_| rng.f32() * 3.0).collect();
+                let (bytes, bv, stride) = make_b(&mut rng, n, kk);
+                let b = RawMat {
+                    data: &bytes[..n * stride],
+                    elem: Elem::Bf16,
+                    rows: n,
+                    cols: kk,
+                    stride_bytes: stride,
+                    ahead: &bytes[n * stride..],
+                };
+                let ldc = n + 3;
+                let mut c = vec![f32::NAN; m * ldc];
+                (k.gemm_nt_raw)(
+                    0.3,
+                    MatRef::dense(&a, m, kk),
+                    b,
+                    MatMut { data: &mut c, rows: m, cols: n, stride: ldc },
+                );
+                // The packed form gives the same bits.
+                let mut pack = latent_kernels::simd::NtPack::default();
+                (k.pack_nt)(MatRef::dense(&a, m, kk), &mut pack);
+                let mut cp = vec![f32::NAN; m * ldc];
+                let cm = MatMut { data: &mut cp, rows: m, cols: n, stride: ldc };
+                (k.gemm_nt_raw_packed)(0.3, MatRef::dense(&a, m, kk), &pack, b, cm);
+                assert!(c.iter().zip(&cp).all(|(x, y)| x.to_bits() == y.to_bits()), "packed scores m={m} n={n} k={kk}");
+                for i in 0..m {
+                    for j in 0..ldc {
+                        let got = c[i * ldc + j];
+                        if j >= n {
+                            assert!(got.is_nan(), "scores wrote C's stride gap at ({i}, {j})");
+                            continue;
+                        }
+                        let (mut want, mut mag) = (0f64, 0f64);
+                        for p in 0..kk {
+                            let t = a[i * kk + p] as f64 * bv[j * kk + p] as f64;
+                            want += t;
+                            mag += t.abs();
+                        }
+                        let (want, mag) = (0.3 * want, 0.3 * mag);
+                        assert!(
+                            (got as f64 - want).abs() <= mag * 2f64.powi(-15) + 1e-30,
+                            "scores m={m} n={n} k={kk} ({i}, {j}): {got} vs {want} (Σ|ab| {mag})"
+                        );
+                    }
+                }
+                checked += 1;
+            }
+        }
+    }
+    // Values: C[m, n] += A[m, kk] · B[kk, n].
+    for &m in &[16usize, 17, 31, 128] {
+        for &kk in &[16usize, 17, 31, 33, 63, 64, 127] {
+            for &n in &[16usize, 48, 64, 128, 512] {
+                let a: Vec<f32> = (0..m * kk).map(|_| rng.f32().abs()).collect();
+                let (bytes, bv, stride) = make_b(&mut rng, kk, n);
+                let b = RawMat {
+                    data: &bytes[..kk * stride],
+                    elem: Elem::Bf16,
+                    rows: kk,
+                    cols: n,
+                    stride_bytes: stride,
+                    ahead: &bytes[kk * stride..],
+                };
+                let ldc = n + 5;
+                let c0: Vec<f32> = (0..m * ldc).map(|i| if i % ldc < n { rng.f32() } else { f32::NAN }).collect();
+                let mut c = c0.clone();
+                (k.gemm_nn_raw)(MatRef::dense(&a, m, kk), b, MatMut { data: &mut c, rows: m, cols: n, stride: ldc });
+                for i in 0..m {
+                    for j in 0..ldc {
+                        let got = c[i * ldc + j];
+                        if j >= n {
+                            assert!(got.is_nan(), "values wrote C's stride gap at ({i}, {j})");
+                            continue;
+                        }
+                        let (mut want, mut mag) = (c0[i * ldc + j] as f64, c0[i * ldc + j].abs() as f64);
+                        for p in 0..kk {
+                            let t = a[i * kk + p] as f64 * bv[p * n + j] as f64;
+                            want += t;
+                            mag += t.abs();
+                        }
+                        assert!(
+                            (got as f64 - want).abs() <= mag * 2f64.powi(-15) + 1e-30,
+                            "values m={m} k={kk} n={n} ({i}, {j}): {got} vs {want} (Σ|ab| {mag})"
+                        );
+                    }
+                }
+                checked += 1;
+            }
+        }
+    }
+    assert_eq!(checked, 6 * 8 * 4 + 4 * 7 * 5);
+}
+
+/// Every table's packed score tile equals its plain one bit for bit, for every stored type
+/// (shapes on both sides of the AMX limits), and a pack of another shape is refused.
+#[test]
+fn packed_score_tiles_equal_the_plain_ones() {
+    use latent_kernels::simd::{Elem, NtPack, RawMat};
+    let mut rng = Rng(31);
+    for k in Kernels::all() {
+        for &(m, n, kk) in
+            &[(1usize, 1usize, 32usize), (7, 40, 64), (8, 16, 32), (9, 64, 192), (126, 70, 64), (9, 33, 40)]
+        {
+            for elem in [Elem::F32, Elem::Bf16, Elem::F16] {
+                let a = rng.vec(m * kk);
+                let stride = kk * elem.bytes() + 2;
+                let mut bytes = vec![0xFFu8; n * stride];
+                for r in 0..n {
+                    let row = rng.vec(kk);
+                    let dst = &mut bytes[r * stride..r * stride + kk * elem.bytes()];
+                    match elem {
+                        Elem::F32 => dst.copy_from_slice(&row.iter().flat_map(|v| v.to_le_bytes()).collect::<Vec<_>>()),
+                        Elem::F16 => scalar::f32_to_f16(&row, dst),
+                        _ => scalar::f32_to_bf16(&row, dst),
+                    }
+                }
+                let b = RawMat { data: &bytes, elem, rows: n, cols: kk, stride_bytes: stride, ahead: &[] };
+                let ar = MatRef::dense(&a, m, kk);
+                let mut pack = NtPack::default();
+                (k.pack_nt)(ar, &mut pack);
+                let (mut c1, mut c2) = (vec![0f32; m * n], vec![1f32; m * n]);
+                (k.gemm_nt_raw)(0.5, ar, b, MatMut::dense(&mut c1, m, n));
+                (k.gemm_nt_raw_packed)(0.5, ar, &pack, b, MatMut::dense(&mut c2, m, n));
+                assert!(
+                    c1.iter().zip(&c2).all(|(x, y)| x.to_bits() == y.to_bits()),
+                    "{:?} {elem:?} m={m} n={n} k={kk}",
+                    k.isa
+                );
+            }
+        }
+        let a = rng.vec(8 * 32);
+        let mut pack = NtPack::default();
+        (k.pack_nt)(MatRef::dense(&a, 8, 32), &mut pack);
+        let bytes = vec![0u8; 16 * 64];
+        let b = RawMat { data: &bytes, elem: Elem::Bf16, rows: 16, cols: 32, stride_bytes: 64, ahead: &[] };
+        let mut c = vec![0f32; 4 * 16];
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            (k.gemm_nt_raw_packed)(1.0, MatRef::dense(&a[..4 * 32], 4, 32), &pack, b, MatMut::dense(&mut c, 4, 16))
+        }));
+        assert!(r.is_err(), "{:?}: a pack of another shape must be refused", k.isa);
+    }
+}

@@ -37,8 +37,8 @@ impl Variant {
         let pick = match isa {
             Isa::Scalar => Variant::Scalar,
             Isa::Avx2 => Variant::Avx2,
-            Isa::Avx512 if avail.contains(&Variant::Avx512Vnni) => Variant::Avx512Vnni,
-            Isa::Avx512 => Variant::Avx512,
+            Isa::Avx512 | Isa::Amx if avail.contains(&Variant::Avx512Vnni) => Variant::Avx512Vnni,
+            Isa::Avx512 | Isa::Amx => Variant::Avx512,
             Isa::Neon => Variant::Neon,
         };
         avail.contains(&pick).then_some(pick)
@@ -89,6 +89,8 @@ fn available_cached() -> &'static [Variant] {
                     #[cfg(target_arch = "x86_64")]
                     v.push(Variant::Avx2);
                 }
+                // The AMX level adds only tile kernels for bf16 attention; weights use AVX-512.
+                Isa::Amx => {}
                 Isa::Avx512 => {
                     #[cfg(target_arch = "x86_64")]
                     {

@@ -236,7 +236,7 @@ fn isa_entry_point() {
     let x = random_acts(tt, k, &mut rng);
     let mut base = vec![0f32; tt * n];
     matmul_isa(Isa::Scalar, MatmulPrecision::Exact, &w, &x, &mut base, tt).unwrap();
-    for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Neon] {
+    for isa in [Isa::Scalar, Isa::Avx2, Isa::Avx512, Isa::Amx, Isa::Neon] {
         let mut y = vec![f32::NAN; tt * n];
         let r = matmul_isa(isa, MatmulPrecision::Exact, &w, &x, &mut y, tt);
         if Isa::available().contains(&isa) {

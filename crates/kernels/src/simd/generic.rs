@@ -5,7 +5,8 @@
 
 use super::lanes::Lanes;
 use super::{
-    check_gemm_nn, check_gemm_nn_raw, check_gemm_nt, check_gemm_nt_raw, scalar, Elem, Kernels, MatMut, MatRef, RawMat,
+    check_gemm_nn, check_gemm_nn_raw, check_gemm_nt, check_gemm_nt_raw, check_pack, pack_shape_only, scalar, Elem,
+    Kernels, MatMut, MatRef, NtPack, RawMat,
 };
 
 #[inline(always)]
@@ -798,6 +799,10 @@ macro_rules! instantiate {
             pub fn gemm_nn_raw_(a: MatRef, b: RawMat, c: MatMut) {
                 unsafe { gemm_nn_raw_tf(a, b, c) }
             }
+            pub fn gemm_nt_raw_packed_(alpha: f32, a: MatRef, pack: &NtPack, b: RawMat, c: MatMut) {
+                check_pack(&a, pack);
+                unsafe { gemm_nt_raw_tf(alpha, a, b, c) }
+            }
         }
         pub(super) static $table: Kernels = Kernels {
             isa: $isa,
@@ -818,6 +823,8 @@ macro_rules! instantiate {
             gemm_nn: $m::gemm_nn_,
             gemm_nt_raw: $m::gemm_nt_raw_,
             gemm_nn_raw: $m::gemm_nn_raw_,
+            pack_nt: pack_shape_only,
+            gemm_nt_raw_packed: $m::gemm_nt_raw_packed_,
         };
     };
 }

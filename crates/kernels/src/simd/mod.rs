@@ -8,6 +8,8 @@
 //!
 //! Dimension legend: M rows of A and C, N columns of C, K the reduction dimension.
 
+#[cfg(target_arch = "x86_64")]
+pub mod amx;
 mod generic;
 pub mod lanes;
 pub mod scalar;
@@ -112,6 +114,40 @@ pub struct Kernels {
     pub gemm_nt_raw: fn(f32, MatRef, RawMat, MatMut),
     /// [`Kernels::gemm_nn`] with B read in its stored element type.
     pub gemm_nn_raw: fn(MatRef, RawMat, MatMut),
+    /// Prepares A for [`Kernels::gemm_nt_raw_packed`] calls (the same A against many B: the
+    /// queries of an attention work item against each block of keys). Tables without a packed
+    /// form record A's shape only.
+    pub pack_nt: fn(MatRef, &mut NtPack),
+    /// [`Kernels::gemm_nt_raw`] with A also given as `pack`, built by this table's
+    /// [`Kernels::pack_nt`] from A as it is now. Panics when the pack has another shape.
+    pub gemm_nt_raw_packed: fn(f32, MatRef, &NtPack, RawMat, MatMut),
+}
+
+/// One 64-byte line of an [`NtPack`].
+#[repr(C, align(64))]
+#[derive(Clone, Copy)]
+pub struct PackLine(pub(crate) [u8; 64]);
+
+/// A matrix laid out by [`Kernels::pack_nt`] for repeated score tiles (see [`amx`]).
+#[derive(Default)]
+pub struct NtPack {
+    pub(crate) rows: usize,
+    pub(crate) cols: usize,
+    /// Whether `lines` holds tiles (else the packed call runs the plain tile).
+    pub(crate) tiled: bool,
+    pub(crate) lines: Vec<PackLine>,
+}
+
+/// [`Kernels::pack_nt`] of the tables without a packed form.
+pub(crate) fn pack_shape_only(a: MatRef, pack: &mut NtPack) {
+    a.check("pack_nt A");
+    pack.rows = a.rows;
+    pack.cols = a.cols;
+    pack.tiled = false;
+}
+
+fn check_pack(a: &MatRef, pack: &NtPack) {
+    assert!(pack.rows == a.rows && pack.cols == a.cols, "gemm_nt_raw_packed: the pack was built for another A shape");
 }
 
 /// Element type of a [`RawMat`].
@@ -226,6 +262,8 @@ impl Kernels {
             Isa::Avx2 => Some(&generic::AVX2),
             #[cfg(target_arch = "x86_64")]
             Isa::Avx512 => Some(&generic::AVX512),
+            #[cfg(target_arch = "x86_64")]
+            Isa::Amx => Some(&AMX),
             #[cfg(target_arch = "aarch64")]
             Isa::Neon => Some(&generic::NEON),
             #[allow(unreachable_patterns)]
@@ -257,6 +295,17 @@ fn check_gemm_nn(a: &MatRef, b: &MatRef, c: &MatMut) {
     assert_eq!(c.cols, b.cols, "gemm_nn: N mismatch");
 }
 
+/// AVX-512 with the bf16 raw GEMM tiles on AMX ([`amx`]).
+#[cfg(target_arch = "x86_64")]
+static AMX: Kernels = Kernels {
+    isa: Isa::Amx,
+    gemm_nt_raw: amx::gemm_nt_raw,
+    gemm_nn_raw: amx::gemm_nn_raw,
+    pack_nt: amx::pack_nt,
+    gemm_nt_raw_packed: amx::gemm_nt_raw_packed,
+    ..generic::AVX512
+};
+
 /// The scalar twin table.
 pub static SCALAR: Kernels = Kernels {
     isa: Isa::Scalar,
@@ -277,6 +326,8 @@ pub static SCALAR: Kernels = Kernels {
     gemm_nn: scalar::gemm_nn,
     gemm_nt_raw: scalar::gemm_nt_raw,
     gemm_nn_raw: scalar::gemm_nn_raw,
+    pack_nt: pack_shape_only,
+    gemm_nt_raw_packed: scalar::gemm_nt_raw_packed,
 };
 
 #[cfg(test)]

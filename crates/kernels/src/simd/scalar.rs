@@ -126,6 +126,12 @@ pub fn gemm_nt_raw(alpha: f32, a: MatRef, b: RawMat, c: MatMut) {
     }
 }
 
+/// [`gemm_nt_raw`] with an (unused) pack of A.
+pub fn gemm_nt_raw_packed(alpha: f32, a: MatRef, pack: &super::NtPack, b: RawMat, c: MatMut) {
+    super::check_pack(&a, pack);
+    gemm_nt_raw(alpha, a, b, c)
+}
+
 pub fn gemm_nn_raw(a: MatRef, b: RawMat, c: MatMut) {
     check_gemm_nn_raw(&a, &b, &c);
     for k in 0..a.cols {
