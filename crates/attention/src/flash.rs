@@ -429,12 +429,12 @@ fn grown(buf: &mut Vec<f32>, n: usize) -> &mut [f32] {
 
 /// The online-softmax state of one KV head's rows in a work item.
 struct HeadState {
-    qm: Vec<f32>,  // [rows, Dk]
-    qpack: NtPack, // qm laid out for the score tiles (`Kernels::pack_nt`)
-    m: Vec<f32>,   // [rows] running max
-    l: Vec<f32>,   // [rows] running sum
-    acc: Vec<f32>, // [rows, Dv] unnormalised
-    sc: Vec<f32>,  // [rows, tile] scores, then probabilities
+    qm: Vec<f32>,          // [rows, Dk]
+    qpack: Option<NtPack>, // qm laid out for the score tiles, at the first raw read
+    m: Vec<f32>,           // [rows] running max
+    l: Vec<f32>,           // [rows] running sum
+    acc: Vec<f32>,         // [rows, Dv] unnormalised
+    sc: Vec<f32>,          // [rows, tile] scores, then probabilities
 }
 
 /// Scratch shared by the heads of a work item.
@@ -488,9 +488,7 @@ fn run_item(k: &Kernels, p: &AttnParams, plan: &Plan, q: &[f32], s: &SeqSpec, it
                     l[r] = 1.0;
                 }
             }
-            let mut qpack = NtPack::default();
-            (k.pack_nt)(MatRef::dense(&qm, rows, dk), &mut qpack);
-            HeadState { qm, qpack, m, l, acc: vec![0f32; rows * dv], sc: vec![0f32; rows * span] }
+            HeadState { qm, qpack: None, m, l, acc: vec![0f32; rows * dv], sc: vec![0f32; rows * span] }
         })
         .collect();
     // Decode buffers for rows the tiles cannot read in place are grown on first use only (an
@@ -600,7 +598,13 @@ fn tile_scores<'a>(k: &Kernels, p: &AttnParams, s: &SeqSpec<'a>, heads: &mut [He
             let scm = MatMut { data: &mut st.sc[c0..], rows, cols: len, stride: n };
             if let Some(kr) = s.kv.k.raw_rows(&s.kv, head, a, len, &mut scr.kscales) {
                 let kr = RawMat { ahead: next_rows(s, s.kv.k, t, hi, a, len, &mut scr.ascales), ..kr };
-                (k.gemm_nt_raw_packed)(p.scale, MatRef::dense(&st.qm, rows, dk), &st.qpack, kr, scm);
+                let qm = MatRef::dense(&st.qm, rows, dk);
+                let pack = st.qpack.get_or_insert_with(|| {
+                    let mut pack = NtPack::default();
+                    (k.pack_nt)(qm, kr.elem, &mut pack);
+                    pack
+                });
+                (k.gemm_nt_raw_packed)(p.scale, qm, pack, kr, scm);
                 if !scr.kscales.is_empty() {
                     for srow in st.sc[..rows * n].chunks_exact_mut(n) {
                         srow[c0..c0 + len].iter_mut().zip(&scr.kscales).for_each(|(v, s)| *v *= s);

@@ -366,7 +366,7 @@ fn amx_bf16_tiles_match_an_f64_reference() {
                 );
                 // The packed form gives the same bits.
                 let mut pack = latent_kernels::simd::NtPack::default();
-                (k.pack_nt)(MatRef::dense(&a, m, kk), &mut pack);
+                (k.pack_nt)(MatRef::dense(&a, m, kk), Elem::Bf16, &mut pack);
                 let mut cp = vec![f32::NAN; m * ldc];
                 let cm = MatMut { data: &mut cp, rows: m, cols: n, stride: ldc };
                 (k.gemm_nt_raw_packed)(0.3, MatRef::dense(&a, m, kk), &pack, b, cm);
@@ -465,7 +465,7 @@ fn packed_score_tiles_equal_the_plain_ones() {
                 let b = RawMat { data: &bytes, elem, rows: n, cols: kk, stride_bytes: stride, ahead: &[] };
                 let ar = MatRef::dense(&a, m, kk);
                 let mut pack = NtPack::default();
-                (k.pack_nt)(ar, &mut pack);
+                (k.pack_nt)(ar, elem, &mut pack);
                 let (mut c1, mut c2) = (vec![0f32; m * n], vec![1f32; m * n]);
                 (k.gemm_nt_raw)(0.5, ar, b, MatMut::dense(&mut c1, m, n));
                 (k.gemm_nt_raw_packed)(0.5, ar, &pack, b, MatMut::dense(&mut c2, m, n));
@@ -478,7 +478,7 @@ fn packed_score_tiles_equal_the_plain_ones() {
         }
         let a = rng.vec(8 * 32);
         let mut pack = NtPack::default();
-        (k.pack_nt)(MatRef::dense(&a, 8, 32), &mut pack);
+        (k.pack_nt)(MatRef::dense(&a, 8, 32), Elem::Bf16, &mut pack);
         let bytes = vec![0u8; 16 * 64];
         let b = RawMat { data: &bytes, elem: Elem::Bf16, rows: 16, cols: 32, stride_bytes: 64, ahead: &[] };
         let mut c = vec![0f32; 4 * 16];

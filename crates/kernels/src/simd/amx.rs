@@ -9,22 +9,23 @@
 //!
 //! Layouts:
 //! - Scores: the cache rows are A tiles as they lie (16 keys × 32 dims, one row per key), the
-//!   queries are the B side (their dims paired, precomputed once per query matrix and kept
-//!   while the same queries come back, as they do for every block of a decode item), and the
-//!   result tile is keys × query rows, written transposed into C.
+//!   queries are the B side (their dims paired, packed once per attention work item by
+//!   [`pack_nt`] and used for every block of keys it reads), and the result tile is keys ×
+//!   query rows, written transposed into C.
 //! - Values: the probabilities are the A side (split into hi/lo per call), the cache rows are
 //!   re-laid into the paired B layout per call (two keys' dims interleaved).
 //!
 //! Shapes the tiles do not fit (other element types, fewer than [`NT_MIN_ROWS`] /
-//! [`NN_MIN_ROWS`] rows, a reduction
-//! dim that is not a multiple of 32 for scores or a value width that is not a multiple of 16)
-//! go to the AVX-512 table. Tail keys are zero-padded in scratch, never read past the matrix.
+//! [`NN_MIN_ROWS`] rows, a reduction dim that is not a multiple of 32 for scores or a value
+//! width that is not a multiple of 16) go to the AVX-512 table. Tail keys are zero-padded in scratch, never read past the matrix.
 //!
 //! The tile configuration (every tile 16 rows × 64 bytes) is loaded once per thread and kept
 //! (releasing the tiles after every call and loading the configuration again costs ~80 ns a
 //! call and measured no faster decode).
 
-use super::{check_gemm_nn_raw, check_gemm_nt_raw, generic, Elem, MatMut, MatRef, NtPack, PackLine, RawMat};
+use super::{
+    check_gemm_nn_raw, check_gemm_nt_raw, generic, pack_shape_only, Elem, MatMut, MatRef, NtPack, PackLine, RawMat,
+};
 use std::arch::asm;
 use std::arch::x86_64::*;
 use std::cell::{Cell, RefCell};
@@ -208,7 +209,7 @@ pub fn gemm_nt_raw(alpha: f32, a: MatRef, b: RawMat, c: MatMut) {
     check_gemm_nt_raw(&a, &b, &c);
     SCRATCH.with_borrow_mut(|s| {
         let mut pack = std::mem::take(&mut s.pack);
-        pack_nt(a, &mut pack);
+        pack_nt(a, Elem::Bf16, &mut pack);
         // SAFETY: this table is handed out only after `available()` confirmed AVX-512 and AMX
         // with the OS's tile permission; the checks above bound every tile read.
         unsafe { nt_tiles(alpha, a, &pack, b, c, s) };
@@ -245,12 +246,10 @@ fn nt_fits(a: &MatRef, b: &RawMat) -> bool {
 
 /// [`super::Kernels::pack_nt`]: A `[M, K]` as the B-side tiles of the score tile,
 /// `[16-row block][32-dim chunk][hi, lo]` tiles of 1 KiB (16 rows of dim pairs × 16 A rows);
-/// empty when A's shape does not fit the tiles.
-pub fn pack_nt(a: MatRef, pack: &mut NtPack) {
-    a.check("pack_nt A");
-    pack.rows = a.rows;
-    pack.cols = a.cols;
-    pack.tiled = a.rows >= NT_MIN_ROWS && a.cols > 0 && a.cols.is_multiple_of(32);
+/// the shape only when B is not bf16 or A's shape does not fit the tiles.
+pub fn pack_nt(a: MatRef, b_elem: Elem, pack: &mut NtPack) {
+    pack_shape_only(a, b_elem, pack);
+    pack.tiled = b_elem == Elem::Bf16 && a.rows >= NT_MIN_ROWS && a.cols > 0 && a.cols.is_multiple_of(32);
     if pack.tiled {
         // SAFETY: the table holding this function is handed out only after `available()`.
         unsafe { pack_tiles(&a, pack) }

@@ -114,10 +114,10 @@ pub struct Kernels {
     pub gemm_nt_raw: fn(f32, MatRef, RawMat, MatMut),
     /// [`Kernels::gemm_nn`] with B read in its stored element type.
     pub gemm_nn_raw: fn(MatRef, RawMat, MatMut),
-    /// Prepares A for [`Kernels::gemm_nt_raw_packed`] calls (the same A against many B: the
-    /// queries of an attention work item against each block of keys). Tables without a packed
-    /// form record A's shape only.
-    pub pack_nt: fn(MatRef, &mut NtPack),
+    /// Prepares A for [`Kernels::gemm_nt_raw_packed`] calls against B of the given element
+    /// type (the same A against many B: the queries of an attention work item against each
+    /// block of keys). Tables without a packed form for that type record A's shape only.
+    pub pack_nt: fn(MatRef, Elem, &mut NtPack),
     /// [`Kernels::gemm_nt_raw`] with A also given as `pack`, built by this table's
     /// [`Kernels::pack_nt`] from A as it is now. Panics when the pack has another shape.
     pub gemm_nt_raw_packed: fn(f32, MatRef, &NtPack, RawMat, MatMut),
@@ -139,7 +139,7 @@ pub struct NtPack {
 }
 
 /// [`Kernels::pack_nt`] of the tables without a packed form.
-pub(crate) fn pack_shape_only(a: MatRef, pack: &mut NtPack) {
+pub(crate) fn pack_shape_only(a: MatRef, _b_elem: Elem, pack: &mut NtPack) {
     a.check("pack_nt A");
     pack.rows = a.rows;
     pack.cols = a.cols;
