@@ -33,10 +33,11 @@ pub struct ConvertArgs {
     #[arg(long, default_value_t = 512)]
     calib_len: usize,
     /// Fitting method (cumulative): baseline, metric (score/output-metric latent), value
-    /// (+ per-head value refit), full (+ joint value refit in the layer-output metric) or
-    /// full+rope-avg (+ expected-rotation position-free keys in the layers where held-out
-    /// calibration sequences say they help).
-    #[arg(long, default_value = "full", value_parser = ["baseline", "metric", "value", "full", "full+rope-avg"])]
+    /// (+ per-head value refit), joint (+ joint value refit in the layer-output metric), full
+    /// (+ each head's key map refitted by gradient descent on its output error, steps chosen
+    /// on held-out calibration sequences) or full+rope-avg (+ expected-rotation position-free
+    /// keys in the layers where held-out calibration sequences say they help).
+    #[arg(long, default_value = "full", value_parser = ["baseline", "metric", "value", "joint", "full", "full+rope-avg"])]
     method: String,
     /// Type of the query matrices: source (default: the source's rows in its own type, not
     /// re-quantized), q8_0, f16 or f32.

@@ -247,6 +247,9 @@ pub struct LayerFacts {
     /// Whether the position-free keys carry the expected rotation (with `rope_avg`, chosen on
     /// the held-out sequences).
     pub rope_avg: bool,
+    /// Per head: descent steps of its key map (0: the latent's least-squares keys; with
+    /// held-out sequences, the count that gave them the least error).
+    pub key_steps: Vec<usize>,
 }
 
 /// A converted model.
@@ -294,6 +297,7 @@ pub fn convert(src: &Source, cal: &Calibration, opts: &ConvertOptions) -> Result
             value_fit: m.value_fit,
             heldout_err: m.heldout_err,
             rope_avg: m.rope_avg,
+            key_steps: m.key_steps.clone(),
         })
         .collect();
     let bytes = write::deepseek2(src, opts, &dm, &out)?;
