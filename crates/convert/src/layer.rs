@@ -29,10 +29,14 @@
 //!    for each other), by block coordinate descent: with the other heads fixed, head h's
 //!    optimum is the per-head fit against o_h − W_o,h⁺ R_{−h} (R_{−h} the other heads' error
 //!    after W_o; W_o,h `[C, D]` has full column rank).
+//! 7. **Key refit** (`keys`): each head's position-free scores q_nopeᵀ G_h c get their own map
+//!    G_h `[Nk, R]`, started at B_k and moved by gradient descent on the head's output error
+//!    after W_o with the value maps fixed ([`fit_keys`]); the value maps are then refitted on
+//!    the attention the new keys give. G_h lands in W_UK,h like B_k did.
 //!
 //! **Held-out choices.** With 4 or more calibration sequences a quarter is held out: the
-//! metric's K/V balance and how far each layer's values are refitted (PCA map, per-head,
-//! joint) are chosen on the layer-output error of the held-out sequences, fitted on the rest;
+//! metric's K/V balance, how far each layer's values are refitted (PCA map, per-head,
+//! joint) and how many key-refit steps each head takes are chosen on the layer-output error of the held-out sequences, fitted on the rest;
 //! with `rope_avg`, whether the position-free keys take the expected rotation (step 3) is
 //! chosen the same way (the balance searched for plain keys is kept). The chosen layer is
 //! then fitted on all sequences. The refits minimise the in-sample error,
