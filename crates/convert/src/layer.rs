@@ -714,6 +714,15 @@ fn fit_keys(kp: &KeyProblem, bk: &[f32], w_uv: &[f32], kfit: &KeyFit) -> (Vec<Ve
     let res: Vec<(Vec<f32>, usize)> = (0..h)
         .into_par_iter()
         .map(|hh| {
+            let (max, fixed) = match kfit {
+                KeyFit::Off => (0, None),
+                KeyFit::Search(n) => (*n, None),
+                KeyFit::Steps(v) => (v[hh], Some(v[hh])),
+            };
+            if max == 0 {
+                // Nothing to fit: skip the head's precomputation.
+                return (bk.to_vec(), 0);
+            }
             let woh = cols(&kp.src.wo, h * d, 0, c, hh * d, d); // [C, D]
             let ph: Vec<f32> = gram(&woh, c, d).iter().map(|&v| v as f32).collect(); // [D, D]
             let wuv = &w_uv[hh * d * r..(hh + 1) * d * r]; // [D, R]
@@ -736,12 +745,7 @@ fn fit_keys(kp: &KeyProblem, bk: &[f32], w_uv: &[f32], kfit: &KeyFit) -> (Vec<Ve
             let run = |g: &[f32], seqs: &[KeySeq], want_grad: bool| key_loss(g, seqs, &nmat, scale, nk, r, want_grad);
             let norm = |v: &[f32]| v.iter().map(|&x| (x as f64).powi(2)).sum::<f64>().sqrt();
             let mut g = bk.to_vec();
-            let (max, fixed) = match kfit {
-                KeyFit::Off => (0, None),
-                KeyFit::Search(n) => (*n, None),
-                KeyFit::Steps(v) => (v[hh], Some(v[hh])),
-            };
-            let (mut f, mut grad) = run(&g, &fit_seqs, max > 0);
+            let (mut f, mut grad) = run(&g, &fit_seqs, true);
             // A step counts when it lowers the error by more than rounding can (1e-7 of the
             // head's output energy); a head whose error is already at rounding level (a
             // conversion that drops nothing) keeps its least-squares keys.
